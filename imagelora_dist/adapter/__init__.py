@@ -1,0 +1,1 @@
+"""Image-LoRA modules, attach/detach, save/load, and parameter/FLOPs accounting."""

@@ -1,0 +1,127 @@
+"""One typed config for every stage; a wrong key, type or value fails before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.registry import FAMILIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which model: a tiny random one of a family, or a real checkpoint from a local directory."""
+
+    family: str = "qwen2_5_vl"
+    path: str | None = None
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v not in FAMILIES:
+            raise ValueError(f"unknown family {v!r}; supported: {', '.join(FAMILIES)}")
+        return v
+
+
+class DataConfig(_Strict):
+    """Synthetic screenshots for the probe set (WebDataset shards arrive with the data stage)."""
+
+    image_size: int = Field(224, ge=28, le=4096)
+    elements: int = Field(4, ge=1, le=12)
+    seed: int = 0
+
+
+class ProbeConfig(_Strict):
+    """Head influence probe settings."""
+
+    method: Literal["rank1", "gate"] = "rank1"
+    num_examples: int = Field(8, ge=1)
+    batch_size: int = Field(2, ge=1)
+    seed: int = 0
+    num_vectors: int = Field(1, ge=1)
+
+
+class SelectionConfig(_Strict):
+    """Head budget (a count, or a fraction of all KV heads) and the layer allocation temperature."""
+
+    budget: int | float = 0.25
+    tau: float = Field(1.0, ge=0.0)
+
+    @field_validator("budget")
+    @classmethod
+    def _positive(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not 0.0 < v <= 1.0:
+            raise ValueError("a fractional budget must be in (0, 1]")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a head-count budget must be >= 1")
+        return v
+
+
+class AdapterConfig(_Strict):
+    """Image-LoRA rank and alpha."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+
+
+class RunConfig(_Strict):
+    """The whole run."""
+
+    name: str = "tiny-default"
+    output_dir: str = "runs/tiny-default"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    probe: ProbeConfig = ProbeConfig()
+    selection: SelectionConfig = SelectionConfig()
+    adapter: AdapterConfig = AdapterConfig()
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ImageLoRAError(f"override {item!r}: expected key=value, e.g. probe.method=gate")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ImageLoRAError(f"override {key}: {part} is not a section")
+    # YAML scalars, so budget=4 is an int, budget=0.5 a float, and strings need no quotes.
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the embedded default when `path` is None) and apply key=value overrides."""
+    tree: dict[str, Any] = {}
+    source = "embedded default"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ImageLoRAError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ImageLoRAError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ImageLoRAError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    for item in overrides or []:
+        _apply_override(tree, item)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        raise ImageLoRAError(f"{source}: {where}: {err['msg']}{shown}") from None

@@ -1,0 +1,1 @@
+"""Screenshot data: synthetic GUI screens and the collator that turns samples into model inputs."""

@@ -1,0 +1,306 @@
+"""Image-LoRA adapter on every family's tiny model: exactness, gradients, checkpointing, generate, dtypes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import image_batch, text_batch, visual_mask
+
+from imagelora_dist import HeadSelection, attach_image_lora, resolve_model
+from imagelora_dist.models.registry import decoder_layers
+
+
+def _selection(spec, per_layer=1):
+    """A non-trivial selection: layers 0, 1 and the last, rotating heads."""
+    layers = sorted({0, 1, spec.num_layers - 1})
+    return {i: [(i + j) % spec.num_kv_heads for j in range(per_layer)] for i in layers}
+
+
+def _randomize(handle, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in handle.modules.values():
+            m.B.copy_(torch.randn(m.B.shape, generator=gen) * 0.5)
+            m.gamma.fill_(0.7)
+
+
+def _train_steps(model, handle, batch, steps=3):
+    opt = torch.optim.AdamW(list(handle.parameters()), lr=5e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return loss
+
+
+def _capture_vproj(model):
+    """Record (input, output) of every decoder v_proj, after any adapter hook has run."""
+    records, handles = {}, []
+    for i, layer in enumerate(decoder_layers(model)):
+
+        def hook(mod, args, out, i=i):
+            records[i] = (args[0].detach().clone(), out.detach().clone())
+
+        handles.append(layer.self_attn.v_proj.register_forward_hook(hook))
+    return records, handles
+
+
+def test_text_only_logits_bit_identical_after_training(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    with torch.no_grad():
+        base = model(**text_batch(processor)).logits
+    handle = attach_image_lora(model, _selection(spec, 2), rank=4, alpha=8)
+    _train_steps(model, handle, image_batch(processor))
+    assert all(m.B.abs().sum() > 0 for m in handle.modules.values()), "training must make B non-zero"
+    with torch.no_grad():
+        adapted = model(**text_batch(processor)).logits
+        adapted_left = model(**text_batch(processor, "left")).logits
+    assert torch.equal(adapted, base)
+    handle.detach()
+    with torch.no_grad():
+        assert torch.equal(model(**text_batch(processor, "left")).logits, adapted_left)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_visual_rows_follow_formula_other_rows_unchanged(tiny, padding_side):
+    model, processor = tiny
+    spec = resolve_model(model)
+    n_img = 2 if spec.family != "idefics3" else 1
+    batch = image_batch(processor, n=2, images_per_sample=n_img, padding_side=padding_side)
+    records, hooks = _capture_vproj(model)
+    with torch.no_grad():
+        model(**batch)
+    base = {k: v for k, v in records.items()}
+    sel = _selection(spec, per_layer=min(2, spec.num_kv_heads - 1))
+    handle = attach_image_lora(model, sel, rank=4, alpha=8)
+    _randomize(handle)
+    # Re-register the capture so it runs after the adapter's hook.
+    for h in hooks:
+        h.remove()
+    records, hooks = _capture_vproj(model)
+    with torch.no_grad():
+        model(**batch)
+    mask = visual_mask(batch, spec)
+    assert mask.sum(dim=1).min() > 0
+    for layer in range(spec.num_layers):
+        x, out = records[layer]
+        if layer == 0:
+            assert torch.equal(x, base[0][0])  # nothing below layer 0 is adapted
+        b, t = x.shape[:2]
+        out4 = out.view(b, t, spec.num_kv_heads, spec.head_dim)
+        if layer not in handle.modules:
+            continue
+        m = handle.modules[layer]
+        # Independent computation of the formula, on the full tensor with a dense mask.
+        ref_base = x @ model.get_submodule(_vproj_path(model, layer)).weight.T
+        bias = model.get_submodule(_vproj_path(model, layer)).bias
+        if bias is not None:
+            ref_base = ref_base + bias
+        ref4 = ref_base.view(b, t, spec.num_kv_heads, spec.head_dim).clone()
+        scale = (8 / 4) / math.sqrt(len(sel[layer])) * m.gamma
+        delta = torch.einsum("btd,dr,hrk->bthk", x, m.A, m.B) * scale
+        for i, h in enumerate(sorted(sel[layer])):
+            ref4[:, :, h] += delta[:, :, i] * mask[..., None]
+        torch.testing.assert_close(out4, ref4, rtol=1e-4, atol=1e-5)
+        # Exactness: non-visual positions and unselected heads equal the plain projection bit for bit.
+        plain = torch.nn.functional.linear(x, model.get_submodule(_vproj_path(model, layer)).weight, bias)
+        plain4 = plain.view(b, t, spec.num_kv_heads, spec.head_dim)
+        assert torch.equal(out4[~mask], plain4[~mask])
+        unselected = [h for h in range(spec.num_kv_heads) if h not in sel[layer]]
+        assert torch.equal(out4[:, :, unselected], plain4[:, :, unselected])
+    for h in hooks:
+        h.remove()
+    handle.detach()
+
+
+def _vproj_path(model, layer):
+    for name, mod in model.named_modules():
+        if mod is decoder_layers(model)[layer].self_attn.v_proj:
+            return name
+    raise AssertionError
+
+
+def test_only_adapter_gets_gradients_and_base_unchanged(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    adapter_ids = {id(p) for p in handle.parameters()}
+    model.train()
+    loss = model(**image_batch(processor)).loss
+    loss.backward()
+    for name, p in model.named_parameters():
+        if id(p) in adapter_ids:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+    assert any(p.grad.abs().sum() > 0 for p in handle.parameters())
+    _train_steps(model, handle, image_batch(processor))
+    handle.detach()
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_batch_without_visual_tokens_touches_every_parameter(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    loss = model(**text_batch(processor)).loss
+    loss.backward()
+    for name, p in handle.named_parameters():
+        assert p.grad is not None, f"{name} not in the graph: DDP/ZeRO ranks would desync"
+        assert torch.count_nonzero(p.grad) == 0, name
+    handle.detach()
+
+
+def test_gradient_checkpointing_non_reentrant_matches(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    batch = image_batch(processor)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    _randomize(handle)
+    model.train()
+    model(**batch).loss.backward()
+    ref = {n: p.grad.clone() for n, p in handle.named_parameters()}
+    for p in handle.parameters():
+        p.grad = None
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model(**batch).loss.backward()
+    finally:
+        model.gradient_checkpointing_disable()
+    for n, p in handle.named_parameters():
+        assert p.grad is not None, n
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)
+    handle.detach()
+
+
+def test_generate_with_kv_cache_adapts_prefill_only(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    from imagelora_dist.data.collate import Sample, collate
+    from imagelora_dist.data.screens import make_screen
+
+    processor.tokenizer.padding_side = "left"
+    screen = make_screen(3)
+    prompt = collate(processor, [Sample(screen.instruction, None, [screen.image])])
+    prompt.pop("labels")
+    handle = attach_image_lora(model, _selection(spec, 2), rank=4, alpha=8)
+    _randomize(handle)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        cached = model.generate(**prompt, use_cache=True, **kw)
+        uncached = model.generate(**prompt, use_cache=False, **kw)
+        adapted_prefill = model(**prompt).logits[:, -1]
+    handle.detach()
+    with torch.no_grad():
+        base_prefill = model(**prompt).logits[:, -1]
+    # Without a cache every step recomputes the visual rows from the full ids: same tokens means the
+    # cached decode steps saw the adapted prefill values and added nothing of their own.
+    assert torch.equal(cached, uncached)
+    assert not torch.allclose(adapted_prefill, base_prefill)
+
+
+def test_fp32_adapter_on_bf16_model(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    model.to(torch.bfloat16)
+    batch = image_batch(processor)
+    batch = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()}
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8, dtype=torch.float32)
+    _randomize(handle)
+    assert all(p.dtype == torch.float32 for p in handle.parameters())
+    model.train()
+    loss = model(**batch).loss
+    assert loss.dtype == torch.bfloat16 or loss.dtype == torch.float32
+    loss.backward()
+    for n, p in handle.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+    handle.detach()
+
+
+def test_detach_restores_model_exactly(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    batch = image_batch(processor)
+    with torch.no_grad():
+        base = model(**batch).logits  # first forward: transformers may add hooks of its own here
+    keys = set(model.state_dict())
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    n_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    _randomize(handle)
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).logits, base)
+    handle.detach()
+    handle.detach()  # idempotent
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, base)
+    assert set(model.state_dict()) == keys
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == n_hooks
+
+
+def test_module_attributes_and_parameter_count(tiny):
+    model, _ = tiny
+    spec = resolve_model(model)
+    sel = _selection(spec, 2)
+    handle = attach_image_lora(model, sel, rank=3, alpha=6)
+    for layer, m in handle.modules.items():
+        assert m.layer_index == layer
+        assert m.heads.tolist() == sorted(sel[layer])
+        assert m.A.shape == (spec.hidden_size, 3)
+        assert m.B.shape == (len(sel[layer]), 3, spec.head_dim)
+        assert m.gamma.shape == () and float(m.gamma) == pytest.approx(0.01)
+        assert torch.count_nonzero(m.B) == 0
+        assert abs(float(m.A.std()) - 1 / 3) < 0.05
+    expected = sum(spec.hidden_size * 3 + len(h) * 3 * spec.head_dim + 1 for h in sel.values())
+    assert handle.num_parameters() == expected
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    handle.detach()
+
+
+def test_every_token_visual_all_heads_equals_peft_lora(tiny):
+    peft = pytest.importorskip("peft")
+    model, processor = tiny
+    spec = resolve_model(model)
+    ids = torch.full((2, 12), spec.image_token_id)
+    rank, alpha = 4, 8.0
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+    handle = attach_image_lora(model, HeadSelection.all_heads(spec), rank=rank, alpha=alpha)
+    _randomize(handle, seed=1)
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    state = {
+        i: (m.A.detach().clone(), m.B.detach().clone(), float(m.gamma)) for i, m in handle.modules.items()
+    }
+    handle.detach()
+    cfg = peft.LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=r".*(language_model|text_model)\.(model\.)?layers\.\d+\.self_attn\.v_proj",
+    )
+    pmodel = peft.get_peft_model(model, cfg)
+    n_wrapped = 0
+    with torch.no_grad():
+        for i, layer in enumerate(decoder_layers(pmodel.base_model.model)):
+            v = layer.self_attn.v_proj
+            a, b, g = state[i]
+            v.lora_A["default"].weight.copy_(a.T)
+            b_full = b.permute(0, 2, 1).reshape(spec.num_kv_heads * spec.head_dim, rank)
+            v.lora_B["default"].weight.copy_(b_full * g / math.sqrt(spec.num_kv_heads))
+            n_wrapped += 1
+        theirs = pmodel(input_ids=ids).logits
+    assert n_wrapped == spec.num_layers
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ours, base, atol=1e-3), "the adapter must change every-visual logits"
+    pmodel.unload()
