@@ -304,3 +304,48 @@ def test_every_token_visual_all_heads_equals_peft_lora(tiny):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(ours, base, atol=1e-3), "the adapter must change every-visual logits"
     pmodel.unload()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_video_tokens_are_adapted(tiny):
+    """Video inputs built by hand (the video processor needs torchvision): video rows get the delta."""
+    model, processor = tiny
+    spec = resolve_model(model)
+    vcfg = model.config.vision_config
+    merge, patch, tpatch = vcfg.spatial_merge_size, vcfg.patch_size, vcfg.temporal_patch_size
+    # One temporal patch (Qwen3-VL splits longer clips into per-frame segments with timestamps).
+    grid = torch.tensor([[1, 8, 8]])
+    n_video = int(grid.prod()) // merge**2
+    tok = processor.tokenizer
+    start, end = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>"])
+    text = tok("Describe the clip.", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[start] + [spec.video_token_id] * n_video + [end] + text])
+    pixels = torch.randn(
+        int(grid.prod()), 3 * tpatch * patch * patch, generator=torch.Generator().manual_seed(0)
+    )
+    batch = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values_videos=pixels,
+        video_grid_thw=grid,
+        mm_token_type_ids=(ids == spec.video_token_id).long() * 2,
+    )
+    handle = attach_image_lora(model, {0: [1]}, rank=4, alpha=8)
+    _randomize(handle)
+    records, hooks = _capture_vproj(model)  # after attach: sees the adapted output
+    with torch.no_grad():
+        model(**batch)
+    x, out = records[0]
+    v = decoder_layers(model)[0].self_attn.v_proj
+    plain = torch.nn.functional.linear(x, v.weight, v.bias).view(
+        1, ids.shape[1], spec.num_kv_heads, spec.head_dim
+    )
+    out4 = out.view_as(plain)
+    video = ids == spec.video_token_id
+    assert torch.equal(out4[~video], plain[~video])
+    m = handle.modules[0]
+    delta = torch.einsum("td,dr,rk->tk", x[video], m.A, m.B[0]) * (8 / 4) * m.gamma
+    torch.testing.assert_close(out4[video][:, 1], plain[video][:, 1] + delta, rtol=1e-4, atol=1e-5)
+    for h in hooks:
+        h.remove()
+    handle.detach()
