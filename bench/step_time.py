@@ -24,15 +24,12 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from imagelora_dist import HeadSelection, attach_image_lora, build_tiny_vlm, resolve_model  # noqa: E402
-from imagelora_dist.adapter.accounting import compare_costs  # noqa: E402
+from imagelora_dist.adapter.accounting import compare_costs, decoder_lora_targets  # noqa: E402
 from imagelora_dist.data.collate import Sample, collate  # noqa: E402
 from imagelora_dist.data.screens import make_screen  # noqa: E402
 
-DECODER = r".*(language_model|text_model)\.(model\.)?layers\.\d+\."
-TARGETS = {
-    "lora_v_proj": DECODER + r"self_attn\.v_proj",
-    "lora_all_linear": DECODER + r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
-}
+# The paper's LoRA baseline: the text decoder only (peft's plain "all-linear" would also adapt the ViT).
+TARGETS = {"lora_v_proj": ["v_proj"], "lora_all_linear": "all-linear"}
 
 
 def make_batch(processor, visual_tokens: int, batch: int) -> dict[str, torch.Tensor]:
@@ -62,7 +59,8 @@ def build_methods(
     )
     handle = attach_image_lora(m, upper, rank=rank, alpha=alpha)
     methods["image_lora_upper"] = (m, list(handle.parameters()))
-    for name, regex in TARGETS.items():
+    for name, names in TARGETS.items():
+        regex = decoder_lora_targets(base, names)
         m = copy.deepcopy(base)
         pm = peft.get_peft_model(
             m, peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=peer_dropout, target_modules=regex)

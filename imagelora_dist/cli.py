@@ -38,6 +38,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser(
+        "synth", help="render synthetic GUI screenshots (grounding + referring) into WebDataset shards"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--out", metavar="DIR", help="output directory (default: data.train, else <output_dir>/data/train)"
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="processes (default: data.synth.workers, else all cores)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p = sub.add_parser(
+        "shard",
+        help="convert a GUI-grounding JSONL + image folder into WebDataset shards with index.json",
+        description="Bad records are reported with their line number and skipped; with --strict the exit code "
+        "is 1 when any record was skipped.",
+    )
+    p.add_argument(
+        "--jsonl", required=True, metavar="FILE", help="records: image file, instruction, bbox, type"
+    )
+    p.add_argument(
+        "--images", required=True, metavar="DIR", help="folder the records' image paths are relative to"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for shards and index.json")
+    p.add_argument(
+        "--bbox-format", choices=["xyxy", "xywh"], default="xyxy", help="box layout (ScreenSpot: xywh)"
+    )
+    p.add_argument(
+        "--normalized",
+        nargs="?",
+        const="1",
+        choices=["auto", "pixels", "1", "1000"],
+        default="auto",
+        help="box units: pixels, 0..1, 0..1000, or auto (all values in [0, 1] -> normalized)",
+    )
+    p.add_argument("--max-count", type=int, default=1000, metavar="N", help="samples per shard at most")
+    p.add_argument("--max-size", default="1G", metavar="SIZE", help="bytes per shard at most (e.g. 500M, 2G)")
+    p.add_argument("--prefix", default="train", help="shard file prefix")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any record was skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p = sub.add_parser(
         "probe", help="score every KV head with the influence probe and write head_selection.json"
     )
     _add_config_args(p)
@@ -60,6 +100,8 @@ def _run(args: argparse.Namespace) -> int:
         for fam in FAMILIES.values():
             print(f"{fam.name:<12} model types: {', '.join(fam.model_types)}")
         return 0
+    if args.command == "shard":
+        return _shard(args)
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
         import yaml
@@ -68,12 +110,48 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from imagelora_dist import pipeline
 
-    if args.command == "probe":
+    if args.command == "synth":
+        from imagelora_dist.data.synth import synthesize
+
+        out = args.out or pipeline.train_shards(cfg)
+        workers = args.workers or cfg.data.synth.workers
+        index = synthesize(pipeline.synth_spec(cfg), out, workers=workers, overwrite=args.overwrite)
+        print(f"[synth] wrote {index.total_samples} samples in {len(index.shards)} shards to {out}")
+    elif args.command == "probe":
         pipeline.run_probe_select(cfg)
     elif args.command == "run":
         outputs = pipeline.run_pipeline(cfg)
         print(f"[run] done: {', '.join(f'{k} -> {v}' for k, v in outputs.items())}")
     return 0
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ImageLoRAError(f"--max-size: cannot read {text!r} as a size (e.g. 500M, 2G, 1048576)") from None
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from imagelora_dist.data.convert import ConvertOptions, convert_jsonl
+
+    if args.max_count < 1:
+        raise ImageLoRAError(f"--max-count must be >= 1, got {args.max_count}")
+    options = ConvertOptions(
+        bbox_format=args.bbox_format,
+        normalized=args.normalized,
+        max_count=args.max_count,
+        max_size=_parse_size(args.max_size),
+        prefix=args.prefix,
+        strict=args.strict,
+    )
+    report = convert_jsonl(args.jsonl, args.images, args.out, options, overwrite=args.overwrite)
+    print(report.summary())
+    return report.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.registry import FAMILIES
@@ -23,7 +23,8 @@ class ModelConfig(_Strict):
     family: str = "qwen2_5_vl"
     path: str | None = None
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # auto: bf16 on GPU, fp32 on CPU (a 7B checkpoint in fp32 would not fit most GPUs).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     @field_validator("family")
     @classmethod
@@ -33,11 +34,42 @@ class ModelConfig(_Strict):
         return v
 
 
-class DataConfig(_Strict):
-    """Synthetic screenshots for the probe set (WebDataset shards arrive with the data stage)."""
+class SynthConfig(_Strict):
+    """Synthetic GUI screenshots written as shards when `data.train` has none yet (`imagelora-dist synth`)."""
 
-    image_size: int = Field(224, ge=28, le=4096)
-    elements: int = Field(4, ge=1, le=12)
+    num_samples: int = Field(256, ge=1)
+    samples_per_shard: int = Field(64, ge=1)
+    width: int = Field(448, ge=64, le=4096)
+    height: int = Field(336, ge=64, le=4096)
+    min_elements: int = Field(4, ge=1)
+    max_elements: int = Field(10, ge=1)
+    instruction_words: tuple[int, int] = (0, 0)
+    tasks: tuple[Literal["grounding", "referring"], ...] = ("grounding", "referring")
+    seed: int = 0
+    workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SynthConfig:
+        if self.min_elements > self.max_elements:
+            raise ValueError(f"min_elements {self.min_elements} > max_elements {self.max_elements}")
+        lo, hi = self.instruction_words
+        if not 0 <= lo <= hi:
+            raise ValueError(f"instruction_words must be [min, max] with 0 <= min <= max, got {[lo, hi]}")
+        if not self.tasks:
+            raise ValueError("tasks must name at least one of grounding, referring")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the training shards are and how batches are made from them."""
+
+    # A directory (or URL of a directory) holding index.json; default: <output_dir>/data/train.
+    train: str | None = None
+    synth: SynthConfig = SynthConfig()
+    max_pixels: int = Field(448 * 448, ge=28 * 28)
+    max_length: int = Field(4096, ge=16)
+    shuffle_buffer: int = Field(256, ge=0)
+    num_workers: int = Field(0, ge=0)
     seed: int = 0
 
 

@@ -5,6 +5,7 @@ Runs in one process for now; the Ray fan-out of the probe wraps `probe_batches`/
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,45 +14,103 @@ import torch
 
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
 from imagelora_dist.config import RunConfig
-from imagelora_dist.data.collate import Sample, collate
-from imagelora_dist.data.screens import make_screen
+from imagelora_dist.data.collate import BatchCollator
+from imagelora_dist.data.reader import ShardReader, ShardStream
+from imagelora_dist.data.shards import INDEX_NAME
+from imagelora_dist.data.synth import SynthSpec, synthesize
+from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
+from imagelora_dist.models.registry import ModelSpec
 from imagelora_dist.probe.scores import HeadProbe
-from imagelora_dist.selection import HeadSelection, config_hash, select_heads
+from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
 
 Log = Callable[[str], None]
 
 
 def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
-    dtype = getattr(torch, cfg.model.dtype)
+    name = cfg.model.dtype
+    if name == "auto":
+        name = "bfloat16" if torch.cuda.is_available() else "float32"
+    dtype = getattr(torch, name)
     if cfg.model.path:
         return load_vlm(cfg.model.path, dtype=dtype)
     model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
     return model.to(dtype), processor
 
 
-def probe_batches(cfg: RunConfig, processor: object) -> list[dict[str, torch.Tensor]]:
-    """The probe set: `probe.num_examples` synthetic screens from a fixed seed, in fixed batches."""
-    samples = []
-    for i in range(cfg.probe.num_examples):
-        s = make_screen(
-            cfg.data.seed * 1_000_003 + i, cfg.data.image_size, cfg.data.image_size, cfg.data.elements
-        )
-        samples.append(Sample(s.instruction, s.answer, [s.image]))
+def train_shards(cfg: RunConfig) -> str:
+    """Where the training shards live: `data.train`, or <output_dir>/data/train."""
+    return cfg.data.train or str(Path(cfg.output_dir) / "data" / "train")
+
+
+def synth_spec(cfg: RunConfig) -> SynthSpec:
+    """The synthesizer's spec from the config's `data.synth` section."""
+    s = cfg.data.synth
+    return SynthSpec(
+        num_samples=s.num_samples,
+        samples_per_shard=s.samples_per_shard,
+        width=s.width,
+        height=s.height,
+        min_elements=s.min_elements,
+        max_elements=s.max_elements,
+        instruction_words=tuple(s.instruction_words),
+        tasks=tuple(s.tasks),
+        seed=s.seed,
+    )
+
+
+def ensure_train_shards(cfg: RunConfig, log: Log = print) -> str:
+    """The training shards, synthesized on first use when `data.train` is a local path without an index."""
+    path = train_shards(cfg)
+    if "://" in path or (Path(path) / INDEX_NAME).exists():
+        return path
+    log(f"[data] no shards at {path}: synthesizing {cfg.data.synth.num_samples} screenshots")
+    synthesize(synth_spec(cfg), path, workers=cfg.data.synth.workers, progress=log)
+    return path
+
+
+def probe_batches(
+    cfg: RunConfig, processor: object, spec: ModelSpec, shards: str
+) -> list[dict[str, torch.Tensor]]:
+    """The probe set: the first `probe.num_examples` samples of the shards in a `probe.seed` order."""
     size = cfg.probe.batch_size
-    return [collate(processor, samples[i : i + size]) for i in range(0, len(samples), size)]
+    reader = ShardReader.from_path(shards, size, seed=cfg.probe.seed, shuffle_buffer=cfg.data.shuffle_buffer)
+    if reader.index.total_samples < cfg.probe.num_examples:
+        raise ImageLoRAError(
+            f"probe.num_examples {cfg.probe.num_examples} exceeds the {reader.index.total_samples} samples in {shards}"
+        )
+    collator = BatchCollator(
+        processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length
+    )
+    batches, taken = [], 0
+    for raw in ShardStream(reader, epoch=0):
+        want = min(size, cfg.probe.num_examples - taken)
+        out = collator(raw["samples"][:want])
+        if out["inputs"] is not None:
+            batches.append(out["inputs"])
+            taken += out["num_samples"]
+        if taken >= cfg.probe.num_examples:
+            break
+    if taken < cfg.probe.num_examples:
+        raise ImageLoRAError(f"only {taken} usable probe examples in {shards} (corrupt or too long samples)")
+    return batches
 
 
-def selection_hash(cfg: RunConfig) -> str:
-    """Hash of everything the head selection depends on (so a re-run can skip a finished probe)."""
-    return config_hash({k: getattr(cfg, k).model_dump() for k in ("model", "data", "probe", "selection")})
+def selection_hash(cfg: RunConfig, shards: str) -> str:
+    """Hash of everything the head selection depends on, including the shard index's content."""
+    index = Path(shards) / INDEX_NAME
+    data_id = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else shards
+    parts = {k: getattr(cfg, k).model_dump() for k in ("model", "probe", "selection")}
+    parts["data"] = {"index": data_id, "max_pixels": cfg.data.max_pixels, "max_length": cfg.data.max_length}
+    return config_hash(parts)
 
 
 def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
     """Probe the heads, select them, write `head_selection.json`; skipped if it exists for this config."""
     out = Path(cfg.output_dir) / "head_selection.json"
-    digest = selection_hash(cfg)
+    shards = ensure_train_shards(cfg, log)
+    digest = selection_hash(cfg, shards)
     if out.exists():
         try:
             previous = HeadSelection.from_json(out)
@@ -62,7 +121,8 @@ def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
             return out
     model, processor = build_model(cfg)
     spec = resolve_model(model)
-    batches = probe_batches(cfg, processor)
+    resolve_budget(cfg.selection.budget, spec.total_kv_heads)  # fail before the probe, not after it
+    batches = probe_batches(cfg, processor, spec, shards)
     log(
         f"[probe] {spec.family}: {spec.num_layers} layers x {spec.num_kv_heads} KV heads, "
         f"{cfg.probe.num_examples} examples in {len(batches)} batches, method {cfg.probe.method}"
@@ -79,6 +139,11 @@ def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
             done += batch["input_ids"].shape[0]
             rate = done / (time.perf_counter() - start)
             log(f"[probe] batch {index + 1}/{len(batches)}  {rate:.1f} examples/s")
+    if not float(total.sum()) > 0:
+        raise ImageLoRAError(
+            "probe scores are all zero: the probe set has no visual tokens, or the model's image token id "
+            f"({spec.image_token_id}) does not match its processor"
+        )
     selection = select_heads(
         total,
         cfg.selection.budget,

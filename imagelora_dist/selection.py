@@ -145,7 +145,10 @@ class HeadSelection:
             ) from None
         hkv_raw = data.get("hkv")
         if isinstance(hkv_raw, Mapping):
-            values = {int(v) for v in hkv_raw.values()}
+            try:
+                values = {int(v) for v in hkv_raw.values()}
+            except (TypeError, ValueError):
+                raise SelectionError(f"{source}: 'hkv' values must be integers") from None
             if len(values) != 1:
                 raise SelectionError(f"{source}: 'hkv' differs between layers {sorted(values)}")
             hkv = values.pop()
@@ -244,6 +247,8 @@ def allocate_layer_budgets(masses: Sequence[float], caps: Sequence[int], total: 
         # gets a share from nothing when others have mass.
         weights = [max(m, 0.0) ** tau for m in masses]
     wsum = sum(weights)
+    if not 0 < wsum < math.inf:  # every weight underflowed (tiny masses, large tau) or overflowed
+        weights, wsum = [1.0] * n, float(n)
     k = [min(math.floor(total * w / wsum + 0.5), cap) for w, cap in zip(weights, caps, strict=True)]
     up = sorted(range(n), key=lambda i: (-masses[i], i))
     down = sorted(range(n), key=lambda i: (masses[i], i))

@@ -66,7 +66,14 @@ def test_mismatched_model_and_corrupt_files(tiny, tmp_path):
         load_adapter(other, path)
 
     cfg = json.loads((path / CONFIG_NAME).read_text())
-    for key, value in (("head_dim", spec.head_dim * 2), ("image_token_id", spec.image_token_id + 1)):
+    for key, value in (
+        ("head_dim", spec.head_dim * 2),
+        ("image_token_id", spec.image_token_id + 1),
+        ("video_token_id", None),
+        ("num_kv_heads", spec.num_kv_heads + 1),
+        ("num_layers", spec.num_layers + 2),
+        ("hidden_size", spec.hidden_size * 2),
+    ):
         (path / CONFIG_NAME).write_text(json.dumps(dict(cfg, **{key: value})))
         with pytest.raises(AdapterFormatError, match=key):
             load_adapter(model, path)

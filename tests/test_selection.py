@@ -58,6 +58,16 @@ def test_allocation_respects_caps_and_total(masses, cap, tau, data):
     assert sum(k) == total and all(0 <= x <= cap for x in k)
 
 
+@settings(max_examples=100, deadline=None)
+@given(masses=st.lists(st.floats(0.01, 100, allow_nan=False), min_size=1, max_size=10), data=st.data())
+def test_allocation_is_proportional_when_caps_do_not_bind(masses, data):
+    total = data.draw(st.integers(1, 20))
+    k = allocate_layer_budgets(masses, [total] * len(masses), total, 1.0)
+    for share, got in zip(masses, k, strict=True):
+        # rounding (<= 0.5) plus at most one repair step per layer
+        assert abs(got - total * share / sum(masses)) <= 1.5
+
+
 def test_proportional_allocation_follows_mass():
     scores = [[10.0, 10.0], [1.0, 1.0], [0.0, 0.0], [5.0, 5.0]]
     sel = select_heads(scores, 4, tau=1.0)

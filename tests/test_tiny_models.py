@@ -315,3 +315,11 @@ def test_unknown_family_lists_supported():
     assert "gpt2" in msg and "\n" not in msg
     assert all(f in msg for f in TINY_FAMILIES)
     assert isinstance(err.value, ImageLoRAError)
+
+
+def test_load_vlm_refuses_unsupported_model_type_before_loading(tmp_path):
+    from imagelora_dist.errors import UnsupportedModelError
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(UnsupportedModelError, match=r"unsupported model type 'llama'; supported: qwen2_vl"):
+        load_vlm(tmp_path)

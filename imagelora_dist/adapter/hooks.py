@@ -1,14 +1,22 @@
 """Route each decoder layer's `v_proj` output through a module that sees only visual-token rows.
 
-Shared by the Image-LoRA adapter and the head probes. A forward pre-hook on the model root turns
-`input_ids` into flat visual row indices once per forward; every adapted layer then gathers those rows.
-The indices live on the tracker, not on a context manager's stack, so they are still there when
-non-reentrant gradient checkpointing recomputes a layer during `backward()`.
+Shared by the Image-LoRA adapter and the head probes. A forward pre-hook on the model (and on its inner
+multimodal model, for callers that use it directly) turns `input_ids` into flat visual row indices once
+per forward, and a post-hook forgets them when that forward returns: a later direct call of the text
+decoder is text-only, never adapted at some earlier batch's image positions.
+
+Gradient checkpointing recomputes a layer during `backward()`, possibly after other forwards have run
+(two losses, one backward), and transformers checkpoints a layer's `forward`, so the layer's own hooks do
+not run again. Each decoder layer's pre-hook therefore hands that call's rows to the checkpoint through
+`context_fn` (torch's mechanism for exactly this): the recompute context re-activates the rows of the
+forward being replayed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -26,50 +34,116 @@ from imagelora_dist.models.registry import (
 _VISUAL_INPUT_KEYS = ("pixel_values", "pixel_values_videos")
 
 
+@contextlib.contextmanager
+def _both(
+    first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager
+) -> Iterator[None]:
+    with first, second:
+        yield
+
+
+class VisualRows:
+    """The visual rows of one forward: flat indices into [batch * seq], and the [batch, seq] shape."""
+
+    def __init__(self, rows: torch.Tensor, shape: tuple[int, int]) -> None:
+        self.rows = rows
+        self.shape = shape
+        self._on: dict[torch.device, torch.Tensor] = {rows.device: rows}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The indices on `device` (copied once per device, for models split across GPUs)."""
+        rows = self._on.get(device)
+        if rows is None:
+            rows = self._on[device] = self.rows.to(device)
+        return rows
+
+
 class VisualTokenTracker:
-    """Holds the visual row indices of the current forward, computed from its `input_ids`."""
+    """Computes each forward's visual rows and hands the right ones to the layer being computed."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.shape: tuple[int, int] | None = None
-        self._rows: torch.Tensor | None = None
-        self._rows_on: dict[torch.device, torch.Tensor] = {}
+        self.current: VisualRows | None = None  # of the model forward in progress
+        self.active: VisualRows | None = None  # of the decoder layer being computed (or recomputed)
+        self._depth = 0
 
-    def update(self, input_ids: torch.Tensor | None, has_visual_inputs: bool = False) -> None:
-        """Recompute the visual rows for a new forward (text-only when there are no input_ids)."""
-        self._rows_on = {}
-        if input_ids is None:
-            if has_visual_inputs:
-                raise ImageLoRAError(
-                    "Image-LoRA needs input_ids to locate visual tokens; got pixel values without input_ids"
-                )
-            self.shape, self._rows = None, None
-            return
+    def rows_from_ids(self, input_ids: torch.Tensor) -> VisualRows:
+        """Visual row indices of a batch of token ids."""
         mask = visual_token_mask(input_ids, self.spec)
-        self.shape = (int(input_ids.shape[0]), int(input_ids.shape[-1]))
-        self._rows = mask.reshape(-1).nonzero().squeeze(1)
+        return VisualRows(
+            mask.reshape(-1).nonzero().squeeze(1), (int(input_ids.shape[0]), int(input_ids.shape[-1]))
+        )
 
-    def rows_for(self, x: torch.Tensor) -> torch.Tensor:
-        """Flat indices of visual rows of `x` ([batch, seq, hidden]), on `x`'s device."""
-        if self._rows is None:
-            return torch.empty(0, dtype=torch.long, device=x.device)
-        if tuple(x.shape[:2]) != self.shape:
-            raise ImageLoRAError(
-                f"v_proj input has shape {tuple(x.shape[:2])} but input_ids had {self.shape}: "
-                "the visual mask cannot be aligned (was the model called with inputs_embeds only?)"
-            )
-        rows = self._rows_on.get(x.device)
-        if rows is None:
-            rows = self._rows_on[x.device] = self._rows.to(x.device)
-        return rows
-
-    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook for the model root: read `input_ids` positionally or by keyword."""
+    def model_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook of the model: read `input_ids` positionally or by keyword."""
         input_ids = kwargs.get("input_ids")
         if input_ids is None and args and isinstance(args[0], torch.Tensor):
             input_ids = args[0]
-        has_visual = any(kwargs.get(k) is not None for k in _VISUAL_INPUT_KEYS)
-        self.update(input_ids, has_visual)
+        self._depth += 1
+        if input_ids is None:
+            if any(kwargs.get(k) is not None for k in _VISUAL_INPUT_KEYS):
+                self._depth -= 1
+                raise ImageLoRAError(
+                    "Image-LoRA needs input_ids to locate visual tokens; got pixel values without input_ids"
+                )
+            if self._depth == 1:
+                self.current = None
+            return
+        self.current = self.rows_from_ids(input_ids)
+
+    def model_post_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+        """Forward hook (always called, also on error): forget the rows once the outermost call returns."""
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self.current = None
+            self.active = None
+
+    def layer_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Decoder-layer pre-hook: activate this forward's rows, and carry them into a checkpoint's replay."""
+        self.active = self.current
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and func is not None:
+            base = getattr(func, "_imagelora_base", func)
+            module._gradient_checkpointing_func = self._checkpoint_with_rows(base, self.current)
+
+    def _checkpoint_with_rows(self, base: Callable, rows: VisualRows | None) -> Callable:
+        keywords = getattr(base, "keywords", None) or {}
+        if keywords.get("use_reentrant", True) is not False:
+            raise ImageLoRAError(
+                "Image-LoRA needs non-reentrant gradient checkpointing: "
+                "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+            )
+        user_context_fn = keywords.get("context_fn")
+
+        def context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            forward_ctx, recompute_ctx = (
+                user_context_fn() if user_context_fn else (contextlib.nullcontext(), contextlib.nullcontext())
+            )
+            return forward_ctx, _both(recompute_ctx, self._activated(rows))
+
+        wrapped = functools.partial(base, context_fn=context_fn)
+        wrapped._imagelora_base = base  # type: ignore[attr-defined]
+        return wrapped
+
+    @contextlib.contextmanager
+    def _activated(self, rows: VisualRows | None) -> Iterator[None]:
+        previous, self.active = self.active, rows
+        try:
+            yield
+        finally:
+            self.active = previous
+
+    def rows_for(self, x: torch.Tensor) -> torch.Tensor:
+        """Flat indices of visual rows of `x` ([batch, seq, hidden]), on `x`'s device."""
+        rows = self.active
+        if rows is None:
+            return torch.empty(0, dtype=torch.long, device=x.device)
+        if tuple(x.shape[:2]) != rows.shape:
+            raise ImageLoRAError(
+                f"v_proj input has shape {tuple(x.shape[:2])} but input_ids had {rows.shape}: "
+                "the visual mask cannot be aligned (was the model called with inputs_embeds only?)"
+            )
+        return rows.on(x.device)
 
 
 class ValuePathModule(nn.Module):
@@ -145,7 +219,19 @@ class ValuePathHooks:
             self._parents.append(attn)
             v_proj = value_projection(layers[layer_index])
             self._handles.append(v_proj.register_forward_hook(_call_module(module)))
-        self._handles.append(model.register_forward_pre_hook(self.tracker.pre_hook, with_kwargs=True))
+        for layer in layers:
+            self._handles.append(
+                layer.register_forward_pre_hook(self.tracker.layer_pre_hook, with_kwargs=True)
+            )
+        # The root and, where there is one, the inner multimodal model (callers may use either).
+        inner = getattr(model, "model", None)
+        for target in (model, inner) if isinstance(inner, nn.Module) else (model,):
+            self._handles.append(
+                target.register_forward_pre_hook(self.tracker.model_pre_hook, with_kwargs=True)
+            )
+            self._handles.append(
+                target.register_forward_hook(self.tracker.model_post_hook, with_kwargs=True, always_call=True)
+            )
 
     def remove(self) -> None:
         """Remove every hook and child module added by this object (idempotent)."""

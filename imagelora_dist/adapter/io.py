@@ -6,8 +6,10 @@ Tensors are keyed by decoder layer index and KV head index (`layers.{l}.A`, `lay
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +38,26 @@ _MATCH_FIELDS = (
 )
 
 
-def _gathered(p: torch.Tensor) -> torch.Tensor:
-    """A full CPU copy of a parameter, gathering it first under ZeRO-3 (where it is a size-0 shard)."""
-    if hasattr(p, "ds_id"):
-        import deepspeed  # only reachable when DeepSpeed already partitioned the parameter
-
-        with deepspeed.zero.GatheredParameters([p]):
-            return p.detach().to("cpu", copy=True).contiguous()
-    return p.detach().to("cpu", copy=True).contiguous()
-
-
 def adapter_state_dict(handle: ImageLoRAHandle) -> dict[str, torch.Tensor]:
-    """The adapter's tensors keyed by (layer, head), full-size and on CPU."""
+    """The adapter's tensors keyed by (layer, head), full-size and on CPU.
+
+    Under ZeRO-3 the parameters are gathered in one collective: every rank must call this (and
+    `save_adapter`), not only rank 0.
+    """
+    params = list(handle.parameters())
+    gather = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed  # only reachable when DeepSpeed already partitioned the parameters
+
+        gather = deepspeed.zero.GatheredParameters(params)
     out: dict[str, torch.Tensor] = {}
-    for layer, module in handle.modules.items():
-        out[f"layers.{layer}.A"] = _gathered(module.A)
-        out[f"layers.{layer}.gamma"] = _gathered(module.gamma)
-        b = _gathered(module.B)
-        for i, head in enumerate(module.heads.tolist()):
-            out[f"layers.{layer}.heads.{head}.B"] = b[i].clone()
+    with gather:
+        for layer, module in handle.modules.items():
+            out[f"layers.{layer}.A"] = module.A.detach().to("cpu", copy=True).contiguous()
+            out[f"layers.{layer}.gamma"] = module.gamma.detach().to("cpu", copy=True).contiguous()
+            b = module.B.detach().to("cpu", copy=True)
+            for i, head in enumerate(module.heads.tolist()):
+                out[f"layers.{layer}.heads.{head}.B"] = b[i].contiguous()
     return out
 
 
@@ -143,6 +146,16 @@ def load_adapter(
             raise AdapterFormatError(
                 f"{path / CONFIG_NAME}: {key} is {config[key]!r} but the model has {model_fields[key]!r}"
             )
+    saved_name, model_name = config.get("base_model_name_or_path") or "", spec.name_or_path
+    if saved_name and model_name and Path(saved_name).name != Path(model_name).name:
+        warnings.warn(
+            f"{path}: adapter was trained on {saved_name!r}, loading into {model_name!r} (same geometry)",
+            stacklevel=2,
+        )
+    if any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters()):
+        raise AdapterFormatError(
+            f"{path}: load the adapter before deepspeed.initialize (ZeRO-3 partitioned the model)"
+        )
     selection = HeadSelection.from_dict(config["selection"], source=str(path / CONFIG_NAME))
     weights_path = path / WEIGHTS_NAME
     try:

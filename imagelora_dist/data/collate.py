@@ -79,3 +79,84 @@ def collate(
         labels[i, last - n : last] = ids[i, last - n : last]
     batch["labels"] = labels
     return batch
+
+
+def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Downscale (never upscale) so width*height <= max_pixels, keeping the aspect ratio."""
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+class BatchCollator:
+    """Decoded shard samples -> model inputs, with the token counts the FLOPs accounting needs.
+
+    Images are fitted to `max_pixels`; a sample longer than `max_length` tokens is dropped and counted
+    (`too_long`) rather than truncated, because a cut through an image span breaks the model's
+    feature/placeholder match and a cut answer trains on nothing.
+    """
+
+    def __init__(
+        self,
+        processor: object,
+        visual_token_ids: Sequence[int],
+        *,
+        max_pixels: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.processor = processor
+        self.visual_token_ids = torch.tensor(list(visual_token_ids))
+        self.max_pixels = max_pixels
+        self.max_length = max_length
+        self.processor_kwargs: dict = {}
+        image_processor = getattr(processor, "image_processor", None)
+        if max_pixels is not None and hasattr(image_processor, "merge_size"):
+            # Dynamic-resolution (Qwen) processors resize to their own pixel range: make it ours.
+            min_pixels = min(max_pixels, 56 * 56)
+            self.processor_kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+
+    def samples(self, decoded: Sequence[dict]) -> list[Sample]:
+        """Chat samples from decoded records (`instruction`, `answer`) and their fitted images."""
+        return [
+            Sample(
+                d["record"]["instruction"],
+                d["record"].get("answer"),
+                [fit_pixels(d["image"], self.max_pixels)],
+            )
+            for d in decoded
+        ]
+
+    def __call__(self, decoded: Sequence[dict]) -> dict:
+        """{"inputs": model inputs or None, "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
+        samples = self.samples(decoded)
+        records = [d["record"] for d in decoded]
+        too_long = 0
+        inputs = None
+        while samples:
+            inputs = collate(self.processor, samples, **self.processor_kwargs)
+            if self.max_length is None:
+                break
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            keep = [i for i, n in enumerate(lengths) if n <= self.max_length]
+            if len(keep) == len(samples):
+                break
+            too_long += len(samples) - len(keep)
+            samples = [samples[i] for i in keep]
+            records = [records[i] for i in keep]
+            inputs = None
+        visual = text = 0
+        if inputs is not None:
+            ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+            is_visual = torch.isin(ids, self.visual_token_ids.to(ids.device)) & mask
+            visual = int(is_visual.sum())
+            text = int(mask.sum()) - visual
+        return {
+            "inputs": inputs,
+            "records": records,
+            "num_samples": len(records) if inputs is not None else 0,
+            "visual_tokens": visual,
+            "text_tokens": text,
+            "too_long": too_long,
+        }

@@ -41,6 +41,7 @@ from transformers.utils import is_torchvision_available
 
 from imagelora_dist.errors import ImageLoRAError, UnsupportedModelError
 from imagelora_dist.models import processors as P
+from imagelora_dist.models.registry import family_for_model_type
 
 TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "idefics3", "gemma3")
 
@@ -349,6 +350,8 @@ def load_vlm(
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
     except (OSError, json.JSONDecodeError, AttributeError) as e:
         raise ImageLoRAError(f"unreadable config.json in {path}: {e}") from e
+    # Refuse a model we cannot adapt before loading gigabytes of weights.
+    family_for_model_type(str(model_type))
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -113,12 +113,16 @@ class HeadProbe:
                 self.modules[index] = Rank1Probe(a.to(device), self.spec.num_kv_heads, self.spec.head_dim)
             else:
                 self.modules[index] = GateProbe(self.spec.num_kv_heads, self.spec.head_dim, device)
-        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-        self._was_training = model.training
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
+        # Hooks first: if attaching fails (say, a probe is already attached) nothing else has changed.
         self._hooks: ValuePathHooks | None = ValuePathHooks(model, self.spec, self.modules, CHILD_NAME)
+        self._requires_grad = {
+            name: p.requires_grad for name, p in model.named_parameters() if not name.count(f".{CHILD_NAME}.")
+        }
+        self._was_training = model.training
+        for name, p in model.named_parameters():
+            if name in self._requires_grad:
+                p.requires_grad_(False)
+        model.eval()
 
     def score_batch(self, batch: Mapping[str, Any], index: int = 0) -> torch.Tensor:
         """Forward + backward one labelled batch; float64 scores [layers, kv_heads]."""

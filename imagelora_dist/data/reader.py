@@ -1,0 +1,378 @@
+"""Streaming reader of screenshot shards: exact, resumable, and equal work on every rank.
+
+Every epoch the shard list is shuffled with a seed derived from (seed, epoch); the shards' samples,
+concatenated in that order, are the epoch's global sample positions (counts come from index.json). Rank r
+takes the contiguous range [r*S, (r+1)*S) with S = N // world_size, cut into S // batch_size batches;
+each DataLoader worker takes a contiguous block of those batches and reads only the shards overlapping
+it. So every sample is read by exactly one worker of one rank, every rank yields the same number of
+batches (a corrupt or missing sample makes a batch smaller, never absent), and ranks never hang at the
+epoch end. Up to world_size * batch_size - 1 tail samples per epoch are left out; the shuffle moves
+them to other positions in the next epoch.
+
+Batches come out of the DataLoader round-robin over workers: rank batch g is worker g % W's batch
+g // W. The cursor (epoch, batches consumed) therefore says exactly which batches each worker has
+already delivered; on resume each worker skips those without decoding them.
+
+Shards are untrusted: only image members (png/jpg/jpeg/webp, decoded by PIL) and `json` are read;
+everything else (`.pyd`, `.pth`, `.pickle`, ...) is never even extracted, let alone unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
+
+from imagelora_dist.data.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ShardIndex
+from imagelora_dist.errors import ImageLoRAError
+
+_READ_SUFFIXES = {*IMAGE_EXTENSIONS, "json"}
+
+
+@dataclass
+class Cursor:
+    """Where a rank is in the stream: the epoch and how many of its batches were consumed in it."""
+
+    epoch: int = 0
+    batches: int = 0
+    samples: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    batch_size: int = 1
+
+    def to_dict(self) -> dict[str, int]:
+        """For a checkpoint (plain JSON, no pickle)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cursor:
+        """Inverse of `to_dict`."""
+        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Counters:
+    """What was dropped while reading, summed over the batches of an epoch."""
+
+    corrupt: int = 0
+    undecodable: int = 0
+    incomplete: int = 0
+    missing: int = 0
+    too_long: int = 0
+
+    def add(self, other: dict[str, int]) -> None:
+        """Add a batch's counts."""
+        for k, v in other.items():
+            if hasattr(self, k):
+                setattr(self, k, getattr(self, k) + int(v))
+
+    @property
+    def total(self) -> int:
+        """All dropped samples."""
+        return self.corrupt + self.undecodable + self.incomplete + self.missing + self.too_long
+
+
+@dataclass
+class ShardSpan:
+    """Read samples [start, stop) of one shard (positions in tar order)."""
+
+    url: str
+    start: int
+    stop: int
+
+
+@dataclass
+class WorkerPlan:
+    """A worker's share of a rank's epoch: its batches, as spans of shards."""
+
+    spans: list[ShardSpan]
+    num_batches: int
+    first_position: int
+    worker: int
+    shuffle_seed: int
+
+
+@dataclass
+class EpochPlan:
+    """The deterministic layout of one epoch for one rank."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    batch_size: int
+    batches_per_rank: int
+    samples_per_rank: int
+    shard_order: list[int] = field(default_factory=list)
+
+
+def open_url(url: str) -> io.BufferedIOBase:
+    """Open a shard: a local path, `file://`, `pipe:cmd`, or any fsspec URL (`s3://` with s3fs installed)."""
+    if url.startswith("pipe:"):
+        return wds.gopen(url, "rb")
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" not in url:
+        return open(url, "rb")
+    import fsspec
+
+    try:
+        return fsspec.open(url, "rb").open()
+    except ImportError as exc:
+        raise ImageLoRAError(f"{url}: the filesystem client for this URL is not installed ({exc})") from None
+
+
+class ShardReader:
+    """Plans epochs over a shard index and turns a worker's plan into raw samples and batches."""
+
+    def __init__(
+        self,
+        index: ShardIndex,
+        base_url: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        shuffle_shards: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ImageLoRAError(f"batch_size must be >= 1, got {batch_size}")
+        self.index = index
+        self.urls = index.urls(base_url)
+        self.counts = [s.samples for s in index.shards]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_shards = shuffle_shards
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, batch_size: int, **kwargs: Any) -> ShardReader:
+        """A reader for the shards listed in `path` (a directory with index.json, or the index file)."""
+        p = Path(path)
+        index = ShardIndex.read(p)
+        base = str(p if p.is_dir() else p.parent)
+        return cls(index, base, batch_size, **kwargs)
+
+    def shard_order(self, epoch: int) -> list[int]:
+        """The epoch's shard order: a permutation seeded by (seed, epoch), the same on every rank."""
+        order = list(range(len(self.urls)))
+        if self.shuffle_shards:
+            random.Random(f"shards/{self.seed}/{epoch}").shuffle(order)
+        return order
+
+    def epoch_plan(self, epoch: int, rank: int, world_size: int) -> EpochPlan:
+        """How many batches every rank gets this epoch (the same for all)."""
+        if not 0 <= rank < world_size:
+            raise ImageLoRAError(f"rank {rank} outside world size {world_size}")
+        per_rank = sum(self.counts) // world_size
+        batches = per_rank // self.batch_size
+        if batches == 0:
+            raise ImageLoRAError(
+                f"{sum(self.counts)} samples cannot give every one of {world_size} ranks a batch of {self.batch_size}"
+            )
+        return EpochPlan(epoch, rank, world_size, self.batch_size, batches, per_rank, self.shard_order(epoch))
+
+    def worker_plan(self, plan: EpochPlan, worker: int, num_workers: int) -> WorkerPlan:
+        """The block of the rank's batches that `worker` of `num_workers` reads, as shard spans."""
+        w_count = max(1, num_workers)
+        base, extra = divmod(plan.batches_per_rank, w_count)
+        n_batches = base + (1 if worker < extra else 0)
+        first_batch = worker * base + min(worker, extra)
+        lo = plan.rank * plan.samples_per_rank + first_batch * plan.batch_size
+        hi = lo + n_batches * plan.batch_size
+        spans, pos = [], 0
+        for shard in plan.shard_order:
+            count = self.counts[shard]
+            a, b = max(lo, pos), min(hi, pos + count)
+            if a < b:
+                spans.append(ShardSpan(self.urls[shard], a - pos, b - pos))
+            pos += count
+            if pos >= hi:
+                break
+        seed = hash_seed(self.seed, plan.epoch, plan.rank, worker)
+        return WorkerPlan(spans, n_batches, lo, worker, seed)
+
+    def raw_samples(self, wplan: WorkerPlan, counters: dict[str, int]) -> Iterator[dict[str, Any]]:
+        """Undecoded samples of the worker's spans; a shard that breaks off is counted, not fatal."""
+        for span in wplan.spans:
+            seen = 0
+            try:
+                stream = open_url(span.url)
+            except (OSError, ImageLoRAError):
+                counters["missing"] += span.stop - span.start
+                continue
+            errors: list[Exception] = []
+
+            def keep_going(exc: Exception, errors: list[Exception] = errors) -> bool:
+                errors.append(exc)
+                return False  # a broken tar stream cannot be resynchronised: stop this shard
+
+            with stream:
+                files = tariterators.tar_file_expander(
+                    [{"url": span.url, "stream": stream}],
+                    handler=keep_going,
+                    select_files=lambda name: name.rpartition(".")[2].lower() in _READ_SUFFIXES,
+                )
+                for sample in tariterators.group_by_keys(files, handler=keep_going):
+                    if seen >= span.stop:
+                        break
+                    if seen >= span.start:
+                        yield sample
+                    seen += 1
+            if seen < span.stop:
+                # Short shard (truncated tar, or fewer samples than the index says).
+                counters["corrupt"] += span.stop - max(seen, span.start)
+
+
+def hash_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash() is salted per process)."""
+    rng = random.Random("/".join(str(p) for p in parts))
+    return rng.getrandbits(63)
+
+
+def shuffled(items: Iterator[dict[str, Any]], buffer: int, seed: int) -> Iterator[dict[str, Any]]:
+    """A seeded buffer shuffle: deterministic for a given stream and seed."""
+    if buffer <= 1:
+        yield from items
+        return
+    rng = random.Random(seed)
+    pool: list[dict[str, Any]] = []
+    for item in items:
+        pool.append(item)
+        if len(pool) >= buffer:
+            i = rng.randrange(len(pool))
+            pool[i], pool[-1] = pool[-1], pool[i]
+            yield pool.pop()
+    rng.shuffle(pool)
+    yield from pool
+
+
+def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """Image (PIL, RGB) and record (dict) of a raw sample. Raises ValueError for anything else."""
+    images = [k for k in raw if k.lower() in IMAGE_EXTENSIONS]
+    if "json" not in raw or len(images) != 1:
+        raise KeyError(f"sample {raw.get('__key__')}: needs one image and a json member")
+    record = json.loads(raw["json"])
+    if not isinstance(record, dict):
+        raise ValueError("json member is not an object")
+    with Image.open(io.BytesIO(raw[images[0]])) as im:
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"image {im.width}x{im.height} exceeds {MAX_IMAGE_PIXELS} pixels")
+        image = im.convert("RGB")
+    return {"__key__": raw.get("__key__"), "image": image, "record": record}
+
+
+BatchFn = Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+
+class ShardStream(IterableDataset):
+    """An IterableDataset over one rank's share of an epoch; use with a DataLoader(batch_size=None).
+
+    Yields `{"samples": [...decoded...], "stats": {...counts...}, "batch_index": g}` or, with
+    `collate_fn`, whatever it returns for the decoded samples plus "stats" and "batch_index".
+    """
+
+    def __init__(
+        self,
+        reader: ShardReader,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        num_workers: int = 0,
+        collate_fn: BatchFn | None = None,
+    ) -> None:
+        super().__init__()
+        self.reader = reader
+        self.rank, self.world_size = rank, world_size
+        self.epoch = epoch
+        self.skip_batches = skip_batches
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn
+        self.plan = reader.epoch_plan(epoch, rank, world_size)
+
+    def __len__(self) -> int:
+        return self.plan.batches_per_rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if info is not None and n_workers != max(1, self.num_workers):
+            raise ImageLoRAError(
+                f"ShardStream built for {self.num_workers} workers, DataLoader has {n_workers}"
+            )
+        # Rank batch g is role g % W's local batch g // W. The DataLoader asks its workers round-robin
+        # starting from worker 0, so after skipping k batches worker i plays role (i + k) % W.
+        role = (worker + self.skip_batches) % n_workers
+        wplan = self.reader.worker_plan(self.plan, role, n_workers)
+        done = max(0, -(-(self.skip_batches - role) // n_workers))
+        counters = dict.fromkeys(asdict(Counters()), 0)
+        raw = shuffled(
+            self.reader.raw_samples(wplan, counters), self.reader.shuffle_buffer, wplan.shuffle_seed
+        )
+        bsz = self.reader.batch_size
+        for local in range(wplan.num_batches):
+            chunk = [s for _, s in zip(range(bsz), raw, strict=False)]
+            if local < done:
+                counters.update(dict.fromkeys(counters, 0))  # consumed before the resume: read, not decoded
+                continue
+            decoded = []
+            for s in chunk:
+                try:
+                    decoded.append(decode_sample(s))
+                except KeyError:
+                    counters["incomplete"] += 1
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    counters["undecodable"] += 1
+            stats = dict(counters)
+            counters.update(dict.fromkeys(counters, 0))  # in place: raw_samples holds this dict
+            batch: dict[str, Any] = {"samples": decoded}
+            if self.collate_fn is not None:
+                batch = self.collate_fn(decoded)
+                stats["too_long"] = stats.get("too_long", 0) + int(batch.pop("too_long", 0))
+            batch["stats"] = stats
+            batch["batch_index"] = role + local * n_workers
+            yield batch
+
+
+def make_loader(
+    reader: ShardReader,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+    skip_batches: int = 0,
+    num_workers: int = 0,
+    collate_fn: BatchFn | None = None,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """A DataLoader yielding this rank's batches of the epoch in a deterministic order."""
+    ds = ShardStream(
+        reader,
+        rank=rank,
+        world_size=world_size,
+        epoch=epoch,
+        skip_batches=skip_batches,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+    extra = {} if num_workers == 0 else {"prefetch_factor": prefetch_factor or 2, "persistent_workers": False}
+    return DataLoader(ds, batch_size=None, num_workers=num_workers, **extra)
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed if initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

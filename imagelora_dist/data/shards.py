@@ -1,0 +1,182 @@
+"""The on-disk shard format shared by `synth`, `shard` and the reader.
+
+A dataset is a directory of WebDataset tar shards `{prefix}-{i:06d}.tar` plus `index.json`.
+Each sample has `__key__`, one image member (`png`, `jpg`/`jpeg` or `webp`, the bytes as produced or as
+found in the source) and a `json` member with the record below. Nothing else is written, and the
+reader decodes nothing else.
+
+Record (`json` member):
+    id            str    unique within the dataset
+    task          str    "grounding" or "referring"
+    instruction   str    the user's text (for referring, built from the box)
+    answer        str    the assistant's text (grounding: "(x, y)" in [0, 1000))
+    bbox          [x0, y0, x1, y1] in pixels of the stored image, x0 < x1 <= width, y0 < y1 <= height
+    point         [x, y] in pixels (the box centre unless the source gave a point)
+    element_type  str    "button", "checkbox", "text", "icon", ...
+    element_text  str    the element's visible text ("" for icons)
+    width, height int    of the stored image
+    source        str    where the sample came from ("synth", or the converted file name)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from imagelora_dist.errors import ImageLoRAError
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "imagelora-shards"
+INDEX_VERSION = 1
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+RECORD_FIELDS = (
+    "id", "task", "instruction", "answer", "bbox", "point", "element_type", "element_text", "width", "height", "source",
+)  # fmt: skip
+
+
+# Screenshots larger than this are refused before decoding (decompression bombs), here and in the reader.
+MAX_IMAGE_PIXELS = 64_000_000
+# Tar layout of `write_shard` (USTAR, integer mtime, short ASCII names): a 512-byte header per member,
+# data padded to 512, two zero blocks at the end, the archive padded to a 10240-byte record.
+TAR_BLOCK = 512
+TAR_RECORD = 20 * TAR_BLOCK
+
+
+def tar_member_size(nbytes: int) -> int:
+    """Bytes one member of `nbytes` takes in a shard written by `write_shard`."""
+    return TAR_BLOCK + -(-nbytes // TAR_BLOCK) * TAR_BLOCK
+
+
+def tar_archive_size(members_bytes: int) -> int:
+    """Bytes of a shard whose members (from `tar_member_size`) add up to `members_bytes`."""
+    return -(-(members_bytes + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """`{prefix}-{index:06d}.tar`."""
+    return f"{prefix}-{index:06d}.tar"
+
+
+@dataclass
+class ShardInfo:
+    """One shard of the index: its file name (relative to the index) and contents."""
+
+    url: str
+    samples: int
+    bytes: int = 0
+
+
+@dataclass
+class ShardIndex:
+    """`index.json`: the shards in order, their sample counts, and how they were made."""
+
+    shards: list[ShardInfo]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_samples(self) -> int:
+        """Samples over all shards."""
+        return sum(s.samples for s in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "total_samples": self.total_samples,
+            "shards": [{"url": s.url, "samples": s.samples, "bytes": s.bytes} for s in self.shards],
+            "meta": self.meta,
+        }
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write `index.json` atomically into `directory`."""
+        path = Path(directory) / INDEX_NAME
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ShardIndex:
+        """Read `index.json` (or the directory holding it), with errors naming the file and field."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / INDEX_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ImageLoRAError(f"{path}: shard index not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ImageLoRAError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, Mapping) or data.get("format") != INDEX_FORMAT:
+            raise ImageLoRAError(f"{path}: not an {INDEX_FORMAT} index (format field)")
+        try:
+            shards = [
+                ShardInfo(str(s["url"]), int(s["samples"]), int(s.get("bytes", 0))) for s in data["shards"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ImageLoRAError(f"{path}: bad 'shards' entry ({exc})") from None
+        return cls(shards=shards, meta=dict(data.get("meta") or {}))
+
+    def urls(self, base: str | os.PathLike) -> list[str]:
+        """Shard URLs resolved against the directory (or URL prefix) holding the index."""
+        base = str(base).rstrip("/")
+        return [s.url if _is_absolute(s.url) else f"{base}/{s.url}" for s in self.shards]
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _is_absolute(url: str) -> bool:
+    """An absolute path, or a URL with a scheme (`file://`, `s3://`, `pipe:`)."""
+    return url.startswith("/") or bool(_SCHEME.match(url))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp name in the same directory, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]]) -> ShardInfo:
+    """Write one tar shard atomically and deterministically (fixed mtime/owner): same samples, same bytes.
+
+    Each sample: `__key__`, one image member (bytes) named by its extension, and `json` (a dict).
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    count = 0
+    with wds.TarWriter(buf, mtime=0, user="imagelora", group="imagelora", mode=0o444) as sink:
+        for sample in samples:
+            keys = set(sample) - {"__key__"}
+            images = [k for k in keys if k in IMAGE_EXTENSIONS]
+            if len(images) != 1 or keys != {images[0], "json"}:
+                raise ValueError(
+                    f"sample {sample.get('__key__')}: expected one image member and 'json', got {sorted(keys)}"
+                )
+            sink.write(dict(sample))
+            count += 1
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return ShardInfo(url=path.name, samples=count, bytes=len(data))
+
+
+def read_shard_raw(path: str | os.PathLike) -> list[dict[str, bytes | str]]:
+    """All members of a local shard grouped by key, as raw bytes (for tests and tools; never decodes)."""
+    groups: dict[str, dict[str, bytes | str]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+    return list(groups.values())

@@ -1,0 +1,104 @@
+"""Collator: answer-only labels, visual token counts, pixel budget, too-long samples skipped."""
+
+from __future__ import annotations
+
+import torch
+from conftest import image_batch
+from PIL import Image
+
+from imagelora_dist import resolve_model
+from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator, fit_pixels
+from imagelora_dist.data.screens import make_screen
+
+
+def _implied_visual_tokens(model, processor, batch) -> int:
+    """What the image processor's output implies, per family (independent of input_ids)."""
+    cfg = model.config
+    mt = cfg.model_type
+    if mt.startswith("qwen"):
+        merge = cfg.vision_config.spatial_merge_size
+        return int(batch["image_grid_thw"].prod(dim=-1).sum()) // merge**2
+    n_images = (
+        batch["pixel_values"].shape[0]
+        if mt != "idefics3"
+        else int(batch["pixel_values"].shape[1] * batch["pixel_values"].shape[0])
+    )
+    if mt == "llava":
+        return n_images * cfg.image_seq_length
+    if mt == "gemma3":
+        return n_images * cfg.mm_tokens_per_image
+    if mt == "idefics3":
+        return n_images * processor.image_seq_len
+    raise AssertionError(mt)
+
+
+def test_labels_cover_only_answer_tokens(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    for side in ("left", "right"):
+        batch = image_batch(processor, n=2, padding_side=side)
+        ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"].bool()
+        assert int((ids == spec.image_token_id).sum()) == _implied_visual_tokens(model, processor, batch)
+        for i in range(ids.shape[0]):
+            supervised = (labels[i] != IGNORE_INDEX).nonzero().squeeze(1)
+            assert supervised.numel() > 0
+            assert torch.equal(labels[i, supervised], ids[i, supervised])
+            assert mask[i, supervised].all()  # never padding
+            last_visual = (ids[i] == spec.image_token_id).nonzero().max()
+            assert supervised.min() > last_visual  # never image tokens nor the prompt before them
+            # Contiguous tail of the real tokens.
+            real = mask[i].nonzero().squeeze(1)
+            assert supervised.tolist() == real[-supervised.numel() :].tolist()
+            text = processor.tokenizer.decode(ids[i, supervised]).strip()
+            assert text.startswith(make_screen(i * 10).answer), text
+            prompt = processor.tokenizer.decode(ids[i, : supervised.min()])
+            assert make_screen(i * 10).instruction in prompt
+
+
+def test_fit_pixels_keeps_aspect_and_never_upscales():
+    im = Image.new("RGB", (800, 400))
+    out = fit_pixels(im, 200 * 100)
+    assert out.width * out.height <= 200 * 100 and abs(out.width / out.height - 2) < 0.05
+    assert fit_pixels(im, 10**7) is im
+
+
+def _decoded(n, size=448):
+    out = []
+    for i in range(n):
+        s = make_screen(i, size, size)
+        out.append(
+            {
+                "image": s.image,
+                "record": {"instruction": s.instruction + " word" * (40 * i), "answer": s.answer},
+            }
+        )
+    return out
+
+
+def test_pixel_budget_controls_qwen_visual_tokens():
+    from imagelora_dist import build_tiny_vlm
+
+    model, processor = build_tiny_vlm("qwen2_5_vl")
+    spec = resolve_model(model)
+    small = BatchCollator(processor, spec.visual_token_ids, max_pixels=224 * 224)(_decoded(1))
+    large = BatchCollator(processor, spec.visual_token_ids, max_pixels=448 * 448)(_decoded(1))
+    assert small["visual_tokens"] == 64 and large["visual_tokens"] == 256
+    assert small["text_tokens"] == large["text_tokens"] > 0
+    assert small["inputs"]["input_ids"].shape[1] == 64 + small["text_tokens"]
+
+
+def test_too_long_samples_are_skipped_not_truncated(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    decoded = _decoded(3, size=224)
+    full = BatchCollator(processor, spec.visual_token_ids)(decoded)
+    lengths = full["inputs"]["attention_mask"].sum(dim=1).tolist()
+    limit = sorted(lengths)[1]  # the longest sample no longer fits
+    out = BatchCollator(processor, spec.visual_token_ids, max_length=limit)(decoded)
+    assert out["too_long"] == 1 and out["num_samples"] == 2
+    assert out["inputs"]["attention_mask"].sum(dim=1).max() <= limit
+    assert len(out["records"]) == 2
+    none = BatchCollator(processor, spec.visual_token_ids, max_length=5)(decoded)
+    assert none["inputs"] is None and none["too_long"] == 3 and none["num_samples"] == 0
+    empty = BatchCollator(processor, spec.visual_token_ids)([])
+    assert empty["inputs"] is None and empty["num_samples"] == 0

@@ -1,0 +1,169 @@
+"""Streaming shard reader: exact coverage, equal batches per rank, corrupt data, no pickle, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tarfile
+
+import pytest
+from PIL import Image
+
+from imagelora_dist.data.reader import Counters, ShardReader, decode_sample, make_loader
+from imagelora_dist.data.shards import ShardIndex, ShardInfo, shard_name, write_shard
+
+
+def _png(i: int, size: int = 16) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record(i: int) -> dict:
+    return {"id": f"s{i}", "task": "grounding", "instruction": f"Click item {i}.", "answer": "(1, 2)",
+            "bbox": [1, 1, 5, 5], "point": [3, 3], "element_type": "button", "element_text": str(i),
+            "width": 16, "height": 16, "source": "test"}  # fmt: skip
+
+
+def make_dataset(tmp_path, counts, extra_members=None) -> str:
+    """Shards with the given sample counts; sample ids are global and sequential."""
+    infos, i = [], 0
+    for s, n in enumerate(counts):
+        samples = []
+        for _ in range(n):
+            samples.append({"__key__": f"{i:09d}", "png": _png(i), "json": _record(i)})
+            i += 1
+        infos.append(write_shard(tmp_path / shard_name("train", s), samples))
+    ShardIndex(infos).write(tmp_path)
+    return str(tmp_path)
+
+
+def epoch_ids(path, rank, world, workers, batch=4, epoch=0, skip=0, seed=0):
+    reader = ShardReader.from_path(path, batch, seed=seed, shuffle_buffer=8)
+    loader = make_loader(
+        reader, rank=rank, world_size=world, epoch=epoch, num_workers=workers, skip_batches=skip
+    )
+    batches, counters = [], Counters()
+    for b in loader:
+        batches.append([s["record"]["id"] for s in b["samples"]])
+        counters.add(b["stats"])
+    return batches, counters
+
+
+def test_two_ranks_two_workers_cover_every_sample_once(tmp_path):
+    path = make_dataset(tmp_path, [13, 7, 11, 9, 8])  # 48 samples, uneven shards
+    per_rank = [epoch_ids(path, r, 2, workers=2)[0] for r in range(2)]
+    assert [len(b) for b in per_rank] == [6, 6]
+    ids = [i for batches in per_rank for b in batches for i in b]
+    assert sorted(ids) == sorted(f"s{i}" for i in range(48))
+
+
+@pytest.mark.parametrize("world", [3, 6])
+def test_uneven_shards_give_equal_batch_counts(tmp_path, world):
+    path = make_dataset(tmp_path, [20, 3, 17, 10])  # 50 samples: not a multiple of world * batch
+    per_rank = [epoch_ids(path, r, world, workers=2, batch=2)[0] for r in range(world)]
+    counts = [len(b) for b in per_rank]
+    assert len(set(counts)) == 1 and counts[0] == (50 // world) // 2
+    ids = [i for batches in per_rank for b in batches for i in b]
+    assert len(ids) == len(set(ids)) == world * counts[0] * 2
+
+
+def test_epochs_reshuffle_shards_and_samples(tmp_path):
+    path = make_dataset(tmp_path, [8, 8, 8, 8])
+    e0, _ = epoch_ids(path, 0, 1, workers=0, epoch=0)
+    e1, _ = epoch_ids(path, 0, 1, workers=0, epoch=1)
+    assert sorted(sum(e0, [])) == sorted(sum(e1, []))
+    assert e0 != e1
+    assert epoch_ids(path, 0, 1, workers=0, epoch=1)[0] == e1  # deterministic
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_exactly_the_unseen_samples(tmp_path, workers):
+    path = make_dataset(tmp_path, [9, 14, 5, 12])  # 40 samples -> 10 batches of 4
+    full, _ = epoch_ids(path, 0, 1, workers)
+    for k in (0, 3, 7, 10):
+        rest, _ = epoch_ids(path, 0, 1, workers, skip=k)
+        assert rest == full[k:]
+
+
+def _truncate_member(tar_path):
+    """Cut the tar inside the 4th member's data: the rest of the shard is unreadable."""
+    with tarfile.open(tar_path) as tar:
+        members = tar.getmembers()
+    cut = members[3].offset_data + members[3].size // 2
+    data = open(tar_path, "rb").read()
+    open(tar_path, "wb").write(data[:cut])
+
+
+def test_corrupt_members_are_counted_and_the_epoch_completes(tmp_path):
+    path = make_dataset(tmp_path, [8, 8, 8])
+    _truncate_member(tmp_path / shard_name("train", 1))  # loses samples 9..15 of shard 1
+    # A sample whose image does not decode, in shard 2.
+    raw = tmp_path / shard_name("train", 2)
+    samples = [{"__key__": f"{i:09d}", "png": _png(i), "json": _record(i)} for i in range(16, 24)]
+    samples[2]["png"] = b"\x89PNG\r\n\x1a\nnot really"
+    write_shard(raw, samples)
+    batches, counters = epoch_ids(path, 0, 1, workers=2)
+    assert len(batches) == 6  # the plan's batch count, whatever was lost
+    seen = sum(len(b) for b in batches)
+    assert counters.undecodable == 1
+    assert counters.corrupt >= 6
+    assert seen + counters.total == 24
+
+
+class _Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_payloads_are_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(str(marker)))
+    assert not marker.exists()
+    shard = tmp_path / "data" / shard_name("train", 0)
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for i in range(4):
+            members = {"png": _png(i), "json": json.dumps(_record(i)).encode(), "pyd": payload, "pth": payload,
+                       "pickle": payload}  # fmt: skip
+            if i == 3:
+                members["json"] = payload  # a pickle where JSON should be
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    ShardIndex([ShardInfo(shard.name, 4)]).write(shard.parent)
+    batches, counters = epoch_ids(str(shard.parent), 0, 1, workers=0, batch=4)
+    assert not marker.exists()
+    assert len(batches[0]) == 3 and counters.undecodable == 1
+    # decode_sample itself ignores every non-image, non-json member.
+    out = decode_sample({"__key__": "k", "png": _png(0), "json": json.dumps(_record(0)).encode()})
+    assert set(out) == {"__key__", "image", "record"}
+    assert not marker.exists()
+
+
+def test_file_and_pipe_urls(tmp_path):
+    path = make_dataset(tmp_path, [6, 6])
+    index = ShardIndex.read(path)
+    for prefix in ("file://", "pipe:cat "):
+        shards = [ShardInfo(prefix + os.path.join(path, s.url), s.samples) for s in index.shards]
+        other = tmp_path / prefix.strip(":/ ")
+        ShardIndex(shards).write(other)
+        batches, _ = epoch_ids(str(other), 0, 1, workers=0, batch=3)
+        assert sorted(sum(batches, [])) == sorted(f"s{i}" for i in range(12))
+
+
+def test_missing_shard_and_too_few_samples(tmp_path):
+    path = make_dataset(tmp_path, [4, 4])
+    os.remove(os.path.join(path, shard_name("train", 1)))
+    batches, counters = epoch_ids(path, 0, 1, workers=0, batch=2)
+    assert len(batches) == 4 and counters.missing == 4
+    from imagelora_dist import ImageLoRAError
+
+    with pytest.raises(ImageLoRAError, match="cannot give every one of 8 ranks"):
+        ShardReader.from_path(path, 2).epoch_plan(0, 0, 8)
