@@ -38,6 +38,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_time.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs
