@@ -11,7 +11,8 @@ import tarfile
 import pytest
 from PIL import Image
 
-from imagelora_dist.data.reader import Counters, ShardReader, decode_sample, make_loader
+from imagelora_dist import ImageLoRAError
+from imagelora_dist.data.reader import Counters, Cursor, ShardReader, decode_sample, make_loader
 from imagelora_dist.data.shards import ShardIndex, ShardInfo, shard_name, write_shard
 
 
@@ -86,6 +87,31 @@ def test_resume_yields_exactly_the_unseen_samples(tmp_path, workers):
     for k in (0, 3, 7, 10):
         rest, _ = epoch_ids(path, 0, 1, workers, skip=k)
         assert rest == full[k:]
+
+
+def test_cursor_round_trips_through_a_checkpoint(tmp_path):
+    path = make_dataset(tmp_path, [10, 6, 8])  # 24 samples -> 2 ranks x 3 batches of 4
+    reader = ShardReader.from_path(path, 4, shuffle_buffer=8)
+    full = {e: epoch_ids(path, 1, 2, workers=2, epoch=e)[0] for e in (0, 1)}
+    cursor = Cursor(world_size=2, num_workers=2, batch_size=4)
+    seen = []
+    for b in make_loader(reader, rank=1, world_size=2, num_workers=2, cursor=cursor):
+        seen.append([s["record"]["id"] for s in b["samples"]])
+        cursor.advance(len(b["samples"]), batches_per_epoch=3)
+        if len(seen) == 2:
+            break  # "crash" after two steps
+    saved = json.loads(json.dumps(cursor.to_dict()))
+    resumed = Cursor.from_dict(saved)
+    rest = [[s["record"]["id"] for s in b["samples"]] for b in make_loader(
+        reader, rank=1, world_size=2, num_workers=2, cursor=resumed)]  # fmt: skip
+    assert seen + rest == full[0]
+    resumed.advance(4, 3)
+    assert (resumed.epoch, resumed.batches) == (1, 0)
+    nxt = [[s["record"]["id"] for s in b["samples"]] for b in make_loader(
+        reader, rank=1, world_size=2, num_workers=2, cursor=resumed)]  # fmt: skip
+    assert nxt == full[1]
+    with pytest.raises(ImageLoRAError, match="num_workers=2, now 0"):
+        make_loader(reader, rank=1, world_size=2, num_workers=0, cursor=resumed)
 
 
 def _truncate_member(tar_path):
@@ -163,7 +189,5 @@ def test_missing_shard_and_too_few_samples(tmp_path):
     os.remove(os.path.join(path, shard_name("train", 1)))
     batches, counters = epoch_ids(path, 0, 1, workers=0, batch=2)
     assert len(batches) == 4 and counters.missing == 4
-    from imagelora_dist import ImageLoRAError
-
     with pytest.raises(ImageLoRAError, match="cannot give every one of 8 ranks"):
         ShardReader.from_path(path, 2).epoch_plan(0, 0, 8)

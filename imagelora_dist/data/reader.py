@@ -42,7 +42,10 @@ _READ_SUFFIXES = {*IMAGE_EXTENSIONS, "json"}
 
 @dataclass
 class Cursor:
-    """Where a rank is in the stream: the epoch and how many of its batches were consumed in it."""
+    """Where a rank is in the stream: the epoch and how many of its batches were consumed in it.
+
+    The training loop calls `advance(batch)` once per batch it consumed (not per batch prefetched).
+    """
 
     epoch: int = 0
     batches: int = 0
@@ -50,6 +53,13 @@ class Cursor:
     world_size: int = 1
     num_workers: int = 0
     batch_size: int = 1
+
+    def advance(self, num_samples: int, batches_per_epoch: int) -> None:
+        """Count one consumed batch; roll over to the next epoch after its last batch."""
+        self.batches += 1
+        self.samples += int(num_samples)
+        if self.batches >= batches_per_epoch:
+            self.epoch, self.batches, self.samples = self.epoch + 1, 0, 0
 
     def to_dict(self) -> dict[str, int]:
         """For a checkpoint (plain JSON, no pickle)."""
@@ -356,8 +366,21 @@ def make_loader(
     num_workers: int = 0,
     collate_fn: BatchFn | None = None,
     prefetch_factor: int | None = None,
+    cursor: Cursor | None = None,
 ) -> DataLoader:
-    """A DataLoader yielding this rank's batches of the epoch in a deterministic order."""
+    """A DataLoader yielding this rank's batches of the epoch in a deterministic order.
+
+    With `cursor` (from a checkpoint) the epoch and the batches to skip come from it; it must have been
+    made with the same world size, worker count and batch size, since those fix the order.
+    """
+    if cursor is not None:
+        expected = {"world_size": world_size, "num_workers": num_workers, "batch_size": reader.batch_size}
+        for key, value in expected.items():
+            if getattr(cursor, key) != value:
+                raise ImageLoRAError(
+                    f"cannot resume: the data cursor was saved with {key}={getattr(cursor, key)}, now {value}"
+                )
+        epoch, skip_batches = cursor.epoch, cursor.batches
     ds = ShardStream(
         reader,
         rank=rank,
