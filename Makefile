@@ -39,6 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/step_time.py
 	$(PY) bench/loader.py
+	$(PY) bench/probe_scaling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs

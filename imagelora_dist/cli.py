@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
+    p = sub.add_parser(
+        "compare", help="table of the runs of an MLflow experiment (params, FLOPs, accuracy...)"
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="MLflow experiment (default: tracking.experiment or the config name)",
+    )
+    p.add_argument("--out", metavar="DIR", help="where to write compare.html (default: output_dir)")
     sub.add_parser("families", help="list the supported model families")
     return parser
 
@@ -108,6 +118,14 @@ def _run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False), end="")
         return 0
+    if args.command == "compare":
+        from imagelora_dist.compare import compare_main
+        from imagelora_dist.tracking import resolve_tracking_uri
+
+        experiment = args.experiment or cfg.tracking.experiment or cfg.name
+        path = compare_main(resolve_tracking_uri(cfg.tracking), experiment, args.out or cfg.output_dir)
+        print(f"[compare] wrote {path}")
+        return 0
     from imagelora_dist import pipeline
 
     if args.command == "synth":
@@ -117,12 +135,20 @@ def _run(args: argparse.Namespace) -> int:
         workers = args.workers or cfg.data.synth.workers
         index = synthesize(pipeline.synth_spec(cfg), out, workers=workers, overwrite=args.overwrite)
         print(f"[synth] wrote {index.total_samples} samples in {len(index.shards)} shards to {out}")
-    elif args.command == "probe":
-        pipeline.run_probe_select(cfg)
-    elif args.command == "run":
-        outputs = pipeline.run_pipeline(cfg)
-        print(f"[run] done: {', '.join(f'{k} -> {v}' for k, v in outputs.items())}")
+    elif args.command in ("probe", "run"):
+        stages = ("probe",) if args.command == "probe" else None
+        results = pipeline.run_pipeline(cfg, stages=stages)
+        print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
+        _print_where_to_look(cfg)
     return 0
+
+
+def _print_where_to_look(cfg: object) -> None:
+    from imagelora_dist.tracking import resolve_tracking_uri
+
+    if cfg.tracking.enabled:
+        uri = resolve_tracking_uri(cfg.tracking)
+        print(f"[{cfg.name}] MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
 def _parse_size(text: str) -> int:
@@ -154,6 +180,24 @@ def _shard(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _runtime_failures() -> tuple[type[BaseException], ...]:
+    """Failures of the environment rather than the input: one line, exit 1 (imports kept lazy)."""
+    out: list[type[BaseException]] = []
+    try:
+        from imagelora_dist.tracking import TrackingUnavailable
+
+        out.append(TrackingUnavailable)
+    except ImportError:
+        pass
+    try:
+        from imagelora_dist.probe.distributed import ProbeFailed
+
+        out.append(ProbeFailed)
+    except ImportError:
+        pass
+    return tuple(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagelora-dist` console script and `python -m imagelora_dist`."""
     for key, value in _OFFLINE_ENV.items():
@@ -164,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageLoRAError as exc:
         print(f"imagelora-dist: error: {exc}", file=sys.stderr)
         return 2
+    except _runtime_failures() as exc:
+        print(f"imagelora-dist: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

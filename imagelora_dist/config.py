@@ -106,6 +106,32 @@ class AdapterConfig(_Strict):
     alpha: float = Field(16.0, gt=0)
 
 
+class RayConfig(_Strict):
+    """How the distributed stages use Ray."""
+
+    # None: RAY_ADDRESS when set (as under `ray job submit`), else a local Ray started in-process.
+    address: str | None = None
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    # None: one GPU per worker when the cluster has GPUs, else none.
+    gpus_per_worker: float | None = Field(None, ge=0)
+    max_retries: int = Field(3, ge=0)
+    # Size of a local Ray started in-process (None: all cores).
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow: where runs are recorded."""
+
+    enabled: bool = True
+    # None: MLFLOW_TRACKING_URI when set, else sqlite:///mlruns.db in the working directory.
+    uri: str | None = None
+    # None: the config's name.
+    experiment: str | None = None
+    # Artifact store for experiments this tool creates on a local (sqlite) store.
+    artifact_root: str = "mlartifacts"
+
+
 class RunConfig(_Strict):
     """The whole run."""
 
@@ -116,6 +142,8 @@ class RunConfig(_Strict):
     probe: ProbeConfig = ProbeConfig()
     selection: SelectionConfig = SelectionConfig()
     adapter: AdapterConfig = AdapterConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

@@ -1,15 +1,18 @@
 """The job: probe -> select (train and eval stages arrive with their issues; nothing is faked here).
 
-Runs in one process for now; the Ray fan-out of the probe wraps `probe_batches`/`HeadProbe` later.
+The driver synthesizes shards on first use, builds the probe set, fans the probe out over Ray actors,
+selects heads and records everything in MLflow (a parent run, one nested run per stage).
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 import torch
 
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
@@ -21,8 +24,9 @@ from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
 from imagelora_dist.models.registry import ModelSpec
-from imagelora_dist.probe.scores import HeadProbe
+from imagelora_dist.probe.distributed import distributed_probe_scores, ensure_ray
 from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
+from imagelora_dist.tracking import Tracker, selection_heatmap
 
 Log = Callable[[str], None]
 
@@ -106,20 +110,68 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     return config_hash(parts)
 
 
-def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
-    """Probe the heads, select them, write `head_selection.json`; skipped if it exists for this config."""
+@dataclass
+class StageResult:
+    """What a stage produced: its main output, metrics and artifacts for tracking, and whether it ran."""
+
+    output: Path
+    skipped: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def driver_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
+    """Model skeleton and processor for the driver, which only collates and counts: a real checkpoint is
+    built on the meta device (no weights loaded); the tiny model is cheap to build for real."""
+    if not cfg.model.path:
+        return build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from imagelora_dist.models.tiny import load_processor
+
+    load_vlm_check(cfg.model.path)
+    config = AutoConfig.from_pretrained(cfg.model.path, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return model, load_processor(cfg.model.path, config.model_type)
+
+
+def load_vlm_check(path: str) -> None:
+    """Fail in one line if `path` is not a local checkpoint of a supported family."""
+    from imagelora_dist.models.registry import family_for_model_type
+
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise ImageLoRAError(f"model.path {path}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ImageLoRAError(f"{cfg_file}: unreadable ({exc})") from None
+    family_for_model_type(str(model_type))
+
+
+def existing_selection(out: Path, digest: str) -> bool:
+    """True when `out` holds a selection made from this very config and data."""
+    if not out.exists():
+        return False
+    try:
+        return HeadSelection.from_json(out).config_hash == digest
+    except ImageLoRAError:
+        return False  # an unreadable old file is simply redone
+
+
+def run_probe_select(
+    cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None
+) -> StageResult:
+    """Probe the heads on Ray, select them, write `head_selection.json` (+ heatmap); skipped if done."""
     out = Path(cfg.output_dir) / "head_selection.json"
+    heatmap = out.with_name("head_heatmap.png")
     shards = ensure_train_shards(cfg, log)
     digest = selection_hash(cfg, shards)
-    if out.exists():
-        try:
-            previous = HeadSelection.from_json(out)
-        except Exception:  # an unreadable old file is simply redone
-            previous = None
-        if previous is not None and previous.config_hash == digest:
-            log(f"[probe] {out} exists for this config ({digest}); skipping")
-            return out
-    model, processor = build_model(cfg)
+    if existing_selection(out, digest):
+        log(f"[probe] {out} exists for this config ({digest}); skipping")
+        return StageResult(out, skipped=True, artifacts=[p for p in (out, heatmap) if p.exists()])
+    model, processor = driver_model(cfg)
     spec = resolve_model(model)
     resolve_budget(cfg.selection.budget, spec.total_kv_heads)  # fail before the probe, not after it
     batches = probe_batches(cfg, processor, spec, shards)
@@ -127,18 +179,8 @@ def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
         f"[probe] {spec.family}: {spec.num_layers} layers x {spec.num_kv_heads} KV heads, "
         f"{cfg.probe.num_examples} examples in {len(batches)} batches, method {cfg.probe.method}"
     )
-    total = torch.zeros(spec.num_layers, spec.num_kv_heads, dtype=torch.float64)
-    start = time.perf_counter()
-    done = 0
-    visual = real = 0
-    with HeadProbe(model, cfg.probe.method, seed=cfg.probe.seed, num_vectors=cfg.probe.num_vectors) as probe:
-        for index, batch in enumerate(batches):
-            total += probe.score_batch(batch, index)
-            counts = count_tokens(batch["input_ids"], spec, batch.get("attention_mask"))
-            visual, real = visual + counts.visual, real + counts.visual + counts.text
-            done += batch["input_ids"].shape[0]
-            rate = done / (time.perf_counter() - start)
-            log(f"[probe] batch {index + 1}/{len(batches)}  {rate:.1f} examples/s")
+    (on_ray or (lambda: ensure_ray(cfg, log)))()  # Ray only when there is work for it
+    total, rate = distributed_probe_scores(cfg, batches, log)
     if not float(total.sum()) > 0:
         raise ImageLoRAError(
             "probe scores are all zero: the probe set has no visual tokens, or the model's image token id "
@@ -154,6 +196,11 @@ def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
         config_hash=digest,
     )
     selection.to_json(out)
+    selection_heatmap(selection, heatmap)
+    visual = real = 0
+    for batch in batches:
+        counts = count_tokens(batch["input_ids"], spec, batch.get("attention_mask"))
+        visual, real = visual + counts.visual, real + counts.visual + counts.text
     costs = compare_costs(model, selection, cfg.adapter.rank, batches[0]["input_ids"])
     log(
         f"[select] {selection.total_heads} heads; per layer {selection.layer_budgets()} (tau={cfg.selection.tau})"
@@ -165,13 +212,53 @@ def run_probe_select(cfg: RunConfig, log: Log = print) -> Path:
             f"[select] {c.method:<16} trainable params {c.trainable_params:>9,}  "
             f"adapter train FLOPs/batch {c.train_flops:>14,}  ({c.train_flops / max(base.train_flops, 1):.1f}x image_lora)"
         )
-    log(f"[select] wrote {out}")
-    return out
+    log(f"[select] wrote {out} and {heatmap.name}")
+    metrics = {
+        "probe_examples_per_s": rate,
+        "visual_token_fraction": visual / max(real, 1),
+        "heads_selected": float(selection.total_heads),
+        "trainable_params": float(base.trainable_params),
+        "adapter_train_flops": float(base.train_flops),
+    }
+    for c in costs[1:]:
+        metrics[f"{c.method}_trainable_params"] = float(c.trainable_params)
+        metrics[f"{c.method}_adapter_train_flops"] = float(c.train_flops)
+    return StageResult(out, metrics=metrics, artifacts=[out, heatmap])
 
 
 STAGES = ("probe",)
 
 
-def run_pipeline(cfg: RunConfig, log: Log = print) -> dict[str, Path]:
-    """Run every stage that exists so far, each skipped when its output is already there."""
-    return {"probe": run_probe_select(cfg, log)}
+def run_pipeline(
+    cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None
+) -> dict[str, StageResult]:
+    """Run `stages` (default: every stage that exists) as nested MLflow runs; each is skipped when done."""
+    stages = tuple(stages or STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ImageLoRAError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    tracker = Tracker(cfg)
+    tracker.check_reachable()
+    started: list[bool] = []
+
+    def start_ray() -> None:
+        started.append(ensure_ray(cfg, log))
+
+    results: dict[str, StageResult] = {}
+    try:
+        tags = {"imagelora.method": "image_lora", "imagelora.stages": ",".join(STAGES)}
+        with tracker.pipeline_run(tags=tags):  # params: the flattened config
+            with tracker.stage_run("probe"):
+                result = run_probe_select(cfg, log, on_ray=start_ray)
+                tracker.set_tags({"imagelora.skipped": str(result.skipped).lower()})
+                if result.metrics:
+                    tracker.log_metrics(result.metrics)
+                for path in result.artifacts:
+                    tracker.log_artifact(path, "selection")
+            results["probe"] = result
+            if result.metrics:
+                tracker.log_metrics(result.metrics)
+    finally:
+        if any(started):
+            ray.shutdown()  # a local Ray or a connection this run made; the cluster itself stays up
+    return results

@@ -12,21 +12,34 @@ from imagelora_dist.cli import build_parser, main
 from imagelora_dist.config import load_config
 
 
+def _isolated(tmp_path) -> list[str]:
+    """Keep MLflow and shards of a test run inside tmp_path."""
+    return [
+        f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
+        f"tracking.artifact_root={tmp_path}/mlartifacts",
+        "data.synth.num_samples=12",
+        "data.synth.samples_per_shard=4",
+        "data.synth.workers=1",
+        "ray.num_workers=1",
+    ]
+
+
 def test_run_writes_selection_then_skips(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", f"output_dir={out}", "probe.num_examples=4", "selection.budget=5", "probe.method=gate"]
+    args = ["run", f"output_dir={out}", "probe.num_examples=4", "selection.budget=5", "probe.method=gate",
+            *_isolated(tmp_path)]  # fmt: skip
     assert main(args) == 0
     data = json.loads((out / "head_selection.json").read_text())
     assert data["num_heads"] == 5 and data["probe_method"] == "gate" and data["probe_examples"] == 4
     assert data["family"] == "qwen2_5_vl" and len(data["config_hash"]) == 16
     printed = capsys.readouterr().out
-    assert "batch 2/2" in printed and "lora_all_linear" in printed
+    assert "batches 2/2" in printed and "lora_all_linear" in printed and "mlflow ui" in printed
     before = (out / "head_selection.json").read_bytes()
     assert main(args) == 0
     assert "skipping" in capsys.readouterr().out
     assert (out / "head_selection.json").read_bytes() == before
     # A different probe config is not skipped.
-    assert main([*args[:-1], "probe.method=rank1"]) == 0
+    assert main([*args, "probe.method=rank1"]) == 0
     assert json.loads((out / "head_selection.json").read_text())["probe_method"] == "rank1"
 
 
@@ -45,6 +58,30 @@ def test_bad_config_exits_2_with_one_line(override, needle, capsys):
     assert main(["probe", override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and err.startswith("imagelora-dist: error:")
+
+
+def test_bad_config_starts_no_worker(tmp_path, capsys):
+    import ray
+
+    assert main(["run", f"output_dir={tmp_path}", *_isolated(tmp_path), "ray.cpus_per_worker=0"]) == 2
+    assert "ray.cpus_per_worker" in capsys.readouterr().err
+    assert main(["run", f"output_dir={tmp_path}", "selection.budget=999", *_isolated(tmp_path)]) == 2
+    assert "budget 999" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "head_selection.json").exists()
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    code = main(["run", f"output_dir={tmp_path}", f"tracking.uri=http://127.0.0.1:{port}"])
+    assert code == 1 and time.monotonic() - start < 30
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unreachable" in err
 
 
 def test_config_file_errors(tmp_path, capsys):

@@ -1,0 +1,241 @@
+"""`imagelora-dist compare`: one row per pipeline run of an experiment, as a text table and an HTML page."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.tracking import PARENT_TAG, check_tracking_uri, sqlite_path
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+COMPARE_TAG = "imagelora.compare"
+METHOD_TAG = "imagelora.method"
+METHOD_PARAM = "adapter.method"
+DEFAULT_METHOD = "image_lora"
+
+# column -> metric names tried in order (parent run first, then its stage runs).
+METRICS: dict[str, tuple[str, ...]] = {
+    "trainable_params": ("trainable_params",),
+    "adapter_flops": ("adapter_train_flops",),
+    "accuracy": ("grounding_accuracy",),
+    "throughput": ("train_samples_per_s", "probe_examples_per_s"),
+    "text_preservation": ("text_max_abs_logit_diff",),
+}
+COLUMNS = ("run", "run_id", "status", "method", *METRICS)
+HEADERS = {
+    "run": "run",
+    "run_id": "run id",
+    "status": "status",
+    "method": "method",
+    "trainable_params": "trainable params",
+    "adapter_flops": "adapter FLOPs",
+    "accuracy": "accuracy",
+    "throughput": "samples/s",
+    "text_preservation": "text max |dlogit|",
+}
+_TEXT_COLUMNS = {"run", "run_id", "status", "method"}
+
+
+def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], max_results=1000, order_by=["attributes.start_time DESC"], page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    check_tracking_uri(tracking_uri)
+    path = sqlite_path(tracking_uri)
+    if path is not None and not path.exists():
+        # Opening a missing sqlite file would create an empty store and then report "unknown experiment".
+        raise ImageLoRAError(f"no MLflow store at {path}; run the pipeline first or pass the tracking URI")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client: MlflowClient, experiment: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        names = sorted(e.name for e in client.search_experiments())
+        raise ImageLoRAError(
+            f"unknown MLflow experiment {experiment!r}; experiments: {', '.join(names) or '(none)'}"
+        )
+    return exp.experiment_id
+
+
+def _descendants(run_id: str, children: dict[str, list[Run]]) -> list[Run]:
+    out: list[Run] = []
+    todo = list(children.get(run_id, []))
+    while todo:
+        run = todo.pop()
+        out.append(run)
+        todo.extend(children.get(run.info.run_id, []))
+    # Newest stage first, so "the latest value" is the one from the most recently started stage.
+    out.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return out
+
+
+def _metric(names: Sequence[str], parent: Run, stages: list[Run]) -> float | None:
+    for name in names:
+        for run in (parent, *stages):
+            if name in run.data.metrics:
+                return run.data.metrics[name]
+    return None
+
+
+def _number(value: str | None) -> float | int | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() else f
+
+
+def compare_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
+    """One row per pipeline (parent) run of `experiment`, newest first; missing values are None."""
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    children: dict[str, list[Run]] = {}
+    parents: list[Run] = []
+    for run in runs:
+        parent_id = run.data.tags.get(PARENT_TAG)
+        if parent_id:
+            children.setdefault(parent_id, []).append(run)
+        elif run.data.tags.get(COMPARE_TAG) != "1":
+            parents.append(run)
+    rows = []
+    for run in parents:
+        stages = _descendants(run.info.run_id, children)
+        row: dict[str, Any] = {
+            "run": run.info.run_name or run.info.run_id,
+            "run_id": run.info.run_id[:8],
+            "status": run.info.status,
+            "method": run.data.params.get(METHOD_PARAM) or run.data.tags.get(METHOD_TAG) or DEFAULT_METHOD,
+        }
+        for column, names in METRICS.items():
+            row[column] = _metric(names, run, stages)
+        for column in ("trainable_params", "adapter_flops"):
+            # MLflow stores every metric as a float; counts read better (and compare exactly) as ints.
+            value = row[column]
+            if isinstance(value, float) and value.is_integer():
+                row[column] = int(value)
+        if row["trainable_params"] is None:
+            row["trainable_params"] = _number(run.data.params.get("trainable_params"))
+        rows.append(row)
+    return rows
+
+
+def format_value(value: Any) -> str:
+    """None -> '-', whole numbers with thousands separators, other floats to 4 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Aligned plain-text table (text left-aligned, numbers right-aligned)."""
+    cells = [[HEADERS[c] for c in COLUMNS]] + [[format_value(r.get(c)) for c in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.ljust(w) if c in _TEXT_COLUMNS else v.rjust(w)
+            for c, v, w in zip(COLUMNS, values, widths, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(values) for values in cells[1:]]
+    if not rows:
+        out.append("(no pipeline runs)")
+    return "\n".join(out) + "\n"
+
+
+def render_html(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """A self-contained HTML page (inline CSS, no scripts or external files) with the table."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(HEADERS[c])}</th>" for c in COLUMNS)
+    body = []
+    for row in rows:
+        tds = "".join(
+            f'<td class="{"text" if c in _TEXT_COLUMNS else "num"}">{esc(format_value(row.get(c)))}</td>'
+            for c in COLUMNS
+        )
+        body.append(f'<tr class="{esc(str(row.get("status", "")).lower())}">{tds}</tr>')
+    if not rows:
+        body.append(f'<tr><td colspan="{len(COLUMNS)}">no pipeline runs</td></tr>')
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse;font-size:14px}"
+        "th,td{border:1px solid #ccc;padding:4px 10px}"
+        "th{background:#f2f2f2;text-align:left}"
+        "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "tr.failed td,tr.killed td{color:#a00}"
+        "p.note{color:#666;font-size:12px}"
+    )
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{style}</style></head>\n<body>\n<h1>{esc(title)}</h1>\n"
+        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n"
+        f'<p class="note">{len(rows)} pipeline run(s), newest first; "-" = not recorded. '
+        f"Generated {esc(generated)}.</p>\n</body></html>\n"
+    )
+
+
+def compare_main(tracking_uri: str, experiment: str, out_dir: str | os.PathLike) -> Path:
+    """Print the table, write out_dir/compare.html, and log it to a new "compare" run; returns the HTML path."""
+    rows = compare_runs(tracking_uri, experiment)
+    print(render_table(rows), end="", flush=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "compare.html"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(render_html(rows, f"{experiment}: Image-LoRA runs"), encoding="utf-8")
+    os.replace(tmp, path)
+
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp_id = _experiment_id(client, experiment)
+    run = client.create_run(exp_id, tags=resolve_tags({COMPARE_TAG: "1"}), run_name="compare")
+    status = "FAILED"
+    try:
+        client.log_artifact(run.info.run_id, str(path))
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status=status)
+    return path
+
+
+__all__ = ["COMPARE_TAG", "compare_main", "compare_runs", "format_value", "render_html", "render_table"]

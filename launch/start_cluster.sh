@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Start a local, single-node Ray head for `launch/submit.sh` (ray job submit).
+#
+# Why each flag (Ray 2.60, see ../shared/STACK.md section 3):
+#   * PATH gets the repo's .venv/bin first, so the raylet, the dashboard and every job entrypoint
+#     (`python -m imagelora_dist ...`) use the venv's python and packages, not the system ones.
+#   * --dashboard-host=127.0.0.1: the dashboard and job API (the unauthenticated HTTP entry point that
+#     runs arbitrary commands) listen on loopback only.
+#   * --node-ip-address=127.0.0.1: meant to keep Ray on loopback, but Ray 2.60 replaces a loopback
+#     address with the machine's outward IP (services.resolve_ip_for_localhost), and gcs_server, the
+#     raylet, the dashboard agent and the Ray client server listen on every interface. So the GCS port
+#     IS reachable from the network; see auth below.
+#   * RAY_AUTH_MODE=disabled (default --auth): Ray 2.60 turns token auth on by default, and then
+#     `ray job submit` / `ray status` fail unless every client exports RAY_AUTH_MODE=token. Disabled is
+#     meant for a throwaway cluster on a machine whose ports are not reachable by others (a laptop, a CI
+#     container, a firewalled host). For a shared or multi-node cluster use `--auth token` (the token
+#     is ~/.ray/auth_token, generated if missing, or the file named by RAY_AUTH_TOKEN_PATH) and
+#     `export RAY_AUTH_MODE=token` in every client shell (plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN on
+#     another machine). The job drivers inherit the mode and token path from this script's environment.
+#   * --num-cpus and --object-store-memory: Ray would otherwise claim all cores and 30% of RAM in /dev/shm.
+#   * --temp-dir: a dedicated, short directory (unix socket paths are limited to ~107 bytes). It is also
+#     how launch/stop_cluster.sh finds this cluster's processes without touching any other Ray
+#     (plain `ray stop` kills every Ray process of the user on the machine).
+#   * --min-worker-port=0 --max-worker-port=0: workers bind OS-chosen ports instead of the fixed
+#     10002-19999 range, so this cluster cannot collide with another Ray on the same machine.
+#   * --disable-usage-stats / RAY_USAGE_STATS_ENABLED=0: no telemetry (the machine may be offline).
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: launch/start_cluster.sh [--cpus N] [--port PORT] [--temp-dir DIR] [--gcs-port PORT]
+                               [--object-store-memory BYTES] [--auth disabled|token]
+                               [-- EXTRA_RAY_START_ARGS...]
+
+Start a local Ray head bound to 127.0.0.1, from the repo's .venv.
+
+  --cpus N                     CPUs Ray may schedule on (default: 2)
+  --port PORT                  dashboard / job API port on 127.0.0.1 (default: 8265)
+  --temp-dir DIR               Ray's temp/session dir; keep it short (default: /tmp/ray-ild-$UID)
+  --gcs-port PORT              GCS port, the address ray.init() connects to (default: 6379)
+  --object-store-memory BYTES  object store size (default: 1000000000)
+  --auth MODE                  disabled (default, loopback only) or token (clients then need
+                               `export RAY_AUTH_MODE=token`)
+  -- ARGS...                   passed to `ray start` as is (e.g. --ray-client-server-port 10001)
+
+Prints the job address (http://127.0.0.1:PORT) as the last line of stdout; ray's own output goes
+to stderr. Stop it with: launch/stop_cluster.sh --temp-dir DIR
+USAGE
+}
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CPUS=2
+PORT=8265
+TEMP_DIR="/tmp/ray-ild-$(id -u)"
+GCS_PORT=6379
+OBJECT_STORE=1000000000
+AUTH=disabled
+EXTRA=()
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --cpus) CPUS="${2:?--cpus needs a value}"; shift 2 ;;
+        --port) PORT="${2:?--port needs a value}"; shift 2 ;;
+        --temp-dir) TEMP_DIR="${2:?--temp-dir needs a value}"; shift 2 ;;
+        --gcs-port) GCS_PORT="${2:?--gcs-port needs a value}"; shift 2 ;;
+        --object-store-memory) OBJECT_STORE="${2:?--object-store-memory needs a value}"; shift 2 ;;
+        --auth) AUTH="${2:?--auth needs a value}"; shift 2 ;;
+        --) shift; EXTRA=("$@"); break ;;
+        *) echo "start_cluster.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+case "$AUTH" in
+    disabled | token) ;;
+    *) echo "start_cluster.sh: --auth must be disabled or token, got: $AUTH" >&2; exit 2 ;;
+esac
+# The environment whose python runs the cluster and the jobs: the repo's .venv, else (e.g. a CI image
+# with the package installed system-wide) the one that provides `ray` on PATH.
+if [[ -x "$REPO/.venv/bin/ray" ]]; then
+    BIN="$REPO/.venv/bin"
+elif command -v ray >/dev/null 2>&1; then
+    BIN="$(dirname "$(command -v ray)")"
+    echo "start_cluster.sh: no $REPO/.venv; using the Python environment of $BIN/ray" >&2
+else
+    echo "start_cluster.sh: $REPO/.venv/bin/ray not found; run 'make install' first" >&2
+    exit 1
+fi
+
+# Ray keeps the path as given; stop_cluster.sh matches it in process command lines, so make it absolute.
+TEMP_DIR="$(realpath -m -- "$TEMP_DIR")"
+# Unix sockets live at <temp>/session_<date>_<time>_<pid>/sockets/<name> (~70 bytes below the root).
+if (( ${#TEMP_DIR} > 40 )); then
+    echo "start_cluster.sh: --temp-dir $TEMP_DIR is too long for Ray's unix sockets; use a shorter path" >&2
+    exit 2
+fi
+# One cluster per temp dir: a second `ray start` there would mix two clusters' sessions, and
+# stop_cluster.sh could not tell them apart. Live (non-zombie) processes using a session under DIR?
+procs="$(ps -u "$(id -u)" -o stat=,args=)"
+if awk -v pat="$TEMP_DIR/session_" '$1 !~ /^Z/ && index($0, pat) { found = 1 } END { exit !found }' \
+    <<<"$procs"; then
+    echo "start_cluster.sh: a Ray cluster already runs with temp dir $TEMP_DIR" \
+        "(launch/stop_cluster.sh --temp-dir $TEMP_DIR)" >&2
+    exit 1
+fi
+mkdir -p "$TEMP_DIR"
+
+export PATH="$BIN:$PATH"
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE="$AUTH"
+
+ray start --head \
+    --num-cpus="$CPUS" \
+    --object-store-memory="$OBJECT_STORE" \
+    --node-ip-address=127.0.0.1 \
+    --port="$GCS_PORT" \
+    --dashboard-host=127.0.0.1 \
+    --dashboard-port="$PORT" \
+    --temp-dir="$TEMP_DIR" \
+    --min-worker-port=0 --max-worker-port=0 \
+    --disable-usage-stats \
+    "${EXTRA[@]}" >&2
+
+# `ray start` can return before the job API answers; wait for it so a submit right after works.
+ADDRESS="http://127.0.0.1:$PORT"
+ready=0
+for _ in $(seq 1 60); do
+    if "$BIN/python" - "$ADDRESS" <<'PY' 2>/dev/null; then
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2).read()
+PY
+        ready=1
+        break
+    fi
+    sleep 0.5
+done
+if (( ! ready )); then
+    echo "start_cluster.sh: WARNING: the job API at $ADDRESS did not answer within 30 s" >&2
+fi
+
+# ray start records the GCS address it really used (the machine's IP, see the header) here.
+GCS_ADDRESS="$(cat "$TEMP_DIR/ray_current_cluster" 2>/dev/null || echo "127.0.0.1:$GCS_PORT")"
+{
+    echo "Ray head up: CPUs $CPUS, temp dir $TEMP_DIR, auth $AUTH"
+    echo "  submit jobs: launch/submit.sh --address $ADDRESS -- --config configs/tiny.yaml"
+    echo "  ray.init():  RAY_ADDRESS=$GCS_ADDRESS"
+    echo "  dashboard:   $ADDRESS"
+    if [[ "$AUTH" == token ]]; then
+        echo "  clients:     export RAY_AUTH_MODE=token (token: ${RAY_AUTH_TOKEN_PATH:-~/.ray/auth_token};" \
+            "on other machines set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+    else
+        echo "  WARNING: auth is disabled and the GCS/raylet ports listen on every interface" \
+            "(Ray 2.60 cannot bind them to loopback); use --auth token on a reachable machine."
+    fi
+    echo "  stop:        launch/stop_cluster.sh --temp-dir $TEMP_DIR"
+} >&2
+echo "$ADDRESS"

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Submit the pipeline to a Ray cluster as a Ray job: `python -m imagelora_dist run ARGS` in a copy of
+# this repo (the working dir is uploaded to the cluster, minus launch/runtime_env.yaml's `excludes`).
+#
+# Why this shape:
+#   * --working-dir . from the repo root: the job runs the code as it is in this checkout, also on a
+#     remote cluster that has only the package's dependencies installed.
+#   * --runtime-env launch/runtime_env.yaml: offline / no-telemetry env vars for the driver and every
+#     actor, and upload excludes (Ray refuses a working dir over ~500 MB; .venv alone is GBs).
+#   * a submission id chosen here, so it can be printed before the logs stream and used with
+#     launch/logs.sh or `ray job stop` even with --no-wait.
+#   * relative output_dir / tracking.uri in the job resolve inside the job's working-dir copy (under
+#     the cluster's temp dir) and vanish with it: pass absolute paths or shared storage, e.g.
+#     output_dir=$PWD/runs/x tracking.uri=sqlite:///$PWD/mlruns.db tracking.artifact_root=$PWD/mlartifacts
+#   * auth: the client keeps RAY_AUTH_MODE from the environment; for a cluster with token auth,
+#     `export RAY_AUTH_MODE=token` first (see launch/README.md).
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: launch/submit.sh [--address URL] [--submission-id ID] [--no-wait] [-- PIPELINE_ARGS...]
+
+Submit `python -m imagelora_dist run PIPELINE_ARGS` (default: --config configs/tiny.yaml) as a Ray job.
+
+  --address URL        the cluster's job API (default: $RAY_ADDRESS if it is http(s)://...,
+                       else http://127.0.0.1:8265)
+  --submission-id ID   the job's id (default: imagelora-<date>-<time>-<random>)
+  --no-wait            return once submitted instead of streaming the logs until the job ends
+  -- ARGS...           pipeline arguments, e.g. -- --config configs/tiny.yaml output_dir=/abs/runs/x
+
+Prints "submission_id: ID" first; with --no-wait the last line of stdout is the bare id. Without
+--no-wait the exit code is 1 when the job failed.
+USAGE
+}
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ADDRESS=""
+SUBMISSION_ID=""
+NO_WAIT=0
+PIPELINE_ARGS=(--config configs/tiny.yaml)
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --address) ADDRESS="${2:?--address needs a value}"; shift 2 ;;
+        --submission-id) SUBMISSION_ID="${2:?--submission-id needs a value}"; shift 2 ;;
+        --no-wait) NO_WAIT=1; shift ;;
+        --) shift; if [[ $# -gt 0 ]]; then PIPELINE_ARGS=("$@"); fi; break ;;
+        *) echo "submit.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ -z "$ADDRESS" ]]; then
+    case "${RAY_ADDRESS:-}" in
+        http://* | https://*) ADDRESS="$RAY_ADDRESS" ;;
+        *) ADDRESS="http://127.0.0.1:8265" ;;
+    esac
+fi
+if [[ -z "$SUBMISSION_ID" ]]; then
+    SUBMISSION_ID="imagelora-$(date +%Y%m%d-%H%M%S)-$RANDOM"
+fi
+# The repo's ray CLI when there is one (same Ray version as the cluster start_cluster.sh starts).
+RAY=ray
+if [[ -x "$REPO/.venv/bin/ray" ]]; then
+    RAY="$REPO/.venv/bin/ray"
+fi
+export RAY_USAGE_STATS_ENABLED=0
+
+cd "$REPO" # --working-dir . and the runtime env path are relative to the repo root
+echo "submission_id: $SUBMISSION_ID"
+WAIT_FLAG=()
+if (( NO_WAIT )); then
+    WAIT_FLAG=(--no-wait)
+fi
+# ray job submit quotes the entrypoint argv with shlex.join, so arguments with spaces survive.
+"$RAY" job submit \
+    --address "$ADDRESS" \
+    --submission-id "$SUBMISSION_ID" \
+    --working-dir . \
+    --runtime-env launch/runtime_env.yaml \
+    "${WAIT_FLAG[@]}" \
+    -- python -m imagelora_dist run "${PIPELINE_ARGS[@]}"
+if (( NO_WAIT )); then
+    echo "logs:   launch/logs.sh $SUBMISSION_ID --address $ADDRESS --follow" >&2
+    echo "$SUBMISSION_ID"
+fi

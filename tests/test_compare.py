@@ -1,0 +1,135 @@
+"""`compare`: rows from parent runs (metrics from stages), text and HTML rendering, the logged report."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from imagelora_dist.compare import compare_main, compare_runs, format_value, render_html, render_table  # noqa: E402
+from imagelora_dist.config import RunConfig  # noqa: E402
+from imagelora_dist.errors import ImageLoRAError  # noqa: E402
+from imagelora_dist.tracking import Tracker  # noqa: E402
+
+pytest.importorskip("mlflow")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Two pipeline runs in experiment "cmp": an image_lora one that finished, a lora one that failed."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    ids = {}
+
+    def cfg(name: str) -> RunConfig:
+        return RunConfig.model_validate(
+            {
+                "name": name,
+                "tracking": {"uri": uri, "experiment": "cmp", "artifact_root": str(tmp_path / "art")},
+            }
+        )
+
+    first = Tracker(cfg("tiny-image-lora"))
+    with first.pipeline_run({}, {}) as pid:
+        ids["first"] = pid
+        first.log_metrics({"trainable_params": 12288.0, "adapter_train_flops": 3.5e12})
+        with first.stage_run("probe"):
+            first.log_metrics({"probe_examples_per_s": 4.0})
+        with first.stage_run("train"):
+            first.log_metrics({"train_samples_per_s": 1.0}, step=0)
+            first.log_metrics({"train_samples_per_s": 2.5}, step=1)
+        with first.stage_run("eval"):
+            first.log_metrics({"grounding_accuracy": 0.8125, "text_max_abs_logit_diff": 0.0})
+    time.sleep(0.01)  # distinct start times, so "newest first" is well defined
+    second = Tracker(cfg("tiny-lora"))
+    with pytest.raises(RuntimeError):
+        with second.pipeline_run({"adapter": {"method": "lora"}}, {}) as pid:
+            ids["second"] = pid
+            with second.stage_run("probe"):
+                second.log_metrics({"probe_examples_per_s": 7.25})
+            raise RuntimeError("boom")
+    return uri, ids
+
+
+def test_rows(store):
+    uri, ids = store
+    rows = compare_runs(uri, "cmp")
+    assert [r["run"] for r in rows] == ["tiny-lora", "tiny-image-lora"]
+    lora, image = rows
+    assert image == {
+        "run": "tiny-image-lora",
+        "run_id": ids["first"][:8],
+        "status": "FINISHED",
+        "method": "image_lora",
+        "trainable_params": 12288,
+        "adapter_flops": 3_500_000_000_000,
+        "accuracy": 0.8125,
+        "throughput": 2.5,  # train_samples_per_s (latest step) wins over the probe's rate
+        "text_preservation": 0.0,
+    }
+    assert lora["status"] == "FAILED" and lora["method"] == "lora"
+    assert lora["throughput"] == 7.25  # falls back to probe_examples_per_s
+    assert lora["trainable_params"] is None and lora["accuracy"] is None
+
+
+def test_text_and_html(store):
+    uri, _ = store
+    rows = compare_runs(uri, "cmp")
+    text = render_table(rows)
+    lines = text.splitlines()
+    assert lines[0].split()[:2] == ["run", "run"] and "accuracy" in lines[0]
+    assert len({len(line) for line in lines[:2]}) == 1  # header and rule line up
+    assert "tiny-image-lora" in lines[3] and "3,500,000,000,000" in lines[3] and "12,288" in lines[3]
+    assert "0.8125" in lines[3]
+    assert lines[2].split()[:4] == ["tiny-lora", rows[0]["run_id"], "FAILED", "lora"]
+    assert " - " in lines[2]
+
+    page = render_html(rows, "cmp <runs>")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<title>cmp &lt;runs&gt;</title>" in page
+    assert page.count("<tr") == 3 and "3,500,000,000,000" in page
+    assert "<script" not in page and "http" not in page  # self-contained
+
+    assert "(no pipeline runs)" in render_table([])
+    assert "no pipeline runs" in render_html([], "empty")
+
+
+def test_format_value():
+    assert format_value(None) == "-"
+    assert format_value(1234567) == "1,234,567"
+    assert format_value(2.0e9) == "2,000,000,000"
+    assert format_value(12.0) == "12"
+    assert format_value(0.123456) == "0.1235"
+    assert format_value(1.5e-7) == "1.5e-07"
+
+
+def test_compare_main_logs_report(store, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = store
+    path = compare_main(uri, "cmp", tmp_path / "report")
+    assert path == tmp_path / "report" / "compare.html"
+    assert "tiny-image-lora" in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["compare.html"]
+    assert "tiny-lora" in capsys.readouterr().out
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cmp")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`imagelora.compare` = '1'")
+    assert len(runs) == 1 and runs[0].info.run_name == "compare" and runs[0].info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["compare.html"]
+    # The report run is not a pipeline run: a second compare still shows two rows.
+    assert len(compare_runs(uri, "cmp")) == 2
+
+
+def test_unknown_experiment(store, tmp_path):
+    uri, _ = store
+    with pytest.raises(ImageLoRAError, match=r"unknown MLflow experiment 'nope'.*cmp"):
+        compare_runs(uri, "nope")
+    missing = f"sqlite:///{tmp_path}/absent.db"
+    with pytest.raises(ImageLoRAError, match="no MLflow store"):
+        compare_runs(missing, "cmp")
+    assert not (tmp_path / "absent.db").exists()
