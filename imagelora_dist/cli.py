@@ -81,10 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         "probe", help="score every KV head with the influence probe and write head_selection.json"
     )
     _add_config_args(p)
+    p = sub.add_parser("train", help="train the adapter (train.method) with DeepSpeed ZeRO on Ray Train")
+    _add_config_args(p)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in train.storage"
+    )
     p = sub.add_parser(
-        "run", help="run the pipeline (today: probe -> select); with no config, the embedded default"
+        "run", help="run the pipeline (probe -> select -> train); no config: the embedded default"
     )
     _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint")
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
@@ -135,9 +141,9 @@ def _run(args: argparse.Namespace) -> int:
         workers = args.workers or cfg.data.synth.workers
         index = synthesize(pipeline.synth_spec(cfg), out, workers=workers, overwrite=args.overwrite)
         print(f"[synth] wrote {index.total_samples} samples in {len(index.shards)} shards to {out}")
-    elif args.command in ("probe", "run"):
-        stages = ("probe",) if args.command == "probe" else None
-        results = pipeline.run_pipeline(cfg, stages=stages)
+    elif args.command in ("probe", "train", "eval", "run"):
+        stages = None if args.command == "run" else (args.command,)
+        results = pipeline.run_pipeline(cfg, stages=stages, resume=getattr(args, "resume", False))
         print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
         _print_where_to_look(cfg)
     return 0
@@ -176,8 +182,7 @@ def _shard(args: argparse.Namespace) -> int:
         strict=args.strict,
     )
     report = convert_jsonl(args.jsonl, args.images, args.out, options, overwrite=args.overwrite)
-    print(report.summary())
-    return report.exit_code
+    return report.exit_code  # convert_jsonl printed the summary
 
 
 def _runtime_failures() -> tuple[type[BaseException], ...]:
@@ -193,6 +198,13 @@ def _runtime_failures() -> tuple[type[BaseException], ...]:
         from imagelora_dist.probe.distributed import ProbeFailed
 
         out.append(ProbeFailed)
+    except ImportError:
+        pass
+    try:
+        from imagelora_dist.pipeline import TrainingFailed
+        from imagelora_dist.train.loop import TrainingDiverged
+
+        out.extend([TrainingFailed, TrainingDiverged])
     except ImportError:
         pass
     return tuple(out)

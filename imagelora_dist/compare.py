@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 COMPARE_TAG = "imagelora.compare"
 METHOD_TAG = "imagelora.method"
-METHOD_PARAM = "adapter.method"
+# The pipeline logs the flattened config as params; train.method is image_lora | image_lora_all | lora.
+METHOD_PARAM = "train.method"
 DEFAULT_METHOD = "image_lora"
 
 # column -> metric names tried in order (parent run first, then its stage runs).

@@ -39,10 +39,10 @@ class SynthConfig(_Strict):
 
     num_samples: int = Field(256, ge=1)
     samples_per_shard: int = Field(64, ge=1)
-    width: int = Field(448, ge=64, le=4096)
-    height: int = Field(336, ge=64, le=4096)
-    min_elements: int = Field(4, ge=1)
-    max_elements: int = Field(10, ge=1)
+    width: int = Field(448, ge=200, le=4096)
+    height: int = Field(336, ge=150, le=4096)
+    min_elements: int = Field(4, ge=1, le=64)
+    max_elements: int = Field(10, ge=1, le=64)
     instruction_words: tuple[int, int] = (0, 0)
     tasks: tuple[Literal["grounding", "referring"], ...] = ("grounding", "referring")
     seed: int = 0
@@ -71,6 +71,9 @@ class DataConfig(_Strict):
     shuffle_buffer: int = Field(256, ge=0)
     num_workers: int = Field(0, ge=0)
     seed: int = 0
+    # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
+    # path or a `pipe:` entry in an untrusted index would read any file or run a command.
+    trust_index_urls: bool = False
 
 
 class ProbeConfig(_Strict):
@@ -104,6 +107,43 @@ class AdapterConfig(_Strict):
 
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
+
+
+class TrainConfig(_Strict):
+    """Adapter training with DeepSpeed ZeRO inside Ray Train workers."""
+
+    method: Literal["image_lora", "image_lora_all", "lora"] = "image_lora"
+    # LoRA baseline targets inside the text decoder: leaf names, or "all-linear".
+    lora_targets: list[str] | Literal["all-linear"] = ["v_proj"]
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    steps: int = Field(30, ge=1)  # optimizer steps
+    micro_batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(0.05, gt=0)  # the tiny random default; real checkpoints want ~1e-4
+    warmup_steps: int = Field(2, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(10, ge=1)
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0)
+    max_failures: int = Field(2, ge=0)
+    # Checkpoints and the final adapter: a local dir, a shared filesystem or an object-store URI
+    # (through Ray's storage). None: <output_dir>/train.
+    storage: str | None = None
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation: grounding accuracy, referring exact match, text preservation."""
+
+    # A shard directory with index.json; None: <output_dir>/data/eval, synthesized on first use with a
+    # different seed (data.synth.seed + 1) so no training screen is evaluated.
+    shards: str | None = None
+    num_samples: int = Field(32, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
+    batch_size: int = Field(4, ge=1)
 
 
 class RayConfig(_Strict):
@@ -142,6 +182,8 @@ class RunConfig(_Strict):
     probe: ProbeConfig = ProbeConfig()
     selection: SelectionConfig = SelectionConfig()
     adapter: AdapterConfig = AdapterConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ import ray
 import torch
 
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
+from imagelora_dist.adapter.io import load_adapter
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator
 from imagelora_dist.data.reader import ShardReader, ShardStream
-from imagelora_dist.data.shards import INDEX_NAME
+from imagelora_dist.data.shards import INDEX_NAME, atomic_write_bytes
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
@@ -31,12 +33,16 @@ from imagelora_dist.tracking import Tracker, selection_heatmap
 Log = Callable[[str], None]
 
 
+def resolved_dtype(cfg: RunConfig) -> str:
+    """model.dtype with `auto` resolved: bf16 on GPU, fp32 on CPU."""
+    if cfg.model.dtype != "auto":
+        return cfg.model.dtype
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
 def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
-    name = cfg.model.dtype
-    if name == "auto":
-        name = "bfloat16" if torch.cuda.is_available() else "float32"
-    dtype = getattr(torch, name)
+    dtype = getattr(torch, resolved_dtype(cfg))
     if cfg.model.path:
         return load_vlm(cfg.model.path, dtype=dtype)
     model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
@@ -69,6 +75,10 @@ def ensure_train_shards(cfg: RunConfig, log: Log = print) -> str:
     path = train_shards(cfg)
     if "://" in path or (Path(path) / INDEX_NAME).exists():
         return path
+    if cfg.data.train is not None:  # a path the user named: a typo must not turn into synthetic data
+        raise ImageLoRAError(
+            f"data.train: no {INDEX_NAME} at {path} (make shards with `imagelora-dist shard`)"
+        )
     log(f"[data] no shards at {path}: synthesizing {cfg.data.synth.num_samples} screenshots")
     synthesize(synth_spec(cfg), path, workers=cfg.data.synth.workers, progress=log)
     return path
@@ -79,7 +89,10 @@ def probe_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """The probe set: the first `probe.num_examples` samples of the shards in a `probe.seed` order."""
     size = cfg.probe.batch_size
-    reader = ShardReader.from_path(shards, size, seed=cfg.probe.seed, shuffle_buffer=cfg.data.shuffle_buffer)
+    reader = ShardReader.from_path(
+        shards, size, seed=cfg.probe.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+        trust_index_urls=cfg.data.trust_index_urls,
+    )  # fmt: skip
     if reader.index.total_samples < cfg.probe.num_examples:
         raise ImageLoRAError(
             f"probe.num_examples {cfg.probe.num_examples} exceeds the {reader.index.total_samples} samples in {shards}"
@@ -106,7 +119,13 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     index = Path(shards) / INDEX_NAME
     data_id = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else shards
     parts = {k: getattr(cfg, k).model_dump() for k in ("model", "probe", "selection")}
-    parts["data"] = {"index": data_id, "max_pixels": cfg.data.max_pixels, "max_length": cfg.data.max_length}
+    data = cfg.data.model_dump(exclude={"synth", "num_workers", "train"})
+    parts["data"] = {"index": data_id, **data}
+    # What build_model actually uses: the resolved dtype, and the checkpoint's own config, not just its path.
+    parts["dtype"] = resolved_dtype(cfg)
+    if cfg.model.path:
+        cfg_file = Path(cfg.model.path) / "config.json"
+        parts["checkpoint"] = hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.exists() else None
     return config_hash(parts)
 
 
@@ -226,14 +245,184 @@ def run_probe_select(
     return StageResult(out, metrics=metrics, artifacts=[out, heatmap])
 
 
-STAGES = ("probe",)
+def train_hash(cfg: RunConfig, shards: str) -> str:
+    """Hash of everything the trained adapter depends on (selection included for image_lora)."""
+    parts = {k: getattr(cfg, k).model_dump() for k in ("model", "adapter", "train")}
+    parts["data"] = selection_hash(cfg, shards)
+    parts["train"].pop("workers", None)  # the global batch, not the worker count, defines the run
+    if cfg.train.method == "image_lora":
+        sel = Path(cfg.output_dir) / "head_selection.json"
+        parts["selection"] = hashlib.sha256(sel.read_bytes()).hexdigest() if sel.exists() else None
+    return config_hash(parts)
+
+
+def run_train(
+    cfg: RunConfig,
+    log: Log = print,
+    *,
+    resume: bool = False,
+    on_ray: Callable[[], object] | None = None,
+    mlflow_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> StageResult:
+    """Train the adapter with DeepSpeed on Ray Train; skipped when the adapter exists for this config."""
+    from imagelora_dist.train.loop import load_deepspeed_template
+    from imagelora_dist.train.ray_train import run_training
+
+    adapter_dir = Path(cfg.output_dir) / "adapter"
+    done_file = Path(cfg.output_dir) / "train_done.json"
+    shards = ensure_train_shards(cfg, log)
+    digest = train_hash(cfg, shards)
+    if done_file.exists() and adapter_dir.is_dir():
+        try:
+            done = json.loads(done_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            done = {}
+        if done.get("config_hash") == digest:
+            log(f"[train] {adapter_dir} exists for this config ({digest}); skipping")
+            return StageResult(adapter_dir, skipped=True)
+    load_deepspeed_template(cfg)  # a bad DeepSpeed file fails here, before any worker starts
+    if cfg.train.method == "image_lora" and not (Path(cfg.output_dir) / "head_selection.json").exists():
+        raise ImageLoRAError("train.method image_lora needs head_selection.json: run the probe stage first")
+    (on_ray or (lambda: ensure_ray(cfg, log)))()
+    log(
+        f"[train] {cfg.train.method}: {cfg.train.workers} workers, {Path(cfg.train.deepspeed).name}, "
+        f"{cfg.train.steps} steps of {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {cfg.train.workers}"
+    )
+    start = time.perf_counter()
+    result = run_training(cfg, shards, resume=resume, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id)
+    elapsed = time.perf_counter() - start
+    if result.error is not None:
+        raise TrainingFailed(f"training failed: {str(result.error).strip().splitlines()[-1][:300]}")
+    samples = cfg.train.steps * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.train.workers
+    metrics_cost = method_costs(cfg, shards)
+    metrics = {
+        f"final_{k}": float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
+    }
+    metrics["train_samples_per_s"] = samples / elapsed
+    metrics.update(metrics_cost)
+    atomic_write_bytes(done_file, json.dumps({"config_hash": digest, "metrics": metrics}).encode())
+    log(f"[train] wrote {adapter_dir} ({metrics.get('final_loss', float('nan')):.4f} final loss)")
+    return StageResult(adapter_dir, metrics=metrics, artifacts=[adapter_dir])
+
+
+def method_costs(cfg: RunConfig, shards: str) -> dict[str, float]:
+    """Trainable parameters and adapter-only FLOPs per micro-batch of the configured method."""
+    from imagelora_dist.adapter.accounting import (
+        decoder_lora_targets,
+        image_lora_num_parameters,
+        image_lora_train_flops,
+        lora_num_parameters,
+        lora_train_flops,
+    )
+
+    model, processor = driver_model(cfg)
+    spec = resolve_model(model)
+    size = {"num_examples": cfg.train.micro_batch_size, "batch_size": cfg.train.micro_batch_size}
+    probe_cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update=size)})
+    batch = probe_batches(probe_cfg, processor, spec, shards)[0]
+    counts = count_tokens(batch["input_ids"], spec, batch.get("attention_mask"))
+    rank = cfg.adapter.rank
+    if cfg.train.method == "lora":
+        targets = decoder_lora_targets(model, cfg.train.lora_targets)
+        return {
+            "trainable_params": float(lora_num_parameters(model, targets, rank)),
+            "adapter_train_flops": float(lora_train_flops(model, targets, rank, counts.total)),
+        }
+    if cfg.train.method == "image_lora":
+        selection = HeadSelection.from_json(Path(cfg.output_dir) / "head_selection.json")
+    else:
+        selection = HeadSelection.all_heads(spec)
+    return {
+        "trainable_params": float(image_lora_num_parameters(selection, spec, rank)),
+        "adapter_train_flops": float(image_lora_train_flops(selection, spec, rank, counts.visual)),
+    }
+
+
+class TrainingFailed(RuntimeError):
+    """Training did not complete (after Ray Train's restarts)."""
+
+
+def eval_shards(cfg: RunConfig, log: Log = print) -> str:
+    """The held-out shards: eval.shards, else a synthetic set made on first use with another seed."""
+    if cfg.eval.shards:
+        if "://" not in cfg.eval.shards and not (Path(cfg.eval.shards) / INDEX_NAME).exists():
+            raise ImageLoRAError(f"eval.shards: no {INDEX_NAME} at {cfg.eval.shards}")
+        return cfg.eval.shards
+    path = Path(cfg.output_dir) / "data" / "eval"
+    if not (path / INDEX_NAME).exists():
+        spec = synth_spec(cfg)
+        spec = SynthSpec(**{**spec.__dict__, "num_samples": cfg.eval.num_samples, "seed": spec.seed + 1,
+                            "prefix": "eval", "samples_per_shard": min(spec.samples_per_shard, cfg.eval.num_samples)})  # fmt: skip
+        log(f"[eval] synthesizing {cfg.eval.num_samples} held-out screenshots (seed {spec.seed})")
+        synthesize(spec, path, workers=cfg.data.synth.workers, progress=None)
+    return str(path)
+
+
+def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
+    """Load the model and the trained adapter, score the held-out set and text preservation (one worker)."""
+    from imagelora_dist.eval import evaluate, image_lora_disabled, peft_disabled, text_max_abs_logit_diff
+    from imagelora_dist.eval.text_preservation import default_text_prompts
+
+    cfg = RunConfig.model_validate(cfg_dict)
+    model, processor = build_model(cfg)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    adapter_dir = Path(cfg.output_dir) / "adapter"
+    if cfg.train.method == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        disabled = lambda: peft_disabled(model)  # noqa: E731
+    else:
+        handle = load_adapter(model, adapter_dir)
+        disabled = lambda: image_lora_disabled(handle)  # noqa: E731
+    reader = ShardReader.from_path(shards, cfg.eval.batch_size, shuffle_buffer=0, shuffle_shards=False,
+                                   trust_index_urls=cfg.data.trust_index_urls)  # fmt: skip
+    samples = (s for batch in ShardStream(reader) for s in batch["samples"])
+    result = evaluate(model, processor, samples, max_samples=cfg.eval.num_samples, max_pixels=cfg.data.max_pixels,
+                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)  # fmt: skip
+    result["text_max_abs_logit_diff"] = text_max_abs_logit_diff(
+        model, processor, default_text_prompts(), disabled
+    )
+    return result
+
+
+def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None) -> StageResult:
+    """Evaluate the trained adapter on held-out screens; writes eval_report.json (always re-run)."""
+    adapter_dir = Path(cfg.output_dir) / "adapter"
+    if not adapter_dir.is_dir():
+        raise ImageLoRAError(f"no trained adapter at {adapter_dir}: run the train stage first")
+    shards = eval_shards(cfg, log)
+    (on_ray or (lambda: ensure_ray(cfg, log)))()
+    cpus = cfg.ray.cpus_per_worker
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    task = ray.remote(evaluate_adapter).options(num_cpus=cpus, num_gpus=gpus, max_retries=cfg.ray.max_retries)
+    result = ray.get(task.remote(cfg.model_dump(mode="json"), shards))
+    report = Path(cfg.output_dir) / "eval_report.json"
+    atomic_write_bytes(report, json.dumps(result, indent=2, default=str).encode())
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+    log(
+        f"[eval] grounding accuracy {result['grounding_accuracy']:.3f} ({result['grounding_count']}), referring "
+        f"exact match {result['referring_exact_match']:.3f} ({result['referring_count']}), text max |dlogit| "
+        f"{result['text_max_abs_logit_diff']:.3g}; wrote {report}"
+    )
+    return StageResult(report, metrics=metrics, artifacts=[report])
+
+
+STAGES = ("probe", "train", "eval")
+
+
+def stages_for(cfg: RunConfig) -> tuple[str, ...]:
+    """The stages this config's method needs (only image_lora needs the probe)."""
+    return STAGES if cfg.train.method == "image_lora" else tuple(s for s in STAGES if s != "probe")
 
 
 def run_pipeline(
-    cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None
+    cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None, *, resume: bool = False
 ) -> dict[str, StageResult]:
-    """Run `stages` (default: every stage that exists) as nested MLflow runs; each is skipped when done."""
-    stages = tuple(stages or STAGES)
+    """Run `stages` (default: what the method needs) as nested MLflow runs; each is skipped when done."""
+    stages = tuple(stages or stages_for(cfg))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ImageLoRAError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
@@ -242,23 +431,46 @@ def run_pipeline(
     started: list[bool] = []
 
     def start_ray() -> None:
-        started.append(ensure_ray(cfg, log))
+        if not ray.is_initialized():
+            started.append(ensure_ray(cfg, log))
 
     results: dict[str, StageResult] = {}
     try:
-        tags = {"imagelora.method": "image_lora", "imagelora.stages": ",".join(STAGES)}
+        tags = {"imagelora.method": cfg.train.method, "imagelora.stages": ",".join(stages)}
         with tracker.pipeline_run(tags=tags):  # params: the flattened config
-            with tracker.stage_run("probe"):
-                result = run_probe_select(cfg, log, on_ray=start_ray)
-                tracker.set_tags({"imagelora.skipped": str(result.skipped).lower()})
+            if "probe" in stages:
+                with tracker.stage_run("probe"):
+                    result = run_probe_select(cfg, log, on_ray=start_ray)
+                    _record(tracker, result, "selection")
+                results["probe"] = result
                 if result.metrics:
                     tracker.log_metrics(result.metrics)
-                for path in result.artifacts:
-                    tracker.log_artifact(path, "selection")
-            results["probe"] = result
-            if result.metrics:
-                tracker.log_metrics(result.metrics)
+            if "train" in stages:
+                with tracker.stage_run("train") as run_id:
+                    result = run_train(
+                        cfg, log, resume=resume, on_ray=start_ray, mlflow_uri=tracker.uri if run_id else None,
+                        mlflow_run_id=run_id,
+                    )  # fmt: skip
+                    _record(tracker, result, "adapter")
+                results["train"] = result
+                if result.metrics:
+                    tracker.log_metrics(result.metrics)
+            if "eval" in stages:
+                with tracker.stage_run("eval"):
+                    result = run_eval(cfg, log, on_ray=start_ray)
+                    _record(tracker, result, "eval")
+                results["eval"] = result
+                if result.metrics:
+                    tracker.log_metrics(result.metrics)
     finally:
         if any(started):
             ray.shutdown()  # a local Ray or a connection this run made; the cluster itself stays up
     return results
+
+
+def _record(tracker: Tracker, result: StageResult, artifact_path: str) -> None:
+    tracker.set_tags({"imagelora.skipped": str(result.skipped).lower()})
+    if result.metrics:
+        tracker.log_metrics(result.metrics)
+    for path in result.artifacts:
+        tracker.log_artifact(path, artifact_path)

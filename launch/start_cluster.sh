@@ -10,17 +10,21 @@
 #     address with the machine's outward IP (services.resolve_ip_for_localhost), and gcs_server, the
 #     raylet, the dashboard agent and the Ray client server listen on every interface. So the GCS port
 #     IS reachable from the network; see auth below.
-#   * RAY_AUTH_MODE=disabled (default --auth): Ray 2.60 turns token auth on by default, and then
-#     `ray job submit` / `ray status` fail unless every client exports RAY_AUTH_MODE=token. Disabled is
-#     meant for a throwaway cluster on a machine whose ports are not reachable by others (a laptop, a CI
-#     container, a firewalled host). For a shared or multi-node cluster use `--auth token` (the token
-#     is ~/.ray/auth_token, generated if missing, or the file named by RAY_AUTH_TOKEN_PATH) and
-#     `export RAY_AUTH_MODE=token` in every client shell (plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN on
-#     another machine). The job drivers inherit the mode and token path from this script's environment.
+#   * RAY_AUTH_MODE=token (default --auth token): since the GCS and raylet ports are reachable, anyone
+#     who can connect could otherwise run code as you. The token is $RAY_AUTH_TOKEN, else the file named
+#     by RAY_AUTH_TOKEN_PATH (which must exist), else ~/.ray/auth_token, generated (mode 0600) if missing
+#     (`ray start` itself refuses token mode without a token). Every client shell then needs
+#     `export RAY_AUTH_MODE=token` (plus RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN on another machine), or
+#     `ray job submit` / `ray status` fail with "Missing authentication token". The job drivers inherit
+#     the mode and token path from this script's environment. `--auth disabled` is for a throwaway
+#     cluster on a machine whose ports nobody else can reach (a laptop, a CI container, the tests).
 #   * --num-cpus and --object-store-memory: Ray would otherwise claim all cores and 30% of RAM in /dev/shm.
 #   * --temp-dir: a dedicated, short directory (unix socket paths are limited to ~107 bytes). It is also
 #     how launch/stop_cluster.sh finds this cluster's processes without touching any other Ray
-#     (plain `ray stop` kills every Ray process of the user on the machine).
+#     (plain `ray stop` kills every Ray process of the user on the machine). This script writes the
+#     marker file DIR/.imagelora-cluster (ports, auth, its pid) before `ray start`; stop_cluster.sh
+#     kills or deletes nothing in a directory without it. So DIR must be new, empty, or already marked
+#     (a previous cluster of this script): a marker must never land in /tmp, $HOME or a project folder.
 #   * --min-worker-port=0 --max-worker-port=0: workers bind OS-chosen ports instead of the fixed
 #     10002-19999 range, so this cluster cannot collide with another Ray on the same machine.
 #   * --disable-usage-stats / RAY_USAGE_STATS_ENABLED=0: no telemetry (the machine may be offline).
@@ -29,18 +33,20 @@ set -euo pipefail
 usage() {
     cat <<'USAGE'
 Usage: launch/start_cluster.sh [--cpus N] [--port PORT] [--temp-dir DIR] [--gcs-port PORT]
-                               [--object-store-memory BYTES] [--auth disabled|token]
+                               [--object-store-memory BYTES] [--auth token|disabled]
                                [-- EXTRA_RAY_START_ARGS...]
 
 Start a local Ray head bound to 127.0.0.1, from the repo's .venv.
 
   --cpus N                     CPUs Ray may schedule on (default: 2)
   --port PORT                  dashboard / job API port on 127.0.0.1 (default: 8265)
-  --temp-dir DIR               Ray's temp/session dir; keep it short (default: /tmp/ray-ild-$UID)
+  --temp-dir DIR               Ray's temp/session dir; keep it short, and new, empty or used by a
+                               previous start_cluster.sh (default: /tmp/ray-ild-$UID)
   --gcs-port PORT              GCS port, the address ray.init() connects to (default: 6379)
   --object-store-memory BYTES  object store size (default: 1000000000)
-  --auth MODE                  disabled (default, loopback only) or token (clients then need
-                               `export RAY_AUTH_MODE=token`)
+  --auth MODE                  token (default; clients need `export RAY_AUTH_MODE=token`, token in
+                               ~/.ray/auth_token, generated if missing, or $RAY_AUTH_TOKEN_PATH) or
+                               disabled (only where no one else can reach this machine's ports)
   -- ARGS...                   passed to `ray start` as is (e.g. --ray-client-server-port 10001)
 
 Prints the job address (http://127.0.0.1:PORT) as the last line of stdout; ray's own output goes
@@ -54,7 +60,7 @@ PORT=8265
 TEMP_DIR="/tmp/ray-ild-$(id -u)"
 GCS_PORT=6379
 OBJECT_STORE=1000000000
-AUTH=disabled
+AUTH=token
 EXTRA=()
 
 while [[ $# -gt 0 ]]; do
@@ -103,11 +109,65 @@ if awk -v pat="$TEMP_DIR/session_" '$1 !~ /^Z/ && index($0, pat) { found = 1 } E
         "(launch/stop_cluster.sh --temp-dir $TEMP_DIR)" >&2
     exit 1
 fi
-mkdir -p "$TEMP_DIR"
+# The marker that lets stop_cluster.sh act on DIR. Never put it into a directory that holds anything
+# else (stop_cluster.sh --rm deletes DIR): DIR must be absent, empty, or marked by an earlier run.
+MARKER="$TEMP_DIR/.imagelora-cluster"
+if [[ "$TEMP_DIR" == / || "$TEMP_DIR" == "$(realpath -m -- "${HOME:-/}")" ]]; then
+    echo "start_cluster.sh: refusing temp dir $TEMP_DIR; use a dedicated one such as /tmp/ray-ild" >&2
+    exit 2
+fi
+if [[ -e "$TEMP_DIR" && ! -d "$TEMP_DIR" ]]; then
+    echo "start_cluster.sh: --temp-dir $TEMP_DIR exists and is not a directory" >&2
+    exit 2
+fi
+if [[ -d "$TEMP_DIR" && ! -f "$MARKER" ]] && [[ -n "$(ls -A -- "$TEMP_DIR")" ]]; then
+    echo "start_cluster.sh: --temp-dir $TEMP_DIR is not empty and was not created by start_cluster.sh" \
+        "(no $MARKER); use a new or empty directory (launch/stop_cluster.sh may delete it)" >&2
+    exit 2
+fi
 
 export PATH="$BIN:$PATH"
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE="$AUTH"
+
+# Token mode: `ray start` refuses it without a token, and Ray's own generator writes a world-readable
+# file. Use RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH as given, else ~/.ray/auth_token (created 0600).
+TOKEN_SOURCE=""
+if [[ "$AUTH" == token ]]; then
+    if [[ -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        TOKEN_SOURCE="\$RAY_AUTH_TOKEN"
+    elif [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        if [[ ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
+            echo "start_cluster.sh: RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH is missing or empty" >&2
+            exit 1
+        fi
+        TOKEN_SOURCE="$RAY_AUTH_TOKEN_PATH"
+    else
+        TOKEN_SOURCE="$HOME/.ray/auth_token"
+        if [[ ! -s "$TOKEN_SOURCE" ]]; then
+            (
+                umask 077
+                mkdir -p -- "$HOME/.ray"
+                "$BIN/python" -c 'import secrets, sys; sys.stdout.write(secrets.token_hex(32))' \
+                    >"$TOKEN_SOURCE.tmp.$$"
+                mv -f -- "$TOKEN_SOURCE.tmp.$$" "$TOKEN_SOURCE"
+            )
+            echo "start_cluster.sh: generated a new auth token in $TOKEN_SOURCE (mode 0600)" >&2
+        fi
+    fi
+fi
+
+mkdir -p -- "$TEMP_DIR"
+# Written before `ray start`, so that stop_cluster.sh can also clean up after a start that failed halfway.
+{
+    echo "# Written by launch/start_cluster.sh; launch/stop_cluster.sh only acts on a temp dir with this file."
+    echo "started=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "start_pid=$$"
+    echo "dashboard_port=$PORT"
+    echo "gcs_port=$GCS_PORT"
+    echo "auth=$AUTH"
+    echo "extra_ray_start_args=${EXTRA[*]}"
+} >"$MARKER"
 
 ray start --head \
     --num-cpus="$CPUS" \
@@ -126,8 +186,12 @@ ADDRESS="http://127.0.0.1:$PORT"
 ready=0
 for _ in $(seq 1 60); do
     if "$BIN/python" - "$ADDRESS" <<'PY' 2>/dev/null; then
-import sys, urllib.request
-urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2).read()
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2).read()
+except urllib.error.HTTPError as exc:  # token mode: 401 without a token, and the server is up
+    if exc.code not in (401, 403):
+        raise
 PY
         ready=1
         break
@@ -146,11 +210,12 @@ GCS_ADDRESS="$(cat "$TEMP_DIR/ray_current_cluster" 2>/dev/null || echo "127.0.0.
     echo "  ray.init():  RAY_ADDRESS=$GCS_ADDRESS"
     echo "  dashboard:   $ADDRESS"
     if [[ "$AUTH" == token ]]; then
-        echo "  clients:     export RAY_AUTH_MODE=token (token: ${RAY_AUTH_TOKEN_PATH:-~/.ray/auth_token};" \
+        echo "  clients:     export RAY_AUTH_MODE=token (token: $TOKEN_SOURCE;" \
             "on other machines set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
     else
         echo "  WARNING: auth is disabled and the GCS/raylet ports listen on every interface" \
-            "(Ray 2.60 cannot bind them to loopback); use --auth token on a reachable machine."
+            "(Ray 2.60 cannot bind them to loopback); use it only where no one else can reach them."
+        echo "  clients:     export RAY_AUTH_MODE=disabled"
     fi
     echo "  stop:        launch/stop_cluster.sh --temp-dir $TEMP_DIR"
 } >&2

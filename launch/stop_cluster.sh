@@ -9,6 +9,11 @@
 #     the processes above (workers are children of the raylet, job drivers of the JobSupervisor actor).
 # All of them get SIGTERM (as `ray stop` sends), the GCS last, then SIGKILL whatever outlives the grace
 # period. It is safe to run more than once, and with no cluster running.
+#
+# It acts only on a directory that start_cluster.sh marked as its own (DIR/.imagelora-cluster, written
+# before `ray start`): any process whose command line mentions a path under DIR, or runs in it, would be
+# killed, and --rm deletes DIR, so a mistyped `--temp-dir /tmp` or `--temp-dir ~` must do nothing.
+# Without the marker it exits 2 having touched nothing; a DIR that does not exist has nothing to stop.
 set -euo pipefail
 
 usage() {
@@ -18,7 +23,8 @@ Usage: launch/stop_cluster.sh [--temp-dir DIR] [--grace SECONDS] [--rm]
 Stop the local Ray cluster whose temp dir is DIR (default: /tmp/ray-ild-$UID), leaving any other Ray
 on the machine running.
 
-  --temp-dir DIR     the --temp-dir given to launch/start_cluster.sh
+  --temp-dir DIR     the --temp-dir given to launch/start_cluster.sh; refused (exit 2) unless it holds
+                     the marker file .imagelora-cluster that start_cluster.sh writes there
   --grace SECONDS    wait up to this long for each SIGTERM round before SIGKILL (default: 10)
   --rm               delete DIR (session logs included) once everything has stopped
 USAGE
@@ -36,9 +42,25 @@ while [[ $# -gt 0 ]]; do
         *) echo "stop_cluster.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+if ! [[ "$GRACE" =~ ^[0-9]+$ ]]; then
+    echo "stop_cluster.sh: --grace must be a whole number of seconds, got: $GRACE" >&2
+    exit 2
+fi
 TEMP_DIR="$(realpath -m -- "$TEMP_DIR")"
 if [[ "$TEMP_DIR" == / || -z "$TEMP_DIR" ]]; then
     echo "stop_cluster.sh: refusing temp dir '$TEMP_DIR'" >&2
+    exit 2
+fi
+if [[ ! -e "$TEMP_DIR" ]]; then
+    echo "stop_cluster.sh: $TEMP_DIR does not exist; no cluster of start_cluster.sh there, nothing stopped"
+    exit 0
+fi
+# The marker start_cluster.sh writes: a regular file (not a link) of ours, in a directory of ours.
+MARKER="$TEMP_DIR/.imagelora-cluster"
+if [[ ! -d "$TEMP_DIR" || -L "$MARKER" || ! -f "$MARKER" || ! -O "$MARKER" || ! -O "$TEMP_DIR" ]]; then
+    echo "stop_cluster.sh: refusing $TEMP_DIR: it is not a temp dir of launch/start_cluster.sh" \
+        "(no marker file $MARKER owned by you); nothing was stopped or removed." \
+        "Pass the --temp-dir that start_cluster.sh printed." >&2
     exit 2
 fi
 

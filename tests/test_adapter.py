@@ -301,7 +301,7 @@ def test_module_attributes_and_parameter_count(tiny):
         assert m.heads.tolist() == sorted(sel[layer])
         assert m.A.shape == (spec.hidden_size, 3)
         assert m.B.shape == (len(sel[layer]), 3, spec.head_dim)
-        assert m.gamma.shape == () and float(m.gamma) == pytest.approx(0.01)
+        assert m.gamma.shape == (1,) and float(m.gamma) == pytest.approx(0.01)
         assert torch.count_nonzero(m.B) == 0
         assert abs(float(m.A.std()) - 1 / 3) < 0.05
     expected = sum(spec.hidden_size * 3 + len(h) * 3 * spec.head_dim + 1 for h in sel.values())

@@ -26,7 +26,7 @@ def _isolated(tmp_path) -> list[str]:
 
 def test_run_writes_selection_then_skips(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", f"output_dir={out}", "probe.num_examples=4", "selection.budget=5", "probe.method=gate",
+    args = ["probe", f"output_dir={out}", "probe.num_examples=4", "selection.budget=5", "probe.method=gate",
             *_isolated(tmp_path)]  # fmt: skip
     assert main(args) == 0
     data = json.loads((out / "head_selection.json").read_text())

@@ -11,29 +11,34 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from imagelora_dist.compare import compare_main, compare_runs, format_value, render_html, render_table  # noqa: E402
-from imagelora_dist.config import RunConfig  # noqa: E402
+from imagelora_dist.config import RunConfig, load_config  # noqa: E402
 from imagelora_dist.errors import ImageLoRAError  # noqa: E402
-from imagelora_dist.tracking import Tracker  # noqa: E402
+from imagelora_dist.tracking import Tracker, flatten  # noqa: E402
 
 pytest.importorskip("mlflow")
 
 
 @pytest.fixture
 def store(tmp_path):
-    """Two pipeline runs in experiment "cmp": an image_lora one that finished, a lora one that failed."""
+    """Two pipeline runs in experiment "cmp": an image_lora one that finished, a lora one that failed.
+
+    Logged as the pipeline logs them: Tracker.pipeline_run records the flattened config as params (so
+    `train.method` is a param) and the pipeline adds the tag imagelora.method. The lora run gets no tag,
+    so its method can only come from the param."""
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     ids = {}
 
-    def cfg(name: str) -> RunConfig:
-        return RunConfig.model_validate(
-            {
-                "name": name,
-                "tracking": {"uri": uri, "experiment": "cmp", "artifact_root": str(tmp_path / "art")},
-            }
-        )
+    def cfg(name: str, *overrides: str) -> RunConfig:
+        tracking = [
+            f"tracking.uri={uri}",
+            "tracking.experiment=cmp",
+            f"tracking.artifact_root={tmp_path}/art",
+        ]
+        return load_config(None, [f"name={name}", *tracking, *overrides])
 
-    first = Tracker(cfg("tiny-image-lora"))
-    with first.pipeline_run({}, {}) as pid:
+    first_cfg = cfg("tiny-image-lora")
+    first = Tracker(first_cfg)
+    with first.pipeline_run(tags={"imagelora.method": first_cfg.train.method}) as pid:
         ids["first"] = pid
         first.log_metrics({"trainable_params": 12288.0, "adapter_train_flops": 3.5e12})
         with first.stage_run("probe"):
@@ -44,14 +49,29 @@ def store(tmp_path):
         with first.stage_run("eval"):
             first.log_metrics({"grounding_accuracy": 0.8125, "text_max_abs_logit_diff": 0.0})
     time.sleep(0.01)  # distinct start times, so "newest first" is well defined
-    second = Tracker(cfg("tiny-lora"))
+    second = Tracker(cfg("tiny-lora", "train.method=lora"))
     with pytest.raises(RuntimeError):
-        with second.pipeline_run({"adapter": {"method": "lora"}}, {}) as pid:
+        with second.pipeline_run() as pid:
             ids["second"] = pid
             with second.stage_run("probe"):
                 second.log_metrics({"probe_examples_per_s": 7.25})
             raise RuntimeError("boom")
     return uri, ids
+
+
+def test_method_param_is_the_pipelines(store):
+    """The lora run's params carry train.method exactly as the pipeline's flattened config has it."""
+    from mlflow.tracking import MlflowClient
+
+    uri, ids = store
+    expected = flatten(load_config(None, ["train.method=lora"]).model_dump(mode="json"))
+    assert expected["train.method"] == "lora"
+    run = MlflowClient(tracking_uri=uri).get_run(ids["second"])
+    assert run.data.params["train.method"] == expected["train.method"]
+    assert "imagelora.method" not in run.data.tags
+    assert {k: v for k, v in run.data.params.items() if k.startswith("train.")} == {
+        k: v for k, v in expected.items() if k.startswith("train.")
+    }
 
 
 def test_rows(store):

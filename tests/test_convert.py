@@ -438,3 +438,27 @@ def test_oversized_image_skipped(tmp_path, image_dir, monkeypatch):
     report = _convert(tmp_path, jsonl, image_dir)
     assert [(line, reason.split(":")[0]) for line, reason in report.problems] == [(1, "image too large")]
     assert report.written == 1
+
+
+def test_symlink_out_of_image_dir_refused(tmp_path, image_dir):
+    """A link inside image_dir is lexically inside it; where it points decides (file or folder links)."""
+    (image_dir / "leak.png").symlink_to(tmp_path / "secret.png")  # a real image outside image_dir
+    (image_dir / "outside").symlink_to(tmp_path, target_is_directory=True)
+    (image_dir / "alias.png").symlink_to(image_dir / "a.png")  # points inside: fine
+    base = {"instruction": "click it", "bbox": [1, 1, 5, 5]}
+    jsonl = _write_jsonl(
+        tmp_path / "links.jsonl",
+        [
+            {**base, "img_filename": "leak.png"},
+            {**base, "img_filename": "outside/secret.png"},
+            {**base, "img_filename": str(image_dir / "leak.png")},
+            {**base, "img_filename": "alias.png", "id": "inside-link"},
+        ],
+    )
+    report = _convert(tmp_path, jsonl, image_dir)
+    assert [(line, reason.split(":")[0]) for line, reason in report.problems] == [
+        (1, "image path escapes image_dir"),
+        (2, "image path escapes image_dir"),
+        (3, "image path escapes image_dir"),
+    ]
+    assert report.written == 1 and list(_records(tmp_path / "out")) == ["inside-link"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-import fsspec
 import numpy as np
 from PIL import Image
 
@@ -38,21 +37,6 @@ def test_synth_shards_reader_round_trip(tmp_path):
         assert sample["record"] == json.loads(json.dumps(record))
         pixels = np.array(Image.open(io.BytesIO(expected["png"])).convert("RGB"))
         assert np.array_equal(np.array(sample["image"]), pixels)
-
-
-def test_object_store_url_through_fsspec(tmp_path):
-    spec = SynthSpec(num_samples=6, samples_per_shard=3, width=240, height=180, seed=1)
-    synthesize(spec, tmp_path, workers=1, progress=None)
-    fs = fsspec.filesystem("memory")
-    index = ShardIndex.read(tmp_path)
-    for shard in index.shards:
-        fs.pipe(f"/bucket/ds/{shard.url}", (tmp_path / shard.url).read_bytes())
-    # The index lives locally, the shards in the "object store".
-    for s in index.shards:
-        s.url = f"memory://bucket/ds/{s.url}"
-    index.write(tmp_path / "remote")
-    got, counters = _read_all(str(tmp_path / "remote"), batch=2)
-    assert len(got) == 6 and counters.total == 0
 
 
 def test_cli_synth_and_shard(tmp_path, capsys):

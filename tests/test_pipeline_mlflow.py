@@ -15,7 +15,7 @@ def test_runs_params_metrics_artifacts(tmp_path):
         f"tracking.artifact_root={tmp_path}/mlartifacts", "data.synth.num_samples=8",
         "data.synth.samples_per_shard=4", "data.synth.workers=1", "probe.num_examples=4", "ray.num_workers=1",
     ])  # fmt: skip
-    results = run_pipeline(cfg, log=lambda m: None)
+    results = run_pipeline(cfg, log=lambda m: None, stages=("probe",))
     assert not results["probe"].skipped
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("mlflow-check")
@@ -34,7 +34,7 @@ def test_runs_params_metrics_artifacts(tmp_path):
     assert artifacts == {"selection/head_selection.json", "selection/head_heatmap.png"}
     assert str(tmp_path / "mlartifacts") in exp.artifact_location
     # A re-run skips the probe and says so.
-    again = run_pipeline(cfg, log=lambda m: None)
+    again = run_pipeline(cfg, log=lambda m: None, stages=("probe",))
     assert again["probe"].skipped
     latest = client.search_runs([exp.experiment_id], filter_string="tags.`imagelora.stage` = 'probe'",
                                 order_by=["attributes.start_time DESC"])[0]  # fmt: skip

@@ -19,7 +19,12 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("shards"))
+    from imagelora_dist.pipeline import ensure_train_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    cfg = load_config(None, [f"output_dir={out}", "data.synth.num_samples=16", "data.synth.samples_per_shard=4",
+                             "data.synth.workers=1"])  # fmt: skip
+    return ensure_train_shards(cfg, log=lambda m: None)
 
 
 def _cfg(tmp_path, shards, **overrides):

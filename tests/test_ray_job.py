@@ -75,7 +75,7 @@ def cluster():
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix sockets live below it
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no RAY_ADDRESS & co.
     env.update(
-        RAY_AUTH_MODE="disabled",  # the cluster is started without token auth; clients must match
+        RAY_AUTH_MODE="disabled",  # the cluster is started with --auth disabled; clients must match
         RAY_USAGE_STATS_ENABLED="0",
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
@@ -91,6 +91,8 @@ def cluster():
         temp_dir,
         "--object-store-memory",
         "300000000",
+        "--auth",  # loopback test cluster; the default (token) would need a token in ~/.ray
+        "disabled",
         "--",
         *extra,
     ]
@@ -99,6 +101,8 @@ def cluster():
         assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stdout}\n{started.stderr}"
         address = started.stdout.strip().splitlines()[-1]
         assert address == f"http://127.0.0.1:{dashboard}", started.stdout
+        marker = (Path(temp_dir) / ".imagelora-cluster").read_text()  # what lets stop_cluster.sh act
+        assert f"dashboard_port={dashboard}" in marker and f"gcs_port={gcs}" in marker
         yield address, env
     finally:
         stop = _run(
@@ -171,3 +175,25 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     stages = {r.data.tags.get("imagelora.stage") for r in runs}
     assert "probe" in stages, stages
+
+
+@pytest.mark.parametrize("marked_by", [None, "a symlink"])
+def test_stop_refuses_unmarked_dir(tmp_path, marked_by):
+    """Without start_cluster.sh's marker, stop_cluster.sh kills and deletes nothing and exits 2."""
+    target = tmp_path / "not-a-cluster"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    if marked_by:
+        (tmp_path / "elsewhere").write_text("")
+        (target / ".imagelora-cluster").symlink_to(tmp_path / "elsewhere")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # A sleeper running in the directory: stop_cluster.sh would count it as a job driver and kill it.
+    sleeper = subprocess.Popen(["sleep", "60"], cwd=target)
+    try:
+        stop = _run(["bash", str(LAUNCH / "stop_cluster.sh"), "--temp-dir", str(target), "--rm"], env, 30)
+        assert stop.returncode == 2, stop.stdout + stop.stderr
+        assert "not a temp dir of launch/start_cluster.sh" in stop.stderr
+        assert sleeper.poll() is None and (target / "keep.txt").read_text() == "mine"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -41,8 +41,8 @@ def make_dataset(tmp_path, counts, extra_members=None) -> str:
     return str(tmp_path)
 
 
-def epoch_ids(path, rank, world, workers, batch=4, epoch=0, skip=0, seed=0):
-    reader = ShardReader.from_path(path, batch, seed=seed, shuffle_buffer=8)
+def epoch_ids(path, rank, world, workers, batch=4, epoch=0, skip=0, seed=0, trust=False):
+    reader = ShardReader.from_path(path, batch, seed=seed, shuffle_buffer=8, trust_index_urls=trust)
     loader = make_loader(
         reader, rank=rank, world_size=world, epoch=epoch, num_workers=workers, skip_batches=skip
     )
@@ -173,15 +173,72 @@ def test_pickle_payloads_are_never_unpickled(tmp_path):
     assert not marker.exists()
 
 
-def test_file_and_pipe_urls(tmp_path):
+def test_file_and_pipe_urls_only_from_a_trusted_index(tmp_path):
     path = make_dataset(tmp_path, [6, 6])
     index = ShardIndex.read(path)
     for prefix in ("file://", "pipe:cat "):
         shards = [ShardInfo(prefix + os.path.join(path, s.url), s.samples) for s in index.shards]
         other = tmp_path / prefix.strip(":/ ")
         ShardIndex(shards).write(other)
-        batches, _ = epoch_ids(str(other), 0, 1, workers=0, batch=3)
+        with pytest.raises(ImageLoRAError, match="not a plain relative name"):
+            epoch_ids(str(other), 0, 1, workers=0, batch=3)
+        batches, _ = epoch_ids(str(other), 0, 1, workers=0, batch=3, trust=True)
         assert sorted(sum(batches, [])) == sorted(f"s{i}" for i in range(12))
+
+
+def test_index_from_untrusted_shards_cannot_run_commands(tmp_path):
+    marker = tmp_path / "pwned"
+    path = make_dataset(tmp_path / "ds", [4])
+    ShardIndex([ShardInfo(f"pipe:touch {marker}; cat {path}/train-000000.tar", 4)]).write(path)
+    with pytest.raises(ImageLoRAError):
+        epoch_ids(path, 0, 1, workers=0, batch=2)
+    ShardIndex([ShardInfo("../../etc/passwd", 4)]).write(path)
+    with pytest.raises(ImageLoRAError):
+        epoch_ids(path, 0, 1, workers=0, batch=2)
+    assert not marker.exists()
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_oversized_member_bad_record_tiff_and_compressed_shard_are_counted(tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    tiff = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(tiff, format="TIFF")
+    no_instruction = {k: v for k, v in _record(3).items() if k != "instruction"}
+    members = []
+    for i, (img, rec) in enumerate([(_png(0), _record(0)), (_png(1), _record(1)), (tiff.getvalue(), _record(2)),
+                                    (_png(3), no_instruction)]):  # fmt: skip
+        members += [(f"{i:09d}.png", img), (f"{i:09d}.json", json.dumps(rec).encode())]
+    members[2] = ("000000001.json", b" " * (2 << 20))  # a 2 MiB "json": never read
+    _tar(ds / "train-000000.tar", members)
+    import gzip
+
+    (ds / "train-000001.tar").write_bytes(gzip.compress((ds / "train-000000.tar").read_bytes()))
+    ShardIndex([ShardInfo("train-000000.tar", 4), ShardInfo("train-000001.tar", 4)]).write(ds)
+    batches, counters = epoch_ids(str(ds), 0, 1, workers=0, batch=4)
+    assert len(batches) == 2
+    assert sorted(sum(batches, [])) == ["s0"]
+    assert counters.undecodable == 2  # oversized member, TIFF
+    assert counters.incomplete == 1  # record without an instruction
+    assert counters.corrupt == 4  # the gzip shard is refused as a whole
+
+
+def test_index_and_shards_from_an_object_store(tmp_path):
+    import fsspec
+
+    make_dataset(tmp_path, [5, 3])
+    fs = fsspec.filesystem("memory")
+    for name in ("index.json", "train-000000.tar", "train-000001.tar"):
+        fs.pipe(f"/store/ds/{name}", (tmp_path / name).read_bytes())
+    batches, counters = epoch_ids("memory://store/ds", 0, 1, workers=0, batch=2)
+    assert sorted(sum(batches, [])) == sorted(f"s{i}" for i in range(8)) and counters.total == 0
 
 
 def test_missing_shard_and_too_few_samples(tmp_path):

@@ -4,7 +4,8 @@ Per adapted layer l with selected heads S_l (H_sel = |S_l|), for visual token t 
 
     V[t, h, :] += (alpha / r) * (1 / sqrt(H_sel)) * gamma_l * (x_t @ A_l) @ B_l[i]
 
-A_l [hidden, r] ~ normal(std = 1/r), B_l [H_sel, r, head_dim] = 0, gamma_l = 0.01 (all trainable).
+A_l [hidden, r] ~ normal(std = 1/r), B_l [H_sel, r, head_dim] = 0, gamma_l = 0.01 (a scalar, stored
+with shape [1]; all trainable).
 The delta is computed on the gathered visual rows only, so its cost scales with the visual tokens.
 """
 
@@ -58,7 +59,9 @@ class ImageLoRALayer(ValuePathModule):
         a = torch.randn(hidden_size, rank, generator=generator, dtype=torch.float32) / rank
         self.A = nn.Parameter(a.to(device=device, dtype=dtype))
         self.B = nn.Parameter(torch.zeros(len(heads), rank, head_dim, device=device, dtype=dtype))
-        self.gamma = nn.Parameter(torch.tensor(GAMMA_INIT, device=device, dtype=dtype))
+        # A one-element tensor rather than 0-d: DeepSpeed broadcasts and partitions parameters as byte
+        # views, which a 0-d tensor cannot give.
+        self.gamma = nn.Parameter(torch.full((1,), GAMMA_INIT, device=device, dtype=dtype))
 
     @property
     def num_heads(self) -> int:

@@ -85,7 +85,7 @@ def save_adapter(
     tensors = adapter_state_dict(handle)
     for name, t in tensors.items():
         expected = _expected_shape(name, handle.spec, handle.rank)
-        if t.numel() == 0 and expected != ():
+        if t.numel() == 0:
             raise ImageLoRAError(f"refusing to save empty tensor {name} (ZeRO-3 parameter not gathered?)")
         if tuple(t.shape) != expected:
             raise ImageLoRAError(f"adapter tensor {name} has shape {tuple(t.shape)}, expected {expected}")
@@ -113,7 +113,7 @@ def _expected_shape(name: str, spec: ModelSpec, rank: int) -> tuple[int, ...]:
         return (spec.hidden_size, rank)
     if name.endswith(".B"):
         return (rank, spec.head_dim)
-    return ()
+    return (1,)
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -308,7 +308,8 @@ class _ImageResolver:
     """Turns a record's image path into a file under image_dir; paths that leave image_dir are refused."""
 
     def __init__(self, image_dir: Path) -> None:
-        self.roots = {os.path.abspath(image_dir), os.path.realpath(image_dir)}
+        self.real_root = os.path.realpath(image_dir)
+        self.roots = {os.path.abspath(image_dir), self.real_root}
         self.base = os.path.abspath(image_dir)
 
     def resolve(self, ref: str) -> Path:
@@ -316,7 +317,12 @@ class _ImageResolver:
         candidate = os.path.normpath(os.path.join(self.base, ref))  # an absolute ref replaces the base
         if not any(_inside(candidate, root) for root in self.roots):
             raise _Skip(f"image path escapes image_dir: {ref}")
-        path = Path(candidate)
+        # The lexical check above does not follow symlinks: a link inside image_dir (to a file or a
+        # directory) may point anywhere. The file that is really read must be inside image_dir too.
+        real = os.path.realpath(candidate)
+        if not _inside(real, self.real_root):
+            raise _Skip(f"image path escapes image_dir: {ref}")
+        path = Path(real)  # read the checked file, not the link (which could be swapped afterwards)
         if not path.exists():
             raise _Skip(f"image not found: {ref}")
         if not path.is_file():

@@ -23,21 +23,21 @@ import io
 import json
 import os
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import tariterators
 
-from imagelora_dist.data.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ShardIndex
+from imagelora_dist.data.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ShardIndex, dataset_base
 from imagelora_dist.errors import ImageLoRAError
 
 _READ_SUFFIXES = {*IMAGE_EXTENSIONS, "json"}
+_PIL_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
 @dataclass
@@ -154,11 +154,12 @@ class ShardReader:
         seed: int = 0,
         shuffle_buffer: int = 256,
         shuffle_shards: bool = True,
+        trust_index_urls: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ImageLoRAError(f"batch_size must be >= 1, got {batch_size}")
         self.index = index
-        self.urls = index.urls(base_url)
+        self.urls = index.urls(base_url, allow_external=trust_index_urls)
         self.counts = [s.samples for s in index.shards]
         self.batch_size = batch_size
         self.seed = seed
@@ -166,12 +167,13 @@ class ShardReader:
         self.shuffle_shards = shuffle_shards
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, batch_size: int, **kwargs: Any) -> ShardReader:
-        """A reader for the shards listed in `path` (a directory with index.json, or the index file)."""
-        p = Path(path)
-        index = ShardIndex.read(p)
-        base = str(p if p.is_dir() else p.parent)
-        return cls(index, base, batch_size, **kwargs)
+    def from_path(
+        cls, path: str | os.PathLike, batch_size: int, *, trust_index_urls: bool = False, **kwargs: Any
+    ) -> ShardReader:
+        """A reader for the shards listed in `path`: a directory or URL holding index.json, or the index file."""
+        index = ShardIndex.read(path)
+        reader = cls(index, dataset_base(path), batch_size, trust_index_urls=trust_index_urls, **kwargs)
+        return reader
 
     def shard_order(self, epoch: int) -> list[int]:
         """The epoch's shard order: a permutation seeded by (seed, epoch), the same on every rank."""
@@ -221,27 +223,57 @@ class ShardReader:
             except (OSError, ImageLoRAError):
                 counters["missing"] += span.stop - span.start
                 continue
-            errors: list[Exception] = []
-
-            def keep_going(exc: Exception, errors: list[Exception] = errors) -> bool:
-                errors.append(exc)
-                return False  # a broken tar stream cannot be resynchronised: stop this shard
-
             with stream:
-                files = tariterators.tar_file_expander(
-                    [{"url": span.url, "stream": stream}],
-                    handler=keep_going,
-                    select_files=lambda name: name.rpartition(".")[2].lower() in _READ_SUFFIXES,
-                )
-                for sample in tariterators.group_by_keys(files, handler=keep_going):
-                    if seen >= span.stop:
-                        break
-                    if seen >= span.start:
-                        yield sample
-                    seen += 1
+                try:
+                    for sample in tar_samples(stream):
+                        if seen >= span.stop:
+                            break
+                        if seen >= span.start:
+                            yield sample
+                        seen += 1
+                except (tarfile.TarError, OSError, EOFError):
+                    pass  # a broken tar stream cannot be resynchronised: the rest of the span is counted
             if seen < span.stop:
                 # Short shard (truncated tar, or fewer samples than the index says).
                 counters["corrupt"] += span.stop - max(seen, span.start)
+
+
+# Per-member size limits, checked from the tar header before anything is read: a tiny shard must not be
+# able to make a worker allocate gigabytes.
+MAX_MEMBER_BYTES = {"json": 1 << 20, **dict.fromkeys(IMAGE_EXTENSIONS, 64 << 20)}
+
+
+def tar_samples(stream: io.BufferedIOBase) -> Iterator[dict[str, Any]]:
+    """Group an uncompressed tar stream's members into samples by key; read only image and JSON members.
+
+    A sample with an oversized member is still yielded (it holds a position in the shard) but marked
+    `__bad__`, and the member's bytes are never read. Compressed streams are refused (tarfile error).
+    """
+    tar = tarfile.open(fileobj=stream, mode="r|")
+    key: str | None = None
+    sample: dict[str, Any] = {}
+    for info in tar:
+        if not info.isreg():
+            continue
+        directory, _, base = info.name.rpartition("/")
+        stem, dot, ext = base.partition(".")
+        if not dot or stem.startswith("__"):
+            continue
+        member_key = f"{directory}/{stem}" if directory else stem
+        if member_key != key:
+            if key is not None:
+                yield sample
+            key, sample = member_key, {"__key__": member_key}
+        ext = ext.lower()
+        if ext not in _READ_SUFFIXES:
+            continue
+        if info.size > MAX_MEMBER_BYTES[ext]:
+            sample["__bad__"] = f"{ext} member of {info.size} bytes"
+            continue
+        member = tar.extractfile(info)
+        sample[ext] = member.read() if member is not None else b""
+    if key is not None:
+        yield sample
 
 
 def hash_seed(*parts: int) -> int:
@@ -269,13 +301,21 @@ def shuffled(items: Iterator[dict[str, Any]], buffer: int, seed: int) -> Iterato
 
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     """Image (PIL, RGB) and record (dict) of a raw sample. Raises ValueError for anything else."""
+    if "__bad__" in raw:
+        raise ValueError(f"sample {raw.get('__key__')}: {raw['__bad__']}")
     images = [k for k in raw if k.lower() in IMAGE_EXTENSIONS]
     if "json" not in raw or len(images) != 1:
         raise KeyError(f"sample {raw.get('__key__')}: needs one image and a json member")
     record = json.loads(raw["json"])
     if not isinstance(record, dict):
         raise ValueError("json member is not an object")
-    with Image.open(io.BytesIO(raw[images[0]])) as im:
+    for field_name in ("instruction", "answer"):
+        if not isinstance(record.get(field_name), str):
+            raise KeyError(
+                f"sample {raw.get('__key__')}: record field {field_name!r} missing or not a string"
+            )
+    # Only the formats shards may hold: PIL would otherwise open TIFF, EPS (Ghostscript) and more.
+    with Image.open(io.BytesIO(raw[images[0]]), formats=_PIL_FORMATS) as im:
         if im.width * im.height > MAX_IMAGE_PIXELS:
             raise ValueError(f"image {im.width}x{im.height} exceeds {MAX_IMAGE_PIXELS} pixels")
         image = im.convert("RGB")
@@ -359,8 +399,8 @@ class ShardStream(IterableDataset):
 def make_loader(
     reader: ShardReader,
     *,
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     epoch: int = 0,
     skip_batches: int = 0,
     num_workers: int = 0,
@@ -373,6 +413,10 @@ def make_loader(
     With `cursor` (from a checkpoint) the epoch and the batches to skip come from it; it must have been
     made with the same world size, worker count and batch size, since those fix the order.
     """
+    if rank is None or world_size is None:
+        env_rank, env_world = dist_rank_world()
+        rank = env_rank if rank is None else rank
+        world_size = env_world if world_size is None else world_size
     if cursor is not None:
         expected = {"world_size": world_size, "num_workers": num_workers, "batch_size": reader.batch_size}
         for key, value in expected.items():

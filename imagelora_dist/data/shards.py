@@ -105,30 +105,51 @@ class ShardIndex:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> ShardIndex:
-        """Read `index.json` (or the directory holding it), with errors naming the file and field."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / INDEX_NAME
+        """Read `index.json` (or the directory or URL holding it), with errors naming the file and field."""
+        where = index_location(path)
         try:
-            data = json.loads(path.read_text())
+            if is_url(where):
+                import fsspec
+
+                with fsspec.open(where, "rb") as f:
+                    raw = f.read()
+            else:
+                raw = Path(where).read_bytes()
+            data = json.loads(raw)
         except FileNotFoundError:
-            raise ImageLoRAError(f"{path}: shard index not found") from None
+            raise ImageLoRAError(f"{where}: shard index not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ImageLoRAError(f"{path}: not valid JSON ({exc})") from None
+            raise ImageLoRAError(f"{where}: not valid JSON ({exc})") from None
+        except (OSError, ImportError) as exc:
+            raise ImageLoRAError(f"{where}: cannot read the shard index ({exc})") from None
         if not isinstance(data, Mapping) or data.get("format") != INDEX_FORMAT:
-            raise ImageLoRAError(f"{path}: not an {INDEX_FORMAT} index (format field)")
+            raise ImageLoRAError(f"{where}: not an {INDEX_FORMAT} index (format field)")
         try:
             shards = [
                 ShardInfo(str(s["url"]), int(s["samples"]), int(s.get("bytes", 0))) for s in data["shards"]
             ]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ImageLoRAError(f"{path}: bad 'shards' entry ({exc})") from None
+            raise ImageLoRAError(f"{where}: bad 'shards' entry ({exc})") from None
         return cls(shards=shards, meta=dict(data.get("meta") or {}))
 
-    def urls(self, base: str | os.PathLike) -> list[str]:
-        """Shard URLs resolved against the directory (or URL prefix) holding the index."""
+    def urls(self, base: str | os.PathLike, *, allow_external: bool = False) -> list[str]:
+        """Shard URLs resolved against the directory (or URL) holding the index.
+
+        An index travels with untrusted shards, so by default its entries must be plain relative names:
+        an absolute path could read any file, and a `pipe:` entry would run a shell command. Pass
+        `allow_external=True` only for an index you wrote yourself.
+        """
         base = str(base).rstrip("/")
-        return [s.url if _is_absolute(s.url) else f"{base}/{s.url}" for s in self.shards]
+        out = []
+        for s in self.shards:
+            external = _is_absolute(s.url) or ".." in Path(s.url).parts
+            if external and not allow_external:
+                raise ImageLoRAError(
+                    f"shard index entry {s.url!r} is not a plain relative name; refusing it "
+                    "(set data.trust_index_urls=true for an index you wrote yourself)"
+                )
+            out.append(s.url if _is_absolute(s.url) else f"{base}/{s.url}")
+        return out
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -137,6 +158,29 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 def _is_absolute(url: str) -> bool:
     """An absolute path, or a URL with a scheme (`file://`, `s3://`, `pipe:`)."""
     return url.startswith("/") or bool(_SCHEME.match(url))
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for `scheme://...` locations (read through fsspec), False for local paths."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def index_location(path: str | os.PathLike) -> str:
+    """The index file for a dataset directory, URL prefix, or the index file itself."""
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if text.endswith(".json"):
+        return text
+    if is_url(text) or not Path(text).is_file():
+        return f"{text.rstrip('/')}/{INDEX_NAME}"
+    return text
+
+
+def dataset_base(path: str | os.PathLike) -> str:
+    """The directory (or URL prefix) relative shard names are resolved against."""
+    where = index_location(path)
+    return where.rsplit("/", 1)[0] if "/" in where else "."
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

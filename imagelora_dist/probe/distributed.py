@@ -150,7 +150,12 @@ def distributed_probe_scores(
         ray.get([a.ready.remote() for a in actors])
         log(f"[probe] {n_workers} Ray workers ready ({cpus:g} CPU, {gpus:g} GPU each)")
         refs = [ray.put(b) for b in batches]
-        pending = {actors[i % n_workers].score.remote(i, refs[i]): i for i in range(len(batches))}
+        # retry_exceptions: an exception inside `score` (say a transient CUDA OOM) is retried like a
+        # crash of the actor process, up to the same count.
+        pending = {
+            actors[i % n_workers].score.options(retry_exceptions=True).remote(i, refs[i]): i
+            for i in range(len(batches))
+        }
         results: dict[int, np.ndarray] = {}
         examples = [int(b["input_ids"].shape[0]) for b in batches]
         start = time.perf_counter()

@@ -1,0 +1,85 @@
+"""Evaluate a model on decoded screenshot samples: grounding accuracy and referring exact match."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from imagelora_dist.data.tasks import GROUNDING, REFERRING
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.eval.generate import generate_answers
+from imagelora_dist.eval.metrics import grounding_hit, referring_match
+
+_SCORERS = {GROUNDING: grounding_hit, REFERRING: referring_match}
+
+
+def evaluate(
+    model: nn.Module,
+    processor: Any,
+    samples: Iterable[dict[str, Any]],
+    *,
+    max_samples: int | None = None,
+    max_pixels: int | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 24,
+) -> dict[str, Any]:
+    """Generate an answer for each decoded sample (`{"image", "record"}`) and score it by its task.
+
+    `samples` is consumed lazily, `batch_size` at a time, up to `max_samples` (None: all). With a reader,
+    pass `(s for batch in make_loader(reader) for s in batch["samples"])`. Returns
+    `grounding_accuracy` and `referring_exact_match` (fractions; NaN when the task has no sample),
+    `grounding_count`, `referring_count`, `eval_samples` (their sum), and `predictions`: one
+    `{"id", "task", "answer", "generated", "correct"}` per sample, in input order. A sample whose task is
+    neither grounding nor referring is an error (checked before generating its batch).
+    """
+    if max_samples is not None and max_samples < 0:
+        raise ImageLoRAError(f"max_samples must be >= 0 or None, got {max_samples}")
+    stream = iter(samples) if max_samples is None else itertools.islice(samples, max_samples)
+    hits = {GROUNDING: 0, REFERRING: 0}
+    counts = {GROUNDING: 0, REFERRING: 0}
+    predictions: list[dict[str, Any]] = []
+    while chunk := list(itertools.islice(stream, batch_size)):
+        for d in chunk:
+            task = d["record"].get("task")
+            if task not in _SCORERS:
+                raise ImageLoRAError(
+                    f"sample {d['record'].get('id')!r}: unknown task {task!r}; known: {sorted(_SCORERS)}"
+                )
+        generated = generate_answers(
+            model,
+            processor,
+            chunk,
+            max_new_tokens=max_new_tokens,
+            max_pixels=max_pixels,
+            batch_size=batch_size,
+        )
+        for d, text in zip(chunk, generated, strict=True):
+            record = d["record"]
+            task = record["task"]
+            correct = bool(_SCORERS[task](text, record))
+            counts[task] += 1
+            hits[task] += int(correct)
+            predictions.append(
+                {
+                    "id": record.get("id"),
+                    "task": task,
+                    "answer": record.get("answer"),
+                    "generated": text,
+                    "correct": correct,
+                }
+            )
+
+    def fraction(task: str) -> float:
+        return hits[task] / counts[task] if counts[task] else float("nan")
+
+    return {
+        "grounding_accuracy": fraction(GROUNDING),
+        "referring_exact_match": fraction(REFERRING),
+        "grounding_count": counts[GROUNDING],
+        "referring_count": counts[REFERRING],
+        "eval_samples": counts[GROUNDING] + counts[REFERRING],
+        "predictions": predictions,
+    }

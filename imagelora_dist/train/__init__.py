@@ -1,0 +1,1 @@
+"""Training: adapter methods, the DeepSpeed engine loop, and (separately) the Ray Train glue."""

@@ -1,0 +1,260 @@
+"""The per-worker training loop: DeepSpeed ZeRO over the worker's split of the shards.
+
+Runs the same in a single process (world size 1) and inside a Ray Train worker. Checkpoints hold the
+adapter, optimizer and scheduler state (frozen weights excluded), the step and the data cursor, so a
+resumed run continues with exactly the batches an uninterrupted run would have seen next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imagelora_dist.config import RunConfig
+from imagelora_dist.data.collate import BatchCollator
+from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.registry import resolve_model
+from imagelora_dist.selection import HeadSelection
+from imagelora_dist.train.methods import Adapted, attach_method
+
+Report = Callable[[dict[str, float], str | None], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class WorkerContext:
+    """Where this worker sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+def _import_deepspeed() -> Any:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401 - the module object is patched below
+
+    # The CPU accelerator JIT-compiles a shared-memory comm op in init_distributed (~40 s, needs a
+    # compiler); gloo does not use it. `import deepspeed.comm.torch as m` would bind torch itself.
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    return deepspeed
+
+
+def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
+    """Read `train.deepspeed` (on the driver: a bad file fails before any worker starts)."""
+    path = Path(cfg.train.deepspeed)
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ImageLoRAError(f"train.deepspeed: {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise ImageLoRAError(f"train.deepspeed: {path} is not valid JSON ({exc})") from None
+    stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
+    if stage not in (0, 1, 2, 3):
+        raise ImageLoRAError(f"train.deepspeed: {path} has no zero_optimization.stage in 0..3")
+    return ds
+
+
+def deepspeed_config(
+    cfg: RunConfig, world_size: int, on_gpu: bool, template: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ZeRO JSON of `train.deepspeed` completed with this run's batch sizes, optimizer and schedule."""
+    ds = json.loads(json.dumps(template if template is not None else load_deepspeed_template(cfg)))
+    t = cfg.train
+    ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
+    ds["gradient_accumulation_steps"] = t.grad_accum
+    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
+    ds["gradient_clipping"] = t.grad_clip
+    ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
+    ds["optimizer"].setdefault("params", {})["lr"] = t.lr
+    ds["scheduler"] = {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": t.steps,
+            "warmup_num_steps": max(1, t.warmup_steps),
+            # Start warm-up above zero: a first step at lr 0 would be a wasted step.
+            "warmup_min_ratio": 1.0 / (t.warmup_steps + 1),
+            "cos_min_ratio": t.min_lr_ratio,
+            "warmup_type": "linear",
+        },
+    }
+    if on_gpu:
+        ds["bf16"] = {"enabled": True}
+    return ds
+
+
+# Fault injection for tests and drills: rank R dies after optimizer step S (once, given a marker file).
+FAULT_ENV = "IMAGELORA_FAULT_TRAIN"  # "R:S"
+FAULT_MARKER_ENV = "IMAGELORA_FAULT_MARKER"
+
+
+def _maybe_fail(rank: int, step: int) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if not target or target != f"{rank}:{step}":
+        return
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if marker:
+        if os.path.exists(marker):
+            return
+        open(marker, "w").close()
+    os._exit(1)
+
+
+def load_selection(cfg: RunConfig) -> HeadSelection | None:
+    """The probe stage's head selection (image_lora only)."""
+    if cfg.train.method != "image_lora":
+        return None
+    return HeadSelection.from_json(Path(cfg.output_dir) / "head_selection.json")
+
+
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """The tag DeepSpeed marked as latest in `ckpt_dir`, if any."""
+    latest = ckpt_dir / "latest"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def train_worker(
+    cfg: RunConfig,
+    ctx: WorkerContext,
+    shards: str,
+    *,
+    ckpt_dir: Path,
+    resume: bool = False,
+    report: Report | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+    ds_template: dict[str, Any] | None = None,
+) -> tuple[Adapted, dict[str, float]]:
+    """Train on this worker's split; returns the adapted model and the last metrics.
+
+    `report(metrics, checkpoint_tag)` is called at every optimizer step (tag set when a checkpoint was
+    written). `stop_after` stops after that many optimizer steps (for tests of resume).
+    """
+    from imagelora_dist.pipeline import build_model
+
+    deepspeed = _import_deepspeed()
+    on_gpu = ctx.device.type == "cuda"
+    torch.manual_seed(cfg.train.seed)
+    model, processor = build_model(cfg)
+    model.to(ctx.device)
+    spec = resolve_model(model)
+    adapted = attach_method(
+        model,
+        cfg.train.method,
+        rank=cfg.adapter.rank,
+        alpha=cfg.adapter.alpha,
+        selection=load_selection(cfg),
+        lora_targets=cfg.train.lora_targets,
+        seed=cfg.train.seed,
+    )
+    if cfg.train.gradient_checkpointing:
+        adapted.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing needs no grad on the embeddings; without this the backward would
+        # also run through every layer below the lowest adapter.
+        adapted.model.disable_input_require_grads()
+    adapted.model.train()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    engine, _, _, _ = deepspeed.initialize(
+        model=adapted.model,
+        model_parameters=adapted.parameters,
+        config=deepspeed_config(cfg, ctx.world_size, on_gpu, ds_template),
+    )
+    reader = ShardReader.from_path(
+        shards, cfg.train.micro_batch_size, seed=cfg.data.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+        trust_index_urls=cfg.data.trust_index_urls,
+    )  # fmt: skip
+    plan = reader.epoch_plan(0, ctx.rank, ctx.world_size)
+    collator = BatchCollator(
+        processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length
+    )
+    cursor = Cursor(
+        world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
+    )
+    step = 0
+    tag = latest_checkpoint(ckpt_dir) if resume else None
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False)
+        step = int(client["step"])
+        cursor = Cursor.from_dict(client["cursor"])
+        log(
+            f"[train] rank {ctx.rank}: resumed from {tag} (step {step}, epoch {cursor.epoch}, batch {cursor.batches})"
+        )
+    metrics: dict[str, float] = {}
+    micro = 0
+    last_inputs = None
+    tokens = visual = 0
+    t_step = time.perf_counter()
+    while step < cfg.train.steps:
+        loader = make_loader(reader, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
+                             collate_fn=collator, cursor=cursor)  # fmt: skip
+        for batch in loader:
+            inputs, weight = batch["inputs"], 1.0
+            if inputs is None:  # every sample was dropped: step anyway (ranks stay in step), contributing 0
+                inputs, weight = last_inputs, 0.0
+                if inputs is None:
+                    raise ImageLoRAError("the first batch of the run has no usable sample")
+            last_inputs = inputs
+            inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            loss = engine(**inputs).loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step}; the last good checkpoint is kept"
+                )
+            engine.backward(loss * weight)
+            engine.step()
+            cursor.advance(batch["num_samples"], plan.batches_per_rank)
+            tokens += batch["visual_tokens"] + batch["text_tokens"]
+            visual += batch["visual_tokens"]
+            micro += 1
+            if micro % cfg.train.grad_accum:
+                continue
+            step += 1
+            elapsed = time.perf_counter() - t_step
+            mean_loss = loss.detach().float().clone()
+            if ctx.world_size > 1:  # report the global mean, not rank 0's micro-batch
+                torch.distributed.all_reduce(mean_loss)
+                mean_loss /= ctx.world_size
+            metrics = {
+                "loss": float(mean_loss),
+                "lr": float(engine.get_lr()[0]),
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens_per_s": tokens / elapsed,
+                "visual_tokens_per_s": visual / elapsed,
+                "step_time_s": elapsed,
+                "step": float(step),
+            }
+            if on_gpu:
+                metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            tokens = visual = 0
+            t_step = time.perf_counter()
+            saved = None
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                saved = f"step-{step:06d}"
+                client = {"step": step, "cursor": cursor.to_dict()}
+                engine.save_checkpoint(
+                    str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
+                )
+            if report is not None:
+                report(metrics, saved)
+            _maybe_fail(ctx.rank, step)
+            if ctx.rank == 0:
+                log(f"[train] step {step}/{cfg.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                    f"{metrics['tokens_per_s']:.0f} tok/s")  # fmt: skip
+            if step >= cfg.train.steps or (stop_after is not None and step >= stop_after):
+                return adapted, metrics
+    return adapted, metrics

@@ -1,0 +1,277 @@
+"""Evaluation: metrics, batched greedy generation, text preservation, and the evaluate() loop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from imagelora_dist.adapter.accounting import decoder_lora_targets
+from imagelora_dist.adapter.image_lora import attach_image_lora
+from imagelora_dist.data.collate import Sample, collate
+from imagelora_dist.data.reader import ShardReader, decode_sample, make_loader
+from imagelora_dist.data.synth import SynthSpec, make_sample, synthesize
+from imagelora_dist.data.tasks import grounding_answer
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.eval import (
+    default_text_prompts,
+    evaluate,
+    generate_answers,
+    grounding_hit,
+    image_lora_disabled,
+    normalize_answer,
+    peft_disabled,
+    referring_match,
+    text_logits,
+    text_max_abs_logit_diff,
+)
+from imagelora_dist.models import build_tiny_vlm, resolve_model
+from imagelora_dist.selection import HeadSelection
+
+MAX_PIXELS = 112 * 112
+
+
+def _record(**kw):
+    base = {
+        "id": "r0",
+        "task": "grounding",
+        "bbox": [100, 50, 200, 150],
+        "width": 1000,
+        "height": 500,
+        "element_type": "button",
+        "element_text": "Save",
+    }
+    return {**base, **kw}
+
+
+def _decoded(n: int, seed: int = 0, **spec_kw) -> list[dict]:
+    spec = SynthSpec(num_samples=n, width=224, height=168, seed=seed, **spec_kw)
+    out = []
+    for i in range(n):
+        raw = make_sample(spec, i)
+        raw["json"] = json.dumps(raw["json"]).encode()
+        out.append(decode_sample(raw))
+    return out
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+
+def test_grounding_hit_inside_outside_border():
+    rec = (
+        _record()
+    )  # bbox x in [100, 200] px of 1000 -> [100, 200] normalised; y [50, 150] of 500 -> [100, 300]
+    assert grounding_hit("(150, 200)", rec)
+    assert grounding_hit("Click at ( 150 ,200 ) please", rec)
+    assert grounding_hit("(100, 100)", rec)  # top-left corner, inclusive
+    assert grounding_hit("(200, 300)", rec)  # bottom-right corner, inclusive
+    assert not grounding_hit("(99, 200)", rec)
+    assert not grounding_hit("(201, 200)", rec)
+    assert not grounding_hit("(150, 99)", rec)
+    assert not grounding_hit("(150, 301)", rec)
+    assert not grounding_hit("(1500, 200)", rec)  # outside the image entirely
+    # Only the first point counts.
+    assert grounding_hit("(150, 200) or (900, 900)", rec)
+    assert not grounding_hit("(900, 900) or (150, 200)", rec)
+
+
+def test_grounding_hit_unparseable():
+    rec = _record()
+    for text in ("", "150, 200", "the save button", "(150; 200)", "(a, b)", "[150, 200]"):
+        assert not grounding_hit(text, rec), text
+
+
+def test_grounding_gold_answers_hit_on_synth():
+    for d in _decoded(12, seed=3):
+        rec = d["record"]
+        gold = grounding_answer(rec["bbox"], rec["width"], rec["height"])
+        assert grounding_hit(gold, rec), rec["id"]
+
+
+def test_referring_match_normalisation():
+    rec = _record(task="referring")
+    assert referring_match("button: Save", rec)
+    assert referring_match("  BUTTON: save.  ", rec)
+    assert referring_match('"button: Save"\n', rec)
+    assert referring_match("«button: Save»", rec)  # Unicode punctuation at the edges
+    assert not referring_match("button: Save as", rec)
+    assert not referring_match("button:Save", rec)  # only the edges are normalised
+    assert not referring_match("Save", rec)
+    assert not referring_match("", rec)
+    icon = _record(task="referring", element_type="icon", element_text="")
+    assert referring_match("Icon", icon)
+    assert not referring_match("icon: ", _record(task="referring", element_type="icon:x", element_text=""))
+    assert normalize_answer(" ...Hello, World!? ") == "hello, world"
+
+
+# --- generation -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_generate_batched_equals_unbatched(family):
+    model, processor = build_tiny_vlm(family, seed=0)
+    decoded = _decoded(3, seed=1, instruction_words=(0, 15))
+    # The prompts differ in length, so a batch of 3 is really left-padded.
+    processor.tokenizer.padding_side = "left"
+    prompt = collate(processor, [Sample(d["record"]["instruction"], None, [d["image"]]) for d in decoded])
+    assert (prompt["attention_mask"][:, 0] == 0).any()
+    processor.tokenizer.padding_side = "right"
+    model.train()  # generate_answers must evaluate in eval mode and restore the flag
+    kw = dict(max_new_tokens=8, max_pixels=MAX_PIXELS)
+    batched = generate_answers(model, processor, decoded, batch_size=3, **kw)
+    single = generate_answers(model, processor, decoded, batch_size=1, **kw)
+    assert model.training and processor.tokenizer.padding_side == "right"
+    assert len(batched) == len(decoded) and all(isinstance(t, str) for t in batched)
+    assert batched == single
+    assert any(batched), "a random model still generates some text"
+    assert generate_answers(model, processor, [], **kw) == []
+    # With Image-LoRA attached (visual rows located under left padding) batching still changes nothing.
+    handle = attach_image_lora(model, HeadSelection.all_heads(resolve_model(model)), rank=4, alpha=8)
+    _randomize_image_lora(handle)
+    adapted = generate_answers(model, processor, decoded, batch_size=3, **kw)
+    assert adapted == generate_answers(model, processor, decoded, batch_size=2, **kw)
+    handle.detach()
+
+
+# --- text preservation ----------------------------------------------------------------------------------
+
+
+def _randomize_image_lora(handle):
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in handle.modules.values():
+            m.B.copy_(torch.randn(m.B.shape, generator=gen) * 0.5)
+            m.gamma.fill_(0.7)
+
+
+def test_text_preservation_image_lora_is_exact():
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    fresh, _ = build_tiny_vlm("qwen2_5_vl", seed=0)
+    prompts = default_text_prompts()[:4]
+    assert all(isinstance(p, str) and p for p in prompts)
+    handle = attach_image_lora(model, HeadSelection.all_heads(resolve_model(model)), rank=4, alpha=8)
+    _randomize_image_lora(handle)
+    assert text_max_abs_logit_diff(model, processor, prompts, lambda: image_lora_disabled(handle)) == 0.0
+    # Independently: the adapted model's text logits equal a model that never had an adapter.
+    ours = text_logits(model, processor, prompts, batch_size=3)
+    theirs = text_logits(fresh, processor, prompts, batch_size=3)
+    assert len(ours) == len(prompts)
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    # The helper really disables the adapter on images, and restores it afterwards.
+    d = _decoded(1)[0]
+    batch = collate(processor, [Sample(d["record"]["instruction"], None, [d["image"]])])
+    batch.pop("labels")
+    with torch.no_grad():
+        base = fresh(**batch).logits
+        adapted = model(**batch).logits
+        with image_lora_disabled(handle):
+            off = model(**batch).logits
+        again = model(**batch).logits
+    assert torch.equal(off, base)
+    assert not torch.equal(adapted, base)
+    assert torch.equal(again, adapted)
+    handle.detach()
+    with pytest.raises(ImageLoRAError):
+        with image_lora_disabled(handle):
+            pass
+
+
+def test_text_preservation_peft_lora_changes_text():
+    peft = pytest.importorskip("peft")
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=decoder_lora_targets(model, ["v_proj"]))
+    pmodel = peft.get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in pmodel.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    diff = text_max_abs_logit_diff(
+        pmodel, processor, default_text_prompts()[:3], lambda: peft_disabled(pmodel)
+    )
+    assert diff > 0.0 and math.isfinite(diff)
+    # Generation goes through a peft wrapper too.
+    out = generate_answers(pmodel, processor, _decoded(2), max_new_tokens=4, max_pixels=MAX_PIXELS)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+# --- evaluate -------------------------------------------------------------------------------------------
+
+
+def test_evaluate_counts_and_predictions(tmp_path):
+    spec = SynthSpec(num_samples=6, samples_per_shard=3, width=224, height=168, seed=5)
+    synthesize(spec, tmp_path, workers=1, progress=None)
+    reader = ShardReader.from_path(tmp_path, batch_size=3, shuffle_shards=False, shuffle_buffer=0)
+    samples = (s for batch in make_loader(reader) for s in batch["samples"])
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    result = evaluate(
+        model, processor, samples, max_samples=5, max_pixels=MAX_PIXELS, batch_size=2, max_new_tokens=6
+    )
+    keys = {"grounding_accuracy", "referring_exact_match", "grounding_count", "referring_count"}
+    assert keys | {"eval_samples", "predictions"} <= set(result)
+    assert result["eval_samples"] == 5
+    assert result["grounding_count"] + result["referring_count"] == 5
+    preds = result["predictions"]
+    assert len(preds) == 5 and len({p["id"] for p in preds}) == 5
+    assert sum(p["task"] == "grounding" for p in preds) == result["grounding_count"]
+    for p in preds:
+        assert {"id", "task", "generated", "correct"} <= set(p)
+        assert isinstance(p["generated"], str) and isinstance(p["correct"], bool)
+    for task, key, count in (
+        ("grounding", "grounding_accuracy", "grounding_count"),
+        ("referring", "referring_exact_match", "referring_count"),
+    ):
+        correct = sum(p["correct"] for p in preds if p["task"] == task)
+        if result[count]:
+            assert result[key] == pytest.approx(correct / result[count])
+        else:
+            assert math.isnan(result[key])
+
+
+def test_evaluate_scores_by_task(monkeypatch):
+    """With gold answers (and one wrong answer per task) the scores are exact."""
+    import imagelora_dist.eval.run as run_mod
+
+    decoded = _decoded(8, seed=2)
+    tasks = [d["record"]["task"] for d in decoded]
+    assert {"grounding", "referring"} <= set(tasks)
+    first_wrong = {t: tasks.index(t) for t in ("grounding", "referring")}
+    by_id = {
+        d["record"]["id"]: ("nothing here" if i in first_wrong.values() else d["record"]["answer"])
+        for i, d in enumerate(decoded)
+    }
+
+    def fake_generate(model, processor, chunk, **kw):
+        assert len(chunk) <= 3
+        return [by_id[d["record"]["id"]] for d in chunk]
+
+    monkeypatch.setattr(run_mod, "generate_answers", fake_generate)
+    result = evaluate(
+        None, None, iter(decoded), max_samples=None, max_pixels=None, batch_size=3, max_new_tokens=4
+    )
+    n_g, n_r = tasks.count("grounding"), tasks.count("referring")
+    assert (result["grounding_count"], result["referring_count"], result["eval_samples"]) == (n_g, n_r, 8)
+    assert result["grounding_accuracy"] == pytest.approx((n_g - 1) / n_g)
+    assert result["referring_exact_match"] == pytest.approx((n_r - 1) / n_r)
+    assert [p["id"] for p in result["predictions"]] == [d["record"]["id"] for d in decoded]
+
+    bad = [{"image": decoded[0]["image"], "record": {**decoded[0]["record"], "task": "captioning"}}]
+    with pytest.raises(ImageLoRAError, match="captioning"):
+        evaluate(None, None, bad, max_samples=None, max_pixels=None, batch_size=3, max_new_tokens=4)
+
+
+def test_eval_imports_no_distributed_stack():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, imagelora_dist.eval\n"
+        "print(','.join(sorted(m for m in ('ray', 'deepspeed', 'mlflow') if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == ""
