@@ -3,6 +3,7 @@ standard LoRA through peft on the text decoder (the paper's baseline). All freez
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,13 @@ class Adapted:
         if self.handle is not None:
             return save_adapter(path, self.handle, extra)
         path = Path(path)
-        self.peft_model.save_pretrained(str(path), safe_serialization=True)
+        gather = contextlib.nullcontext()
+        if any(hasattr(p, "ds_id") for p in self.parameters):
+            import deepspeed  # ZeRO-3 partitioned the LoRA weights: gather them (a collective) to save
+
+            gather = deepspeed.zero.GatheredParameters(self.parameters)
+        with gather:
+            self.peft_model.save_pretrained(str(path), safe_serialization=True)
         return path
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
