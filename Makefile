@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/step_time.py
 	$(PY) bench/loader.py
 	$(PY) bench/probe_scaling.py
+	$(PY) bench/train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs

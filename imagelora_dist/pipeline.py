@@ -438,29 +438,26 @@ def run_pipeline(
     try:
         tags = {"imagelora.method": cfg.train.method, "imagelora.stages": ",".join(stages)}
         with tracker.pipeline_run(tags=tags):  # params: the flattened config
-            if "probe" in stages:
-                with tracker.stage_run("probe"):
-                    result = run_probe_select(cfg, log, on_ray=start_ray)
-                    _record(tracker, result, "selection")
-                results["probe"] = result
-                if result.metrics:
-                    tracker.log_metrics(result.metrics)
-            if "train" in stages:
-                with tracker.stage_run("train") as run_id:
-                    result = run_train(
+            runners: dict[str, tuple[Callable[[str | None], StageResult], str]] = {
+                "probe": (lambda run_id: run_probe_select(cfg, log, on_ray=start_ray), "selection"),
+                "train": (
+                    lambda run_id: run_train(
                         cfg, log, resume=resume, on_ray=start_ray, mlflow_uri=tracker.uri if run_id else None,
                         mlflow_run_id=run_id,
-                    )  # fmt: skip
-                    _record(tracker, result, "adapter")
-                results["train"] = result
-                if result.metrics:
-                    tracker.log_metrics(result.metrics)
-            if "eval" in stages:
-                with tracker.stage_run("eval"):
-                    result = run_eval(cfg, log, on_ray=start_ray)
-                    _record(tracker, result, "eval")
-                results["eval"] = result
-                if result.metrics:
+                    ),
+                    "adapter",
+                ),
+                "eval": (lambda run_id: run_eval(cfg, log, on_ray=start_ray), "eval"),
+            }  # fmt: skip
+            for stage in STAGES:
+                if stage not in stages:
+                    continue
+                runner, artifact_path = runners[stage]
+                with tracker.stage_run(stage) as run_id:
+                    result = runner(run_id)
+                    _record(tracker, result, artifact_path)
+                results[stage] = result
+                if result.metrics:  # the parent carries every stage's metrics too, for compare
                     tracker.log_metrics(result.metrics)
     finally:
         if any(started):

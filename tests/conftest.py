@@ -21,6 +21,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "gemma3", "idefics3"}
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray for the tests of one module, shut down after them."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(params=TINY_FAMILIES)
 def family(request) -> str:
     return request.param

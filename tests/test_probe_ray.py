@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import ray
 
 from imagelora_dist.config import load_config
 from imagelora_dist.pipeline import run_probe_select
 from imagelora_dist.probe.distributed import FAULT_BATCH_ENV, FAULT_MARKER_ENV, ProbeFailed
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -18,13 +17,6 @@ from imagelora_dist.config import load_config
 from imagelora_dist.pipeline import ensure_train_shards
 from imagelora_dist.train.loop import FAULT_ENV, FAULT_MARKER_ENV
 from imagelora_dist.train.ray_train import run_training
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
