@@ -191,6 +191,10 @@ def train_worker(
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False)
         step = int(client["step"])
         cursor = Cursor.from_dict(client["cursor"])
+        if "torch_rng" in client:  # dropout-bearing models resume with the same random stream
+            torch.set_rng_state(client["torch_rng"])
+        if on_gpu and "cuda_rng" in client:
+            torch.cuda.set_rng_state(client["cuda_rng"], ctx.device)
         log(
             f"[train] rank {ctx.rank}: resumed from {tag} (step {step}, epoch {cursor.epoch}, batch {cursor.batches})"
         )
@@ -245,7 +249,9 @@ def train_worker(
             saved = None
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                 saved = f"step-{step:06d}"
-                client = {"step": step, "cursor": cursor.to_dict()}
+                client = {"step": step, "cursor": cursor.to_dict(), "torch_rng": torch.get_rng_state()}
+                if on_gpu:
+                    client["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
                 engine.save_checkpoint(
                     str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
                 )
