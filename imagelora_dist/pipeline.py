@@ -33,6 +33,27 @@ from imagelora_dist.tracking import Tracker, selection_heatmap
 Log = Callable[[str], None]
 
 
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config with every local path made absolute against this process's working directory."""
+
+    def fix(value: str | None) -> str | None:
+        if value is None or "://" in value or value.startswith("pipe:"):
+            return value
+        return str(Path(value).expanduser().absolute())
+
+    return cfg.model_copy(
+        update={
+            "output_dir": fix(cfg.output_dir),
+            "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
+            "data": cfg.data.model_copy(update={"train": fix(cfg.data.train)}),
+            "train": cfg.train.model_copy(
+                update={"storage": fix(cfg.train.storage), "deepspeed": fix(cfg.train.deepspeed)}
+            ),
+            "eval": cfg.eval.model_copy(update={"shards": fix(cfg.eval.shards)}),
+        }
+    )
+
+
 def resolved_dtype(cfg: RunConfig) -> str:
     """model.dtype with `auto` resolved: bf16 on GPU, fp32 on CPU."""
     if cfg.model.dtype != "auto":
@@ -422,6 +443,7 @@ def run_pipeline(
     cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None, *, resume: bool = False
 ) -> dict[str, StageResult]:
     """Run `stages` (default: what the method needs) as nested MLflow runs; each is skipped when done."""
+    cfg = absolute_paths(cfg)  # Ray workers run in other directories
     stages = tuple(stages or stages_for(cfg))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

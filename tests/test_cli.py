@@ -121,3 +121,14 @@ def test_python_dash_m_entrypoint():
         timeout=120,
     )
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
+    from imagelora_dist.pipeline import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(load_config(None, ["output_dir=runs/x", "data.train=shards", "train.storage=ck",
+                                            "eval.shards=s3://bucket/eval"]))  # fmt: skip
+    assert cfg.output_dir == str(tmp_path / "runs/x") and cfg.data.train == str(tmp_path / "shards")
+    assert cfg.train.storage == str(tmp_path / "ck") and cfg.eval.shards == "s3://bucket/eval"
+    assert cfg.train.deepspeed == str(tmp_path / "configs/deepspeed/zero2.json")
