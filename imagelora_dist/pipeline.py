@@ -47,11 +47,21 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
             "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
             "data": cfg.data.model_copy(update={"train": fix(cfg.data.train)}),
             "train": cfg.train.model_copy(
-                update={"storage": fix(cfg.train.storage), "deepspeed": fix(cfg.train.deepspeed)}
+                update={"storage": fix(cfg.train.storage), "deepspeed": _deepspeed_json(cfg.train.deepspeed)}
             ),
             "eval": cfg.eval.model_copy(update={"shards": fix(cfg.eval.shards)}),
         }
     )
+
+
+def _deepspeed_json(value: str) -> str:
+    """An absolute path to the ZeRO JSON: relative to the working directory, else to the project's
+    own configs/ (so the shipped `configs/deepspeed/zero*.json` are found from any directory)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return str(path.absolute())
+    shipped = Path(__file__).resolve().parents[1] / value
+    return str(shipped if shipped.exists() else path.absolute())
 
 
 def resolved_dtype(cfg: RunConfig) -> str:
