@@ -152,3 +152,21 @@ def test_lora_baseline_trains_saves_and_changes_text(local_ray, shards, tmp_path
         base = model(input_ids=ids).logits
         adapted = PeftModel.from_pretrained(model, str(out / "adapter"))(input_ids=ids).logits
     assert not torch.equal(adapted, base), "standard LoRA changes text-only outputs"
+
+
+def test_eval_stage_reports_lora_text_change(local_ray, shards, tmp_path):
+    """The eval stage end to end for the LoRA baseline: accuracy keys, and a measured non-zero text change."""
+    import json
+
+    from imagelora_dist.pipeline import run_eval
+
+    out = tmp_path / "lora-eval"
+    cfg = _cfg(out, shards, **{"train.method": "lora", "train.workers": 1, "train.steps": 2,
+                               "eval.num_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
+    assert run_training(cfg, shards).error is None
+    result = run_eval(cfg, log=lambda m: None)
+    report = json.loads((out / "eval_report.json").read_text())
+    assert result.output == out / "eval_report.json"
+    assert report["eval_samples"] == 4 and report["grounding_count"] + report["referring_count"] == 4
+    assert 0 <= report["grounding_accuracy"] <= 1 or report["grounding_count"] == 0
+    assert report["text_max_abs_logit_diff"] > 0
