@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from imagelora_dist import build_tiny_vlm, load_adapter
 from imagelora_dist.config import load_config
+from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.pipeline import ensure_train_shards
-from imagelora_dist.train.loop import FAULT_ENV, FAULT_MARKER_ENV
+from imagelora_dist.train.loop import FAULT_ENV
 from imagelora_dist.train.ray_train import run_training
 
 

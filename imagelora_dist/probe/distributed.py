@@ -20,13 +20,12 @@ import torch
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
 
 Log = Callable[[str], None]
 
-# Fault injection for tests and drills: the actor process dies on this batch index (once, if the marker
-# file is given: it is created on the first death).
+# Fault injection (imagelora_dist.faults): the actor process dies on this probe batch index.
 FAULT_BATCH_ENV = "IMAGELORA_FAULT_PROBE_BATCH"
-FAULT_MARKER_ENV = "IMAGELORA_FAULT_MARKER"
 WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -59,24 +58,12 @@ class ProbeActor:
 
     def score(self, index: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """float64 [layers, kv_heads] scores of probe batch `index`."""
-        _maybe_fail(index)
+        crash_if(FAULT_BATCH_ENV, str(index))
         return self.probe.score_batch(batch, index).numpy()
 
     def ready(self) -> int:
         """Return the process id once the model is loaded (for tests and progress)."""
         return os.getpid()
-
-
-def _maybe_fail(index: int) -> None:
-    target = os.environ.get(FAULT_BATCH_ENV)
-    if target is None or int(target) != index:
-        return
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if marker:
-        if os.path.exists(marker):
-            return
-        open(marker, "w").close()
-    os._exit(1)  # a hard crash, as an OOM kill or a lost node looks to Ray
 
 
 def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:

@@ -22,6 +22,7 @@ from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator
 from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.faults import crash_if
 from imagelora_dist.models.registry import resolve_model
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.train.methods import Adapted, attach_method
@@ -97,21 +98,8 @@ def deepspeed_config(
     return ds
 
 
-# Fault injection for tests and drills: rank R dies after optimizer step S (once, given a marker file).
-FAULT_ENV = "IMAGELORA_FAULT_TRAIN"  # "R:S"
-FAULT_MARKER_ENV = "IMAGELORA_FAULT_MARKER"
-
-
-def _maybe_fail(rank: int, step: int) -> None:
-    target = os.environ.get(FAULT_ENV)
-    if not target or target != f"{rank}:{step}":
-        return
-    marker = os.environ.get(FAULT_MARKER_ENV)
-    if marker:
-        if os.path.exists(marker):
-            return
-        open(marker, "w").close()
-    os._exit(1)
+# Fault injection (imagelora_dist.faults): rank R dies right after optimizer step S, given "R:S".
+FAULT_ENV = "IMAGELORA_FAULT_TRAIN"
 
 
 def load_selection(cfg: RunConfig) -> HeadSelection | None:
@@ -257,7 +245,7 @@ def train_worker(
                 )
             if report is not None:
                 report(metrics, saved)
-            _maybe_fail(ctx.rank, step)
+            crash_if(FAULT_ENV, f"{ctx.rank}:{step}")
             if ctx.rank == 0:
                 log(f"[train] step {step}/{cfg.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
                     f"{metrics['tokens_per_s']:.0f} tok/s")  # fmt: skip

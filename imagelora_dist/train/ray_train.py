@@ -18,9 +18,9 @@ from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.train.loop import (
     FAULT_ENV,
-    FAULT_MARKER_ENV,
     WorkerContext,
     load_deepspeed_template,
     train_worker,
