@@ -201,7 +201,7 @@ def _runtime_failures() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     try:
-        from imagelora_dist.pipeline import TrainingFailed
+        from imagelora_dist.errors import TrainingFailed
         from imagelora_dist.train.loop import TrainingDiverged
 
         out.extend([TrainingFailed, TrainingDiverged])

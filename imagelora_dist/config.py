@@ -129,9 +129,10 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float | None = Field(None, ge=0)
     max_failures: int = Field(2, ge=0)
-    # Checkpoints and the final adapter: a local dir, a shared filesystem or an object-store URI
-    # (through Ray's storage). None: <output_dir>/train.
+    # Ray Train's storage for checkpoints: a local dir, a shared filesystem or an object-store URI
+    # (s3://bucket/prefix ...; credentials from the environment). None: <output_dir>/train.
     storage: str | None = None
+    keep_checkpoints: int = Field(2, ge=1)  # the newest N stay in the storage
     seed: int = 0
 
 
@@ -158,6 +159,10 @@ class RayConfig(_Strict):
     max_retries: int = Field(3, ge=0)
     # Size of a local Ray started in-process (None: all cores).
     num_cpus: int | None = Field(None, ge=1)
+    # An autoscaling cluster (KubeRay) may start with fewer nodes than the probe asks for: > 0 requests
+    # every worker and waits this long for the autoscaler, then goes on with those that are up.
+    # 0: use only what the cluster holds now.
+    autoscale_wait_s: float = Field(0.0, ge=0)
 
 
 class TrackingConfig(_Strict):

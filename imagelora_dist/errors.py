@@ -15,3 +15,7 @@ class SelectionError(ImageLoRAError):
 
 class AdapterFormatError(ImageLoRAError):
     """An adapter directory that is missing, corrupt, or made for another model."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training did not complete (after Ray Train's restarts): exit status 1 at the CLI."""

@@ -71,11 +71,19 @@ def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_pa
         diff = float((got[key] - reference[key]).abs().max())
         # Adam divides by sqrt(v): float reduction-order noise in tiny gradients shows up at ~1e-6.
         assert torch.allclose(got[key], reference[key], rtol=1e-3, atol=1e-5), f"{key}: max diff {diff}"
-    # Checkpoints hold the adapter and its optimizer state, never the frozen base (~19 MB here).
-    ckpt = tmp_path / "train" / "ckpt" / "step-000003"
-    size = sum(f.stat().st_size for f in ckpt.iterdir())
+    # Checkpoints hold the adapter and its optimizer state, never the frozen base (~19 MB here); Ray
+    # merged every rank's files (rank 0's weights, each rank's optimizer shard) into one directory.
+    ckpt = tmp_path / "train" / "tiny-default-train" / "step-000003"
+    files = {f.relative_to(ckpt).as_posix(): f.stat().st_size for f in ckpt.rglob("*") if f.is_file()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= set(
+        files
+    )
+    assert files["adapter/adapter_model.safetensors"] > 0
+    assert not any(name.startswith(".adapter-rank") for name in files)
     adapter_bytes = sum(t.numel() * 4 for t in got.values())
-    assert 0 < size < 12 * adapter_bytes + 200_000
+    assert 0 < sum(files.values()) < 12 * adapter_bytes + 200_000
+    # keep_checkpoints (2): older checkpoints were deleted from the storage.
+    assert sorted(p.name for p in ckpt.parent.glob("step-*")) == ["step-000002", "step-000003"]
 
 
 def test_killed_worker_resumes_from_last_checkpoint(reference, shards, tmp_path, monkeypatch):

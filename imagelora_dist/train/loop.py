@@ -2,13 +2,15 @@
 
 Runs the same in a single process (world size 1) and inside a Ray Train worker. Checkpoints hold the
 adapter, optimizer and scheduler state (frozen weights excluded), the step and the data cursor, so a
-resumed run continues with exactly the batches an uninterrupted run would have seen next.
+resumed run continues with exactly the batches an uninterrupted run would have seen next. The final
+checkpoint also carries the adapter in its inference format (`<tag>/adapter`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +115,18 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
     """The tag DeepSpeed marked as latest in `ckpt_dir`, if any."""
     latest = ckpt_dir / "latest"
     return latest.read_text().strip() if latest.exists() else None
+
+
+def save_final_adapter(adapted: Adapted, method: str, tag_dir: Path, rank: int) -> None:
+    """Put the adapter in its inference format into the final checkpoint (`<tag_dir>/adapter`).
+
+    Every rank calls this (under ZeRO-3 saving gathers the partitioned weights collectively); only rank
+    0's copy is kept, so the checkpoint Ray merges from all ranks holds exactly one adapter.
+    """
+    target = tag_dir / "adapter" if rank == 0 else tag_dir.parent / f".adapter-rank{rank}"
+    adapted.save(target, {"method": method})
+    if rank != 0:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def train_worker(
@@ -243,6 +257,8 @@ def train_worker(
                 engine.save_checkpoint(
                     str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
                 )
+                if step == cfg.train.steps:
+                    save_final_adapter(adapted, cfg.train.method, ckpt_dir / saved, ctx.rank)
             if report is not None:
                 report(metrics, saved)
             crash_if(FAULT_ENV, f"{ctx.rank}:{step}")

@@ -1,23 +1,33 @@
 """Ray Train glue: a TorchTrainer whose workers run `train_worker` under DeepSpeed, with restarts.
 
-Checkpoints go to a directory every worker can reach (the run's storage: a local dir on one machine, a
-shared filesystem or an object-store URI mounted by Ray's storage across nodes). After a worker failure
-Ray restarts the group (FailureConfig) and every worker resumes from the latest checkpoint there.
+Ray's storage is the only place checkpoints live: a local dir, a shared filesystem or an object-store
+URI (s3://, gs://, abfs://, anything pyarrow opens; credentials from the usual environment variables).
+Each worker writes its DeepSpeed files (rank 0 the adapter weights, every rank its optimizer shard)
+to a node-local scratch dir and reports them under one checkpoint name; Ray merges them into
+`<storage>/<name>-train/step-NNNNNN`. After a worker failure Ray restarts the group (FailureConfig),
+every worker downloads the latest checkpoint and resumes; `--resume` reuses the same run directory.
+The final checkpoint holds the adapter in its inference format, which the driver copies to
+`<output_dir>/adapter`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.train import Checkpoint, FailureConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.errors import ImageLoRAError, TrainingFailed
 from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.train.loop import (
     FAULT_ENV,
@@ -27,9 +37,68 @@ from imagelora_dist.train.loop import (
 )
 
 
-def train_storage(cfg: RunConfig) -> Path:
-    """Where checkpoints and Ray Train's run directory live."""
-    return Path(cfg.train.storage or Path(cfg.output_dir) / "train").absolute()
+def train_storage(cfg: RunConfig) -> str:
+    """Ray Train's storage for this run: an absolute local path or an object-store URI."""
+    storage = cfg.train.storage
+    if storage and "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage or Path(cfg.output_dir) / "train").absolute())
+
+
+def run_name(cfg: RunConfig) -> str:
+    """Ray Train's run name: the directory under the storage that holds the checkpoints."""
+    return f"{cfg.name}-train"
+
+
+def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for a local path or a URI."""
+    if "://" not in storage:
+        return pafs.LocalFileSystem(), storage
+    try:
+        return pafs.FileSystem.from_uri(storage)
+    except (OSError, ValueError) as exc:  # unknown scheme, missing bucket name, no S3 support ...
+        raise ImageLoRAError(f"train.storage: cannot open {storage!r}: {exc}") from None
+
+
+def clear_run(storage: str, name: str) -> None:
+    """Delete a previous run's checkpoints (a fresh run must never resume from another run's state)."""
+    fs, root = storage_filesystem(storage)
+    path = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def fetch_final_adapter(checkpoint: Checkpoint | None, dest: Path) -> Path:
+    """Copy `<checkpoint>/adapter` from Ray's storage to `dest`, atomically (temp dir, then rename)."""
+    if checkpoint is None:
+        raise TrainingFailed("training finished without a checkpoint; no adapter to fetch")
+    source = f"{checkpoint.path.rstrip('/')}/adapter"
+    if checkpoint.filesystem.get_file_info(source).type != pafs.FileType.Directory:
+        raise TrainingFailed(
+            f"the final checkpoint {checkpoint.path} has no adapter/ (was the run cut short?)"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()  # pyarrow copies files into an existing local directory only
+    pafs.copy_files(source, str(tmp), source_filesystem=checkpoint.filesystem,
+                    destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+    if not any(f.stat().st_size > 0 for f in tmp.glob("*.safetensors")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TrainingFailed(f"the adapter in {checkpoint.path} is empty")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _restore(checkpoint: Checkpoint, scratch: Path) -> None:
+    """Download Ray's latest checkpoint (every rank's files) into scratch and mark it as DeepSpeed's latest."""
+    tag = Path(checkpoint.path.rstrip("/")).name
+    checkpoint.to_directory(str(scratch / tag))
+    if not any((scratch / tag).iterdir()):
+        raise TrainingFailed(f"checkpoint {checkpoint.path} is empty; cannot resume from it")
+    (scratch / "latest").write_text(tag)
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -42,7 +111,11 @@ def _worker_entry(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config["threads"])))
-    restarted = ray.train.get_checkpoint() is not None
+    # Node-local: on a cluster the ranks need not share a filesystem; Ray's storage is what they share.
+    scratch = Path(tempfile.mkdtemp(prefix=f"imagelora-ckpt-r{rank}-"))
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        _restore(restored, scratch)
     mlflow_client = None
     if rank == 0 and config.get("mlflow_run_id"):
         from mlflow import MlflowClient
@@ -53,39 +126,33 @@ def _worker_entry(config: dict[str, Any]) -> None:
         if mlflow_client is not None:
             from mlflow.entities import Metric
 
-            step = int(metrics["step"])
-            now = int(__import__("time").time() * 1000)
+            step, now = int(metrics["step"]), int(time.time() * 1000)
             mlflow_client.log_batch(
                 config["mlflow_run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
             )
-        checkpoint = None
-        if tag is not None and rank == 0:
-            checkpoint = Checkpoint.from_directory(str(Path(config["ckpt_dir"]) / tag))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        if tag is None:
+            ray.train.report(metrics)
+            return
+        # Every rank reports its own files under the same name; Ray merges them in the storage.
+        ray.train.report(
+            metrics, checkpoint=Checkpoint.from_directory(str(scratch / tag)), checkpoint_dir_name=tag
+        )
+        for old in scratch.glob("step-*"):  # uploaded: keep only the newest local copy
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
 
-    adapted, _ = train_worker(
-        cfg,
-        WorkerContext(rank, world, device),
-        config["shards"],
-        ckpt_dir=Path(config["ckpt_dir"]),
-        resume=config["resume"] or restarted,
-        report=report,
-        ds_template=config["deepspeed"],
-    )
-    # Every rank calls save (ZeRO-3 gathers collectively); only rank 0's files are kept.
-    final = Path(config["adapter_dir"])
-    tmp = final.with_name(f".{final.name}.rank{rank}")
-    adapted.save(tmp, {"method": cfg.train.method})
-    if rank == 0:
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    else:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        train_worker(
+            cfg,
+            WorkerContext(rank, world, device),
+            config["shards"],
+            ckpt_dir=scratch,
+            resume=restored is not None,
+            report=report,
+            ds_template=config["deepspeed"],
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_training(
@@ -96,14 +163,13 @@ def run_training(
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
 ) -> Any:
-    """Run a TorchTrainer with `train.workers` workers; returns Ray Train's Result."""
-    storage = train_storage(cfg)
-    ckpt_dir = storage / "ckpt"
-    if not resume and ckpt_dir.exists():
-        import shutil
-
-        shutil.rmtree(ckpt_dir)  # a fresh run must not pick up another run's checkpoints
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    """Run a TorchTrainer with `train.workers` workers, then copy the final adapter to
+    `<output_dir>/adapter`; returns Ray Train's Result, raises TrainingFailed (one line per rank)."""
+    storage, name = train_storage(cfg), run_name(cfg)
+    if not resume:
+        clear_run(storage, name)
+    elif "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
     gpus = cfg.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -113,9 +179,6 @@ def run_training(
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "shards": str(Path(shards).absolute()) if "://" not in shards else shards,
-            "ckpt_dir": str(ckpt_dir),
-            "adapter_dir": str(Path(cfg.output_dir).absolute() / "adapter"),
-            "resume": resume,
             "deepspeed": load_deepspeed_template(cfg),
             "threads": int(cfg.train.cpus_per_worker),
             "mlflow_uri": mlflow_uri,
@@ -127,9 +190,28 @@ def run_training(
         ),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         run_config=RayRunConfig(
-            name=f"{cfg.name}-train",
-            storage_path=str(storage / "ray"),
+            name=name,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingFailed(f"training failed: {failure_summary(exc)}") from exc
+    fetch_final_adapter(result.checkpoint, Path(cfg.output_dir).absolute() / "adapter")
+    return result
+
+
+def failure_summary(exc: BaseException) -> str:
+    """One line per failed rank: the last line of its error (the exception type and message)."""
+
+    def last_line(e: BaseException) -> str:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        return (lines[-1] if lines else type(e).__name__)[:300]
+
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        return "; ".join(f"rank {rank}: {last_line(e)}" for rank, e in sorted(failures.items()))
+    return last_line(getattr(exc, "controller_failure", exc))

@@ -1,0 +1,100 @@
+"""Checkpoints in an object store: Ray's storage is an S3 bucket (moto's S3 server on 127.0.0.1).
+
+A run whose worker dies with no restarts left is continued with --resume from the bucket alone (each
+worker downloads the merged checkpoint to its own scratch dir) and ends with the adapter of an
+uninterrupted run on local storage.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import _cfg, _train
+
+from imagelora_dist.errors import TrainingFailed
+from imagelora_dist.faults import FAULT_MARKER_ENV
+from imagelora_dist.train.loop import FAULT_ENV
+from imagelora_dist.train.ray_train import run_name, run_training, storage_filesystem
+
+BUCKET = "ckpt"
+
+
+@pytest.fixture(scope="module")
+def s3_storage():
+    """An S3 bucket on a private moto server, with the credentials in the environment Ray's workers
+    inherit (the env must be set before ray.init); the server and Ray are stopped at the end."""
+    import boto3
+    import ray
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield f"s3://{BUCKET}/runs"
+        finally:
+            ray.shutdown()
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from imagelora_dist.pipeline import ensure_train_shards
+
+    return ensure_train_shards(_cfg(tmp_path_factory.mktemp("data"), None), log=lambda m: None)
+
+
+def test_resume_from_object_store_matches_uninterrupted_run(s3_storage, shards, tmp_path, monkeypatch):
+    clean = _train(tmp_path / "clean", shards, **{"train.workers": 2})  # local storage
+
+    cfg = _cfg(tmp_path / "s3", shards, **{"train.workers": 2, "train.storage": s3_storage,
+                                           "train.max_failures": 0})  # fmt: skip
+    monkeypatch.setenv(FAULT_ENV, "1:2")  # rank 1 dies right after the step-2 checkpoint; no restarts
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed-once"))
+    with pytest.raises(TrainingFailed, match="rank 1"):
+        run_training(cfg, shards)
+    assert not (tmp_path / "s3" / "adapter").exists(), "a failed run must not leave an adapter behind"
+
+    fs, root = storage_filesystem(s3_storage)
+    step2 = f"{root}/{run_name(cfg)}/step-000002"
+    stored = {i.path.removeprefix(step2 + "/"): i.size for i in fs.get_file_info(pafs.FileSelector(step2))}
+    # Both ranks' optimizer shards were merged into the one checkpoint in the bucket.
+    for rank in (0, 1):
+        assert stored.get(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", 0) > 0, sorted(stored)
+
+    monkeypatch.delenv(FAULT_ENV)
+    run_training(cfg, shards, resume=True)
+    resumed = load_file(str(tmp_path / "s3" / "adapter" / "adapter_model.safetensors"))
+    final = f"{root}/{run_name(cfg)}/step-000003/adapter/adapter_model.safetensors"
+    assert fs.get_file_info(final).size > 0, "the final adapter lives in the bucket too"
+    assert resumed.keys() == clean.keys()
+    for key in clean:
+        torch.testing.assert_close(resumed[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_unknown_storage_scheme_is_one_clear_error():
+    from imagelora_dist.errors import ImageLoRAError
+
+    with pytest.raises(ImageLoRAError, match="train.storage.*nosuch://"):
+        storage_filesystem("nosuch://bucket/x")
