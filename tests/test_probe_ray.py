@@ -60,3 +60,24 @@ def test_batch_that_keeps_failing_names_the_batch(local_ray, shards, tmp_path, m
     with pytest.raises(ProbeFailed, match="probe batch 2 failed after 1 retries"):
         run_probe_select(_cfg(tmp_path / "fail", shards, **{"ray.max_retries": 1}), log=lambda m: None)
     assert not (tmp_path / "fail" / "head_selection.json").exists()
+
+
+def test_autoscale_wait_uses_the_workers_that_came_up(local_ray, shards, tmp_path):
+    # 2 CPUs, 3 workers of 1 CPU asked for, no autoscaler: two come up, the third is given up on after
+    # the wait, and the scores (hence the selection bytes) are those of a one-worker run.
+    lines: list[str] = []
+    one = run_probe_select(_cfg(tmp_path / "w1", shards, **{"ray.num_workers": 1}), log=lambda m: None)
+    waited = run_probe_select(
+        _cfg(tmp_path / "wait", shards, **{"ray.num_workers": 3, "ray.autoscale_wait_s": 10}),
+        log=lines.append,
+    )
+    assert waited.output.read_bytes() == one.output.read_bytes()
+    assert any("2 of 3 workers came up within 10s" in line for line in lines), lines
+
+
+def test_autoscale_wait_with_no_placeable_worker_fails_clearly(local_ray, shards, tmp_path):
+    cfg = _cfg(tmp_path, shards, **{"ray.cpus_per_worker": 64, "ray.autoscale_wait_s": 1})
+    with pytest.raises(
+        ProbeFailed, match="no probe worker .64 CPU, 0 GPU. came up within ray.autoscale_wait_s=1s"
+    ):
+        run_probe_select(cfg, log=lambda m: None)

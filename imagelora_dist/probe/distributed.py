@@ -98,6 +98,44 @@ def worker_resources(cfg: RunConfig) -> tuple[float, float]:
     return cfg.ray.cpus_per_worker, gpus
 
 
+def _workers_that_fit(n_workers: int, cpus: float, gpus: float, log: Log) -> int:
+    """How many of `n_workers` actors the cluster's current resources can hold (at least 1, else an error)."""
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 0) // cpus) if cpus else n_workers
+    if gpus:
+        fits = min(fits, int(total.get("GPU", 0) // gpus))
+    if fits < 1:
+        raise ImageLoRAError(
+            f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU) cannot hold one probe "
+            f"worker ({cpus:g} CPU, {gpus:g} GPU): lower ray.cpus_per_worker / ray.gpus_per_worker, or set "
+            "ray.autoscale_wait_s on an autoscaling cluster"
+        )
+    if fits < n_workers:
+        log(f"[probe] the cluster holds {fits} of the {n_workers} requested workers; using {fits}")
+    return min(fits, n_workers)
+
+
+def _wait_for_actors(actors: list[Any], wait_s: float, cpus: float, gpus: float, log: Log) -> list[Any]:
+    """The actors that became ready within `wait_s` (the autoscaler adds nodes meanwhile); the others
+    are killed. None ready is an error naming what was asked for."""
+    log(f"[probe] waiting up to {wait_s:g}s for {len(actors)} workers ({cpus:g} CPU, {gpus:g} GPU each)")
+    pending = {a.ready.remote(): a for a in actors}
+    ready_refs, _ = ray.wait(list(pending), num_returns=len(pending), timeout=wait_s)
+    ready = [pending[r] for r in ready_refs]
+    for ref, actor in pending.items():
+        if ref not in ready_refs:
+            ray.kill(actor)
+    ray.get(ready_refs)  # an actor that failed to start raises here, not later
+    if not ready:
+        raise ProbeFailed(
+            f"no probe worker ({cpus:g} CPU, {gpus:g} GPU) came up within ray.autoscale_wait_s={wait_s:g}s; "
+            "check the cluster's worker groups and the autoscaler's limits"
+        )
+    if len(ready) < len(actors):
+        log(f"[probe] {len(ready)} of {len(actors)} workers came up within {wait_s:g}s; using {len(ready)}")
+    return ready
+
+
 def distributed_probe_scores(
     cfg: RunConfig, batches: Sequence[dict[str, torch.Tensor]], log: Log = print
 ) -> tuple[torch.Tensor, float]:
@@ -107,19 +145,9 @@ def distributed_probe_scores(
     """
     cpus, gpus = worker_resources(cfg)
     n_workers = min(cfg.ray.num_workers, len(batches))
-    # Actors that can never be placed would wait forever: use as many as the cluster can hold.
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // cpus) if cpus else n_workers
-    if gpus:
-        fits = min(fits, int(total.get("GPU", 0) // gpus))
-    if fits < 1:
-        raise ImageLoRAError(
-            f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU) cannot hold one probe "
-            f"worker ({cpus:g} CPU, {gpus:g} GPU): lower ray.cpus_per_worker / ray.gpus_per_worker"
-        )
-    if fits < n_workers:
-        log(f"[probe] the cluster holds {fits} of the {n_workers} requested workers; using {fits}")
-        n_workers = fits
+    wait_s = cfg.ray.autoscale_wait_s
+    if not wait_s:  # a static cluster: actors that can never be placed would wait forever
+        n_workers = _workers_that_fit(n_workers, cpus, gpus, log)
     retries = cfg.ray.max_retries
     options: dict[str, Any] = {
         "num_cpus": cpus,
@@ -134,7 +162,11 @@ def distributed_probe_scores(
     cfg_dict = cfg.model_dump(mode="json")
     actors = [actor_cls.remote(cfg_dict, int(cpus)) for _ in range(n_workers)]
     try:
-        ray.get([a.ready.remote() for a in actors])
+        if wait_s:
+            actors = _wait_for_actors(actors, wait_s, cpus, gpus, log)
+            n_workers = len(actors)
+        else:
+            ray.get([a.ready.remote() for a in actors])
         log(f"[probe] {n_workers} Ray workers ready ({cpus:g} CPU, {gpus:g} GPU each)")
         refs = [ray.put(b) for b in batches]
         # retry_exceptions: an exception inside `score` (say a transient CUDA OOM) is retried like a
