@@ -1,0 +1,121 @@
+"""A private, single-node Ray head for tests that submit jobs (tests/test_ray_job.py, tests/test_k8s_rayjob.py).
+
+The cluster never joins or stops anyone else's: every port it could collide on is a free one picked here, and
+its temp dir is a fresh short directory under /tmp. `ray stop` is never used, because it kills every Ray
+process of the user (other tests, other people's clusters); teardown runs launch/stop_cluster.sh, which stops
+only the processes of this temp dir, and then checks that no process mentioning the temp dir is left.
+
+Use it from a test module as
+
+    @pytest.fixture(scope="module")
+    def cluster():
+        with private_ray_cluster() as (address, env):
+            yield address, env
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+# Ports `ray start` would otherwise take at fixed defaults (GCS 6379, dashboard 8265, client server 10001,
+# dashboard agent 52365) or that we pin so two clusters can never race for the same one.
+PORT_FLAGS = (
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on every interface (gcs_server and raylet listen on 0.0.0.0)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
+def processes_using(temp_dir: str) -> list[str]:
+    """'pid: cmdline' of live processes whose command line mentions `temp_dir` or whose current directory
+    is inside it (a job driver), zombies excluded (they have no command line and no cwd)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue  # gone, or not ours
+        if temp_dir in cmdline or cwd == temp_dir or cwd.startswith(temp_dir + "/"):
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd` from the repo root, capturing text output."""
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def client_env() -> dict[str, str]:
+    """This process's environment without RAY_* (no RAY_ADDRESS & co.), plus what the test cluster needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        RAY_AUTH_MODE="disabled",  # the cluster is started with --auth disabled; clients must match
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    return env
+
+
+@contextmanager
+def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """(job API address, env for client commands) of a private Ray head; stopped and checked at the end."""
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix sockets live below it
+    env = client_env()
+    dashboard, gcs, *others = free_ports(2 + len(PORT_FLAGS))
+    extra = [str(a) for pair in zip(PORT_FLAGS, others, strict=True) for a in pair]
+    cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--cpus", str(cpus), "--port", str(dashboard)]
+    cmd += [
+        "--gcs-port",
+        str(gcs),
+        "--temp-dir",
+        temp_dir,
+        "--object-store-memory",
+        "300000000",
+        "--auth",  # loopback test cluster; the default (token) would need a token in ~/.ray
+        "disabled",
+        "--",
+        *extra,
+    ]
+    try:
+        started = run(cmd, env, timeout=120)
+        assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stdout}\n{started.stderr}"
+        address = started.stdout.strip().splitlines()[-1]
+        assert address == f"http://127.0.0.1:{dashboard}", started.stdout
+        marker = (Path(temp_dir) / ".imagelora-cluster").read_text()  # what lets stop_cluster.sh act
+        assert f"dashboard_port={dashboard}" in marker and f"gcs_port={gcs}" in marker
+        yield address, env
+    finally:
+        stop = run(["bash", str(LAUNCH / "stop_cluster.sh"), "--temp-dir", temp_dir, "--rm"], env, timeout=90)
+        leftovers = processes_using(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
+        assert not leftovers, "Ray processes of the test cluster still running:\n" + "\n".join(leftovers)
