@@ -103,6 +103,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow experiment (default: tracking.experiment or the config name)",
     )
     p.add_argument("--out", metavar="DIR", help="where to write compare.html (default: output_dir)")
+    p = sub.add_parser(
+        "infer",
+        help="answer screenshot + instruction with a trained adapter (a directory or an MLflow run)",
+        description="Greedy answers with the adapter attached (Image-LoRA acts at prefill only; decoding is "
+        "the base model's). Single mode prints the answer; batch mode writes each JSONL record plus its "
+        "answer, in order. Without --config, --model or --family the model is the adapter's own base "
+        "(its checkpoint directory, or a tiny model of its family).",
+        epilog="examples:\n"
+        "  imagelora-dist infer --adapter runs/tiny-default/adapter --image shot.png "
+        "--instruction 'Click the Save button.'\n"
+        "  imagelora-dist infer --adapter mlflow-run:<run_id> --tracking-uri sqlite:///mlruns.db \\\n"
+        "      --jsonl questions.jsonl --output answers.jsonl --batch-size 8\n"
+        "  imagelora-dist infer --adapter runs:/<run_id>/adapter --model /models/Qwen2.5-VL-7B-Instruct "
+        "--image shot.png --instruction '...'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--adapter",
+        required=True,
+        metavar="SOURCE",
+        help="adapter directory, runs:/<run_id>/<artifact path>, or mlflow-run:<run_id> (its adapter/ "
+        "artifact, else its nested train run's)",
+    )
+    p.add_argument("--image", metavar="FILE", help="single mode: the screenshot")
+    p.add_argument("--instruction", metavar="TEXT", help="single mode: the question about it")
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help='batch mode: one {"image": path, "instruction": text} per line (ScreenSpot field names too)',
+    )
+    p.add_argument("--output", metavar="FILE", help="batch mode: JSONL to write (written atomically)")
+    p.add_argument(
+        "--images", metavar="DIR", help="folder relative image paths start from (default: the JSONL's)"
+    )
+    p.add_argument("--answer-key", default="answer", metavar="KEY", help="output field of the answer")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per generate call (eval.batch_size)")
+    p.add_argument(
+        "--max-new-tokens", type=int, metavar="N", help="answer length limit (eval.max_new_tokens)"
+    )
+    p.add_argument("--model", metavar="DIR", help="local checkpoint directory (sets model.path)")
+    p.add_argument("--family", metavar="NAME", help="a tiny random model of this family (tests, demos)")
+    p.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow store for run ids (tracking.uri, $MLFLOW_TRACKING_URI)"
+    )
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     sub.add_parser("families", help="list the supported model families")
     return parser
 
@@ -132,6 +178,12 @@ def _run(args: argparse.Namespace) -> int:
         path = compare_main(resolve_tracking_uri(cfg.tracking), experiment, args.out or cfg.output_dir)
         print(f"[compare] wrote {path}")
         return 0
+    if args.command == "infer":
+        from imagelora_dist.infer import infer_command
+
+        model_keys = [o.split("=", 1)[0].strip() for o in args.overrides]
+        from_adapter = args.config is None and not any(k.startswith("model.") for k in model_keys)
+        return infer_command(cfg, args, model_from_adapter=from_adapter)
     from imagelora_dist import pipeline
 
     if args.command == "synth":

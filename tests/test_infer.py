@@ -1,0 +1,343 @@
+"""`imagelora-dist infer`: a tiny trained adapter round-trips through save -> CLI (local dir, MLflow run, peft),
+batch mode equals single mode, Image-LoRA leaves decoding untouched, bad input exits 2 in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from imagelora_dist.adapter.accounting import decoder_lora_targets
+from imagelora_dist.adapter.image_lora import attach_image_lora
+from imagelora_dist.adapter.io import load_adapter, save_adapter
+from imagelora_dist.cli import main
+from imagelora_dist.config import RunConfig, load_config
+from imagelora_dist.data.collate import Sample, collate
+from imagelora_dist.data.screens import make_screen
+from imagelora_dist.eval import generate_answers
+from imagelora_dist.eval.generate import _greedy_config
+from imagelora_dist.infer import (
+    IMAGE_LORA,
+    PEFT_LORA,
+    adapter_kind,
+    answer_items,
+    load_for_inference,
+    resolve_adapter,
+    single_item,
+)
+from imagelora_dist.models import build_tiny_vlm, resolve_model
+
+MAX_NEW = 6
+MAX_PIXELS = RunConfig().data.max_pixels  # what infer uses by default, as eval does
+N_IMAGES = 3
+
+
+def _decoded(paths, instructions):
+    return [
+        {"image": Image.open(p).convert("RGB"), "record": {"instruction": t}}
+        for p, t in zip(paths, instructions, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Image-LoRA adapter after a few plain torch optimizer steps, its screenshots, and the answers
+    of eval's generate_answers with that adapter loaded (the reference) and without it (the base)."""
+    root = tmp_path_factory.mktemp("infer")
+    screens = [make_screen(100 + i) for i in range(N_IMAGES)]
+    (root / "imgs").mkdir()
+    paths = []
+    for i, s in enumerate(screens):
+        paths.append(root / "imgs" / f"shot{i}.png")
+        s.image.save(paths[-1])
+    instructions = [s.instruction for s in screens]
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    spec = resolve_model(model)
+    handle = attach_image_lora(model, {1: [0, 2], spec.num_layers - 1: [1]}, rank=4, alpha=8)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a strong start so the adapter visibly changes answers
+        for m in handle.modules.values():
+            m.B.copy_(torch.randn(m.B.shape, generator=gen))
+            m.gamma.fill_(1.0)
+    opt = torch.optim.AdamW(handle.parameters(), lr=1e-2)
+    processor.tokenizer.padding_side = "right"
+    batch = collate(processor, [Sample(s.instruction, s.answer, [s.image]) for s in screens])
+    model.train()
+    for _ in range(2):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    adapter = save_adapter(root / "adapter", handle, {"method": "image_lora"})
+    handle.detach()
+
+    decoded = _decoded(paths, instructions)
+    kw = dict(max_new_tokens=MAX_NEW, max_pixels=MAX_PIXELS, batch_size=1)
+    base = generate_answers(model, processor, decoded, **kw)
+    fresh, fresh_processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    load_adapter(fresh, adapter)
+    expected = generate_answers(fresh, fresh_processor, decoded, **kw)
+    return {
+        "root": root,
+        "adapter": adapter,
+        "paths": paths,
+        "instructions": instructions,
+        "expected": expected,
+        "base": base,
+    }
+
+
+def _infer(*args) -> list[str]:
+    return ["infer", *map(str, args), "--max-new-tokens", str(MAX_NEW)]
+
+
+def test_single_mode_round_trips_the_trained_adapter(trained, capsys):
+    assert adapter_kind(trained["adapter"]) == IMAGE_LORA
+    assert trained["expected"] != trained["base"], "the trained adapter must change some answer"
+    for i in (0, 1):
+        code = main(_infer("--adapter", trained["adapter"], "--image", trained["paths"][i],
+                           "--instruction", trained["instructions"][i]))  # fmt: skip
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert out.out == trained["expected"][i] + "\n"
+        assert "image_lora adapter" in out.err and "tiny qwen2_5_vl" in out.err
+
+
+def test_batch_mode_writes_every_record_in_order(trained, tmp_path, capsys):
+    paths, ins = trained["paths"], trained["instructions"]
+    records = [
+        {"image": os.path.relpath(paths[0], tmp_path), "instruction": ins[0], "id": "a"},
+        # ScreenSpot field names, extra fields kept; an absolute path.
+        {"img_filename": str(paths[1]), "instruction": ins[1], "bbox": [1, 2, 3, 4], "data_type": "text"},
+        {"image": os.path.relpath(paths[2], tmp_path), "query": ins[2], "answer": "gold"},
+    ]
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text(json.dumps(records[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in records[1:]))
+    out = tmp_path / "out" / "answers.jsonl"
+    code = main(_infer("--adapter", trained["adapter"], "--jsonl", jsonl, "--output", out, "--batch-size", 2))
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3
+    got = [json.loads(line) for line in lines]
+    for rec, row, answer in zip(records, got, trained["expected"], strict=True):
+        assert row == {**rec, "answer": answer}  # the input record, plus the single-mode answer
+    assert "[infer] 3/3 answered" in printed.err and f"wrote 3 answers to {out}" in printed.out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["answers.jsonl"]  # no temp file left
+
+    # --images and --answer-key; a truncated image fails at decoding with its line, and writes nothing.
+    broken = tmp_path / "imgs" / "broken.png"
+    broken.parent.mkdir()
+    data = trained["paths"][0].read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    jsonl.write_text(json.dumps({"image": "broken.png", "instruction": "hi"}) + "\n")
+    out2 = tmp_path / "out" / "never.jsonl"
+    code = main(_infer("--adapter", trained["adapter"], "--jsonl", jsonl, "--images", broken.parent,
+                       "--output", out2, "--answer-key", "generated"))  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and f"{jsonl}:1" in err and "broken.png" in err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["answers.jsonl"]
+
+
+def test_adapter_from_mlflow_run(trained, tmp_path, capsys):
+    from imagelora_dist.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cfg = load_config(None, [f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path}/mlartifacts"])
+    tracker = Tracker(cfg)
+    with tracker.pipeline_run() as parent_id:  # the layout run_pipeline produces
+        with tracker.stage_run("probe"):
+            pass
+        with tracker.stage_run("train") as train_id:
+            tracker.log_artifact(trained["adapter"], "adapter")
+        with tracker.stage_run("eval"):
+            pass
+    # The parent run resolves to its nested train run's adapter, through the CLI.
+    code = main(_infer("--adapter", f"mlflow-run:{parent_id}", "--tracking-uri", uri,
+                       "--image", trained["paths"][0], "--instruction", trained["instructions"][0]))  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out == trained["expected"][0] + "\n"
+    # Every form names the same files.
+    want = {p.name: p.read_bytes() for p in trained["adapter"].iterdir()}
+    for source in (f"mlflow-run:{train_id}", f"runs:/{train_id}/adapter", f"runs:/{parent_id}"):
+        with resolve_adapter(source, uri) as local:
+            assert {p.name: p.read_bytes() for p in local.iterdir()} == want, source
+        assert not local.exists(), "the downloaded copy is removed after loading"
+    # Unknown run, a run without an adapter, an artifact path that is not there: exit 2, one line.
+    with tracker.pipeline_run() as empty_id:
+        with tracker.stage_run("train"):
+            pass
+    image = ["--image", trained["paths"][0], "--instruction", "x", "--tracking-uri", uri]
+    for source, needle in (
+        (
+            "mlflow-run:0123456789abcdef0123456789abcdef",
+            "MLflow run '0123456789abcdef0123456789abcdef' not found",
+        ),
+        (f"mlflow-run:{empty_id}", f"MLflow run {empty_id}: no adapter/adapter_config.json"),
+        (f"runs:/{train_id}/nothing", "cannot download artifact 'nothing'"),
+    ):
+        assert main(_infer("--adapter", source, *image)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    missing = f"sqlite:///{tmp_path}/nope.db"
+    assert main(_infer("--adapter", f"mlflow-run:{parent_id}", *image[:4], "--tracking-uri", missing)) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "nope.db").exists()
+
+
+def test_peft_lora_adapter(trained, tmp_path, capsys):
+    import peft
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    targets = decoder_lora_targets(model, ["v_proj"])
+    pmodel = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in pmodel.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    pmodel.save_pretrained(str(tmp_path / "peft"), safe_serialization=True)
+    assert adapter_kind(tmp_path / "peft") == PEFT_LORA
+    decoded = _decoded(trained["paths"][:1], trained["instructions"][:1])
+    expected = generate_answers(pmodel, processor, decoded, max_new_tokens=MAX_NEW, max_pixels=MAX_PIXELS)
+    assert expected != trained["base"][:1]
+    code = main(_infer("--adapter", tmp_path / "peft", "--image", trained["paths"][0],
+                       "--instruction", trained["instructions"][0]))  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out == expected[0] + "\n" and "lora adapter" in out.err
+
+
+def test_image_lora_changes_prefill_only(trained):
+    cfg = RunConfig()
+    model, processor, kind = load_for_inference(cfg, trained["adapter"], device="cpu")
+    base, _ = build_tiny_vlm("qwen2_5_vl", seed=0)
+    # Frozen like the adapted model: on CPU, F.linear of a sliced input can differ in the last bit
+    # depending on the weight's requires_grad alone (a different kernel), adapter or not.
+    base.requires_grad_(False)
+    assert kind == IMAGE_LORA
+    config = _greedy_config(model, 5, processor.tokenizer.pad_token_id, use_cache=True)
+    config.min_new_tokens = 5  # really decode 5 steps
+    config.return_dict_in_generate, config.output_scores = True, True
+
+    # Text only: generation with the adapter attached is the base model's, bit for bit (tokens and scores).
+    processor.tokenizer.padding_side = "left"
+    prompt = collate(processor, [Sample("What is 12 plus 30?"), Sample("Name a colour of the sky, please.")])
+    prompt.pop("labels")
+    with torch.no_grad():
+        ours = model.generate(**prompt, generation_config=config)
+        theirs = base.generate(**prompt, generation_config=config)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(ours.scores, theirs.scores, strict=True))
+
+    # With an image: every adapted layer sees visual rows at prefill, and none at any decode step.
+    rows: dict[int, list[int]] = {}
+    hooks = []
+    for layer, module in model.model.language_model.layers.named_children():
+        adapter = getattr(module.self_attn, "image_lora", None)
+        if adapter is not None:
+            hooks.append(
+                adapter.register_forward_pre_hook(
+                    lambda m, args, layer=layer: rows.setdefault(int(layer), []).append(
+                        int(m.tracker.rows_for(args[0]).numel())
+                    )
+                )
+            )
+    image = Image.open(trained["paths"][0]).convert("RGB")
+    prompt = collate(processor, [Sample(trained["instructions"][0], None, [image])])
+    prompt.pop("labels")
+    with torch.no_grad():
+        adapted = model.generate(**prompt, generation_config=config)
+    for h in hooks:
+        h.remove()
+    assert sorted(rows) == [1, resolve_model(model).num_layers - 1]
+    for calls in rows.values():
+        assert (
+            len(calls) == 5
+            and calls[0] == int((prompt["input_ids"] == resolve_model(model).image_token_id).sum()) > 0
+        )
+        assert calls[1:] == [0, 0, 0, 0]
+    # And those tokens are what infer answers (eval's generate path, decoded).
+    answer = answer_items(model, processor, [single_item(str(trained["paths"][0]), trained["instructions"][0])],
+                          max_new_tokens=5)  # fmt: skip
+    new = adapted.sequences[0, prompt["input_ids"].shape[1] :]
+    assert answer == [processor.tokenizer.decode(new, skip_special_tokens=True).strip()]
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing_image", "--image: image not found: {tmp}/nope.png"),
+        ("bad_json", "{tmp}/q.jsonl:3: invalid JSON"),
+        ("missing_instruction", "{tmp}/q.jsonl:1: missing field instruction"),
+        ("jsonl_image_missing", "{tmp}/q.jsonl:2: image not found: {tmp}/gone.png"),
+        ("unknown_adapter_dir", "adapter not found: {tmp}/no-adapter"),
+        ("not_an_adapter", "{tmp}: not an adapter directory (no adapter_config.json)"),
+        ("no_output", "--jsonl needs --output FILE"),
+        ("wrong_family", "family is 'qwen2_5_vl' but the model has 'llava'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(trained, tmp_path, capsys, case, needle):
+    good = json.dumps({"image": str(trained["paths"][0]), "instruction": "Click OK."})
+    (tmp_path / "q.jsonl").write_text(
+        {
+            "bad_json": good + "\n\n{not json\n",
+            "missing_instruction": json.dumps({"image": str(trained["paths"][0])}) + "\n",
+            "jsonl_image_missing": good + "\n" + json.dumps({"image": "gone.png", "instruction": "x"}) + "\n",
+        }.get(case, good + "\n")
+    )
+    adapter = {"unknown_adapter_dir": tmp_path / "no-adapter", "not_an_adapter": tmp_path}.get(
+        case, trained["adapter"]
+    )
+    single = ["--image", tmp_path / "nope.png" if case == "missing_image" else trained["paths"][0],
+              "--instruction", "Click OK."]  # fmt: skip
+    batch = [
+        "--jsonl",
+        tmp_path / "q.jsonl",
+        *([] if case == "no_output" else ["--output", tmp_path / "o.jsonl"]),
+    ]
+    args = (
+        batch if case in ("bad_json", "missing_instruction", "jsonl_image_missing", "no_output") else single
+    )
+    extra = ["--family", "llava"] if case == "wrong_family" else []
+    assert main(_infer("--adapter", adapter, *args, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("imagelora-dist: error:")]
+    assert len(lines) == 1 and needle.format(tmp=tmp_path) in lines[0], err
+    if case != "wrong_family":  # failed before any model was built
+        assert err == lines[0]
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_model_defaults_to_the_adapters_base(trained, tmp_path):
+    import shutil
+
+    from imagelora_dist.adapter.io import CONFIG_NAME
+    from imagelora_dist.infer import InferenceError, model_config_from_adapter, parse_run_source
+
+    adapter = tmp_path / "ad"
+    shutil.copytree(trained["adapter"], adapter)
+    conf = json.loads((adapter / CONFIG_NAME).read_text())
+
+    def with_fields(**kw):
+        (adapter / CONFIG_NAME).write_text(json.dumps({**conf, **kw}))
+        return model_config_from_adapter(RunConfig(), adapter).model
+
+    assert (with_fields(family="llava").family, with_fields(family="llava").path) == ("llava", None)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    assert with_fields(base_model_name_or_path=str(tmp_path / "ckpt")).path == str(tmp_path / "ckpt")
+    with pytest.raises(InferenceError, match="not a model directory here; pass --model PATH"):
+        with_fields(base_model_name_or_path="/cluster/models/Qwen2.5-VL-7B")
+    assert parse_run_source("runs:/abc/adapter/") == ("abc", "adapter")
+    assert parse_run_source("runs:/abc") == ("abc", None)
+    assert parse_run_source("mlflow-run:abc") == ("abc", None)
+    assert parse_run_source("runs/tiny-default/adapter") is None
+    for bad in ("runs:/", "mlflow-run:", "mlflow-run:a/b"):
+        with pytest.raises(InferenceError, match="--adapter"):
+            parse_run_source(bad)
