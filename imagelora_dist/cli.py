@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint in train.storage"
     )
     p = sub.add_parser(
-        "run", help="run the pipeline (probe -> select -> train); no config: the embedded default"
+        "eval",
+        help="evaluate <output_dir>/adapter: grounding accuracy, referring exact match, text preservation",
+    )
+    _add_config_args(p)
+    p = sub.add_parser(
+        "run", help="run the pipeline (probe -> train -> eval); no config: the embedded default"
     )
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint")

@@ -136,3 +136,9 @@ def test_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
     assert cfg.train.deepspeed.endswith("configs/deepspeed/zero2.json") and os.path.exists(
         cfg.train.deepspeed
     )
+
+
+def test_eval_command_without_an_adapter_exits_2_naming_it(tmp_path, capsys):
+    assert main(["eval", f"output_dir={tmp_path}", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"imagelora-dist: error: no trained adapter at {tmp_path}/adapter: run the train stage first"]
