@@ -141,4 +141,6 @@ def test_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
 def test_eval_command_without_an_adapter_exits_2_naming_it(tmp_path, capsys):
     assert main(["eval", f"output_dir={tmp_path}", "tracking.enabled=false"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"imagelora-dist: error: no trained adapter at {tmp_path}/adapter: run the train stage first"]
+    assert err == [
+        f"imagelora-dist: error: no trained adapter at {tmp_path}/adapter: run the train stage first"
+    ]
