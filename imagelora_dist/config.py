@@ -25,6 +25,9 @@ class ModelConfig(_Strict):
     seed: int = 0
     # auto: bf16 on GPU, fp32 on CPU (a 7B checkpoint in fp32 would not fit most GPUs).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Attention kernel: auto = transformers' default (SDPA, fused on GPU); flash_attention_2 needs the
+    # flash-attn package; eager is the slow reference.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
     @field_validator("family")
     @classmethod
@@ -177,6 +180,21 @@ class TrackingConfig(_Strict):
     artifact_root: str = "mlartifacts"
 
 
+class SpeedConfig(_Strict):
+    """Speed-ups beyond the paper; each is exact for a frozen base and measured in bench/."""
+
+    # Reuse the frozen vision tower's output per image (keyed by a hash of its pixels) across epochs and
+    # between the probe and training (Qwen2-VL / Qwen2.5-VL).
+    vision_cache: bool = False
+    vision_cache_mb: int = Field(2048, ge=1)  # in-memory cap per process
+    # A directory shared by the probe and training processes (features persist there: ~19 MB per
+    # 2.7k-token screenshot on a 7B model). None: memory only, reused across epochs within a process.
+    vision_cache_dir: str | None = None
+    # Run the vision tower and every decoder layer below the lowest adapted one under no_grad, so no
+    # configuration (gradient checkpointing's input grads, a peft wrapper) can make the backward go there.
+    no_grad_below_adapters: bool = True
+
+
 class RunConfig(_Strict):
     """The whole run."""
 
@@ -191,6 +209,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+    speed: SpeedConfig = SpeedConfig()
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

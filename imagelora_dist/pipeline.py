@@ -50,6 +50,7 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
                 update={"storage": fix(cfg.train.storage), "deepspeed": _deepspeed_json(cfg.train.deepspeed)}
             ),
             "eval": cfg.eval.model_copy(update={"shards": fix(cfg.eval.shards)}),
+            "speed": cfg.speed.model_copy(update={"vision_cache_dir": fix(cfg.speed.vision_cache_dir)}),
         }
     )
 
@@ -75,9 +76,19 @@ def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
     dtype = getattr(torch, resolved_dtype(cfg))
     if cfg.model.path:
-        return load_vlm(cfg.model.path, dtype=dtype)
-    model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
-    return model.to(dtype), processor
+        model, processor = load_vlm(cfg.model.path, dtype=dtype)
+    else:
+        model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
+        model = model.to(dtype)
+    if cfg.model.attn_implementation != "auto":
+        try:
+            model.set_attn_implementation(cfg.model.attn_implementation)
+        except (ImportError, ValueError) as exc:
+            raise ImageLoRAError(
+                f"model.attn_implementation {cfg.model.attn_implementation!r} is not available here: "
+                f"{str(exc).strip().splitlines()[0][:200]}"
+            ) from None
+    return model, processor
 
 
 def train_shards(cfg: RunConfig) -> str:

@@ -44,14 +44,17 @@ class ProbeActor:
     """Holds one model replica with the probe attached; scores batches by index."""
 
     def __init__(self, cfg: dict[str, Any], threads: int) -> None:
-        from imagelora_dist.pipeline import build_model
+        from imagelora_dist.pipeline import build_model, resolved_dtype
         from imagelora_dist.probe.scores import HeadProbe
+        from imagelora_dist.speed import apply_speed_flags
 
         torch.set_num_threads(max(1, threads))
         run_cfg = RunConfig.model_validate(cfg)
         model, _ = build_model(run_cfg)
         if torch.cuda.is_available():
             model = model.to("cuda")
+        # The probe scores every layer (lowest 0); the vision cache it fills is reused by training.
+        apply_speed_flags(model, run_cfg, lowest_layer=0, dtype=resolved_dtype(run_cfg))
         self.probe = HeadProbe(
             model, run_cfg.probe.method, seed=run_cfg.probe.seed, num_vectors=run_cfg.probe.num_vectors
         )

@@ -27,6 +27,7 @@ from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import crash_if
 from imagelora_dist.models.registry import resolve_model
 from imagelora_dist.selection import HeadSelection
+from imagelora_dist.speed import apply_speed_flags
 from imagelora_dist.train.methods import Adapted, attach_method
 
 Report = Callable[[dict[str, float], str | None], None]
@@ -146,7 +147,7 @@ def train_worker(
     `report(metrics, checkpoint_tag)` is called at every optimizer step (tag set when a checkpoint was
     written). `stop_after` stops after that many optimizer steps (for tests of resume).
     """
-    from imagelora_dist.pipeline import build_model
+    from imagelora_dist.pipeline import build_model, resolved_dtype
 
     deepspeed = _import_deepspeed()
     on_gpu = ctx.device.type == "cuda"
@@ -168,6 +169,9 @@ def train_worker(
         # Non-reentrant checkpointing needs no grad on the embeddings; without this the backward would
         # also run through every layer below the lowest adapter.
         adapted.model.disable_input_require_grads()
+    # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
+    lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
+    vcache, _ = apply_speed_flags(model, cfg, lowest_layer=lowest, dtype=resolved_dtype(cfg))
     adapted.model.train()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
@@ -246,6 +250,8 @@ def train_worker(
             }
             if on_gpu:
                 metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if vcache is not None:
+                metrics["vision_cache_hit_rate"] = vcache.hits / max(1, vcache.hits + vcache.misses)
             tokens = visual = 0
             t_step = time.perf_counter()
             saved = None

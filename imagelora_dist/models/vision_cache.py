@@ -1,0 +1,130 @@
+"""A cache of the frozen vision tower's outputs, keyed by a hash of each image's pixels.
+
+Neither Image-LoRA nor decoder LoRA touches the vision tower, so its output for an image never changes
+during a run: computing it once and reusing it on later epochs (and between the probe and training,
+through the optional directory) removes the tower from every repeated step. Granularity is one image,
+so reuse survives reshuffled batches. Qwen2-VL and Qwen2.5-VL only: their towers take packed patches
+with a per-image grid, which makes per-image hits exact to assemble.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from imagelora_dist.errors import ImageLoRAError
+
+CACHEABLE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class VisionFeatureCache:
+    """Per-image vision-tower outputs in memory (LRU, capped in bytes), optionally also on disk."""
+
+    def __init__(self, max_bytes: int = 2 << 30, directory: str | os.PathLike | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.directory = Path(directory) if directory else None
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The cached features of `key` (memory first, then disk), or None."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        if self.directory is not None:
+            path = self.directory / f"{key}.safetensors"
+            if path.is_file():
+                tensor = load_file(str(path))["features"]
+                self._remember(key, tensor)
+                return tensor
+        return None
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        """Store a detached copy; written to disk atomically when a directory is set."""
+        features = features.detach().clone()
+        self._remember(key, features)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{key}.safetensors"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"features": features.cpu().contiguous()}, str(tmp))
+            os.replace(tmp, path)
+
+    def _remember(self, key: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if size > self.max_bytes:
+            return
+        self._items[key] = tensor
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+
+def image_key(fingerprint: str, pixels: torch.Tensor, grid: torch.Tensor) -> str:
+    """Hash of the model fingerprint, one image's grid (t, h, w) and its pixel bytes."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(fingerprint.encode())
+    h.update(str(pixels.dtype).encode())
+    h.update(grid.detach().cpu().to(torch.int64).numpy().tobytes())
+    h.update(pixels.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _inner_model(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "get_image_features") or not hasattr(inner, "visual"):
+        raise ImageLoRAError("vision cache: the model has no Qwen-style get_image_features/visual tower")
+    return inner
+
+
+def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint: str) -> Any:
+    """Route the model's image-feature computation through `cache`; returns a function that detaches it.
+
+    `fingerprint` names the model weights and dtype (features of another model must never be reused).
+    """
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in CACHEABLE_MODEL_TYPES:
+        raise ImageLoRAError(
+            f"train.vision_cache supports {', '.join(CACHEABLE_MODEL_TYPES)}, not model_type {model_type!r}"
+        )
+    inner = _inner_model(model)
+    original = inner.get_image_features
+    merge = inner.visual.spatial_merge_size**2
+
+    def cached(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        patches = image_grid_thw.prod(-1).tolist()
+        chunks = torch.split(pixel_values, patches)
+        keys = [image_key(fingerprint, c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        cache.hits += len(keys) - len(missing)
+        cache.misses += len(missing)
+        if missing:
+            with torch.no_grad():  # frozen: no graph, and nothing to keep for a backward
+                out = original(torch.cat([chunks[i] for i in missing]), image_grid_thw[missing], **kwargs)
+            pooled = out.pooler_output if not isinstance(out, tuple) else out[1]
+            for i, feats in zip(missing, pooled, strict=True):
+                if feats.shape[0] != patches[i] // merge:
+                    raise ImageLoRAError("vision cache: unexpected vision tower output size")
+                cache.put(keys[i], feats)
+                found[i] = feats.detach()
+        device = pixel_values.device
+        return BaseModelOutputWithPooling(pooler_output=tuple(f.to(device) for f in found))
+
+    inner.get_image_features = cached
+
+    def detach() -> None:
+        if inner.__dict__.get("get_image_features") is cached:
+            del inner.get_image_features
+
+    return detach
