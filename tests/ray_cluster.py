@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -119,3 +121,58 @@ def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
         assert not leftovers, "Ray processes of the test cluster still running:\n" + "\n".join(leftovers)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to the process group `proc` leads (started with start_new_session=True), SIGKILL to what
+    outlives `grace` seconds; then reap `proc`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not group_members(proc.pid):
+            break
+    proc.wait(timeout=10)
+
+
+def run_in_group(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[int | None, str]:
+    """(exit code or None on timeout, stdout+stderr) of `cmd` run in its own process group; the whole group
+    (children such as `ray job logs --follow` included) is stopped on timeout and checked gone."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        stop_group(proc)
+        out, _ = proc.communicate()  # what the group wrote before it was stopped
+        code = None
+    finally:
+        if group_members(proc.pid):
+            stop_group(proc)
+    assert not group_members(proc.pid), f"processes of {cmd[:3]} still running"
+    return code, out

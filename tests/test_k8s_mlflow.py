@@ -14,14 +14,13 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from k8s_schemas.manifests import PROJECT_SECRET, map_paths, one, secret_env_keys, variant_docs
-from ray_cluster import free_ports
+from ray_cluster import free_ports, group_members, stop_group
 
 BIN = Path(sys.executable).parent
 # Stand-ins for the Secret's values (the real ones come from k8s/secrets.env).
@@ -69,34 +68,6 @@ def request(port: int, path: str, host: str) -> tuple[int, bytes]:
         return resp.status, resp.read()
     finally:
         conn.close()
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM to the process group `proc` leads (start_new_session), SIGKILL to what outlives `grace`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while group_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if not group_members(proc.pid):
-            break
-    proc.wait(timeout=10)
 
 
 def test_mlflow_deployment_runs_as_written(tmp_path):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from k8s_schemas.manifests import JOBS, REPO, entrypoint_argv, map_paths, one, path_map, runtime_env
-from ray_cluster import private_ray_cluster
+from ray_cluster import private_ray_cluster, run_in_group
 
 JOB_TIMEOUT_S = 600
 
@@ -95,18 +95,9 @@ def test_cpu_rayjob_runs_the_pipeline(cluster, tmp_path):
     os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"]  # the SDK client reads it from this process
     client = JobSubmissionClient(address)
     try:
-        try:
-            submitted = subprocess.run(
-                ["bash", "-c", command],
-                cwd=submitter_dir,
-                env=submitter_env,
-                capture_output=True,
-                text=True,
-                timeout=JOB_TIMEOUT_S,
-            )
-            log = submitted.stdout + submitted.stderr
-        except subprocess.TimeoutExpired as exc:
-            log = f"submitter timed out after {JOB_TIMEOUT_S} s\n{exc.stdout or ''}{exc.stderr or ''}"
+        code, log = run_in_group(["bash", "-c", command], submitter_env, submitter_dir, JOB_TIMEOUT_S)
+        if code is None:
+            log = f"submitter timed out after {JOB_TIMEOUT_S} s\n{log}"
         status = client.get_job_status(job_id)
         if status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
             client.stop_job(job_id)
