@@ -214,7 +214,8 @@ def render_html(rows: Sequence[dict[str, Any]], title: str) -> str:
 
 
 def compare_main(tracking_uri: str, experiment: str, out_dir: str | os.PathLike) -> Path:
-    """Print the table, write out_dir/compare.html, and log it to a new "compare" run; returns the HTML path."""
+    """Print the table, write out_dir/compare.html (and study.md + plots for a study's runs), and log them
+    to a new "compare" run; returns the HTML path."""
     rows = compare_runs(tracking_uri, experiment)
     print(render_table(rows), end="", flush=True)
     out = Path(out_dir)
@@ -223,6 +224,11 @@ def compare_main(tracking_uri: str, experiment: str, out_dir: str | os.PathLike)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(render_html(rows, f"{experiment}: Image-LoRA runs"), encoding="utf-8")
     os.replace(tmp, path)
+    from imagelora_dist.study import write_study_report
+
+    study = write_study_report(tracking_uri, experiment, out)  # only when the runs carry study labels
+    if study is not None:
+        print(f"[compare] wrote {study}", flush=True)
 
     from mlflow.tracking import MlflowClient
     from mlflow.tracking.context.registry import resolve_tags
@@ -233,6 +239,9 @@ def compare_main(tracking_uri: str, experiment: str, out_dir: str | os.PathLike)
     status = "FAILED"
     try:
         client.log_artifact(run.info.run_id, str(path))
+        if study is not None:
+            for item in sorted(study.parent.glob("*.png")) + [study]:
+                client.log_artifact(run.info.run_id, str(item), artifact_path="study")
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status=status)

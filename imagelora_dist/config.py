@@ -115,7 +115,8 @@ class AdapterConfig(_Strict):
 class TrainConfig(_Strict):
     """Adapter training with DeepSpeed ZeRO inside Ray Train workers."""
 
-    method: Literal["image_lora", "image_lora_all", "lora"] = "image_lora"
+    # none: no adapter (the zero-shot base model, evaluated only)
+    method: Literal["image_lora", "image_lora_all", "lora", "full", "none"] = "image_lora"
     # LoRA baseline targets inside the text decoder: leaf names, or "all-linear".
     lora_targets: list[str] | Literal["all-linear"] = ["v_proj"]
     deepspeed: str = "configs/deepspeed/zero2.json"
@@ -200,6 +201,8 @@ class RunConfig(_Strict):
 
     name: str = "tiny-default"
     output_dir: str = "runs/tiny-default"
+    # Free-form labels, logged with the config as MLflow params `labels.<key>` (a study's ratio, method, seed).
+    labels: dict[str, str] = {}
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     probe: ProbeConfig = ProbeConfig()
@@ -210,6 +213,14 @@ class RunConfig(_Strict):
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
     speed: SpeedConfig = SpeedConfig()
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, v: Any) -> Any:
+        # key=value overrides parse values as YAML: a seed label arrives as an int
+        if isinstance(v, dict):
+            return {str(k): str(x) for k, x in v.items()}
+        return v
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

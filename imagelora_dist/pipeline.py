@@ -6,6 +6,7 @@ selects heads and records everything in MLflow (a parent run, one nested run per
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -405,7 +406,9 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
     if torch.cuda.is_available():
         model = model.to("cuda")
     adapter_dir = Path(cfg.output_dir) / "adapter"
-    if cfg.train.method == "lora":
+    if cfg.train.method == "none":  # zero-shot: the base model itself, so text is trivially unchanged
+        disabled = contextlib.nullcontext
+    elif cfg.train.method == "lora":
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir))
@@ -427,7 +430,7 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
 def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None) -> StageResult:
     """Evaluate the trained adapter on held-out screens; writes eval_report.json (always re-run)."""
     adapter_dir = Path(cfg.output_dir) / "adapter"
-    if not adapter_dir.is_dir():
+    if cfg.train.method != "none" and not adapter_dir.is_dir():
         raise ImageLoRAError(f"no trained adapter at {adapter_dir}: run the train stage first")
     shards = eval_shards(cfg, log)
     (on_ray or (lambda: ensure_ray(cfg, log)))()
@@ -450,7 +453,9 @@ STAGES = ("probe", "train", "eval")
 
 
 def stages_for(cfg: RunConfig) -> tuple[str, ...]:
-    """The stages this config's method needs (only image_lora needs the probe)."""
+    """The stages this config's method needs (only image_lora needs the probe; none only evaluates)."""
+    if cfg.train.method == "none":
+        return ("eval",)
     return STAGES if cfg.train.method == "image_lora" else tuple(s for s in STAGES if s != "probe")
 
 

@@ -1,0 +1,349 @@
+"""The fidelity study: the pipeline over methods x text:image ratios x seeds, and its report.
+
+    python -m imagelora_dist.study configs/study/study.yaml [key=value ...]   (make study)
+
+A study spec names a base pipeline config (the downstream task and the model, e.g. the pre-trained
+tiny base), the ratios (synthesis overrides), the methods (train/selection overrides; `train.method=none`
+is the zero-shot base) and the seeds. Every cell is one pipeline run in one MLflow experiment, labelled
+with its ratio, method and seed (`labels.*` params); data are synthesized once per ratio and shared by
+its cells. `imagelora-dist compare` then finds the labels and writes `study.md` with the table and
+plots (see `write_study_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from imagelora_dist.config import RunConfig, load_config
+from imagelora_dist.errors import ImageLoRAError
+
+LABEL_KEYS = ("study", "ratio", "method", "seed")
+
+
+class StudySpec(BaseModel):
+    """What to run: a base config and the grid of ratios x methods x seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "study"
+    base: str  # a pipeline config file (relative paths: to the spec's directory)
+    output_dir: str = "runs/study"
+    experiment: str | None = None  # None: the study name
+    overrides: list[str] = []  # applied to every cell before the grid's own
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    ratios: dict[str, list[str]] = Field(min_length=1)
+    methods: dict[str, list[str]] = Field(min_length=1)
+
+
+def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[StudySpec, Path]:
+    """Read and validate a study spec (key=value overrides on its top level); returns it and its directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ImageLoRAError(f"study spec {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ImageLoRAError(f"study spec {path}: expected a mapping at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ImageLoRAError(f"study override {item!r}: expected key=value")
+        data[key.strip()] = yaml.safe_load(value)
+    try:
+        return StudySpec.model_validate(data), path.parent
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        raise ImageLoRAError(f"study spec {path}: {where}: {err['msg']}") from None
+
+
+def cell_config(spec: StudySpec, spec_dir: Path, ratio: str, method: str, seed: int) -> RunConfig:
+    """The pipeline config of one cell (before the shared data paths are filled in)."""
+    base = spec.base if Path(spec.base).is_absolute() else str(spec_dir / spec.base)
+    out = Path(spec.output_dir) / ratio / method / f"seed{seed}"
+    items = [
+        *spec.overrides,
+        *spec.ratios[ratio],
+        *spec.methods[method],
+        f"name={spec.name}-{ratio}-{method}-s{seed}",
+        f"output_dir={out}",
+        f"train.seed={seed}",
+        f"data.seed={seed}",
+        f"tracking.experiment={spec.experiment or spec.name}",
+        *(f"labels.{k}={v}" for k, v in zip(LABEL_KEYS, (spec.name, ratio, method, seed), strict=True)),
+        # the spec's order of ratios and methods, so the report lists them as the study defines them
+        f"labels.order=r{list(spec.ratios).index(ratio):02d}m{list(spec.methods).index(method):02d}",
+    ]
+    return load_config(base, items)
+
+
+def shared_data(cfg: RunConfig, spec: StudySpec, ratio: str, log: Any) -> tuple[str, str]:
+    """(train, eval) shards of one ratio, synthesized once into <output_dir>/data/<ratio>."""
+    from imagelora_dist.pipeline import absolute_paths, ensure_train_shards, eval_shards
+
+    root = Path(spec.output_dir) / "data" / ratio
+    data_cfg = absolute_paths(cfg.model_copy(update={"output_dir": str(root)}))
+    data_cfg = data_cfg.model_copy(update={"data": data_cfg.data.model_copy(update={"train": None}),
+                                           "eval": data_cfg.eval.model_copy(update={"shards": None})})  # fmt: skip
+    return ensure_train_shards(data_cfg, log), eval_shards(data_cfg, log)
+
+
+def run_study(spec: StudySpec, spec_dir: Path, log: Any = print, only: Sequence[str] = ()) -> list[str]:
+    """Run every cell (those already done are skipped by the pipeline's own hashes); returns cell names."""
+    from imagelora_dist.pipeline import run_pipeline
+
+    names = []
+    cells = [(r, m, s) for r in spec.ratios for m in spec.methods for s in spec.seeds]
+    data: dict[str, tuple[str, str]] = {}
+    for i, (ratio, method, seed) in enumerate(cells, 1):
+        cfg = cell_config(spec, spec_dir, ratio, method, seed)
+        if only and cfg.name not in only:
+            continue
+        if ratio not in data:
+            data[ratio] = shared_data(cfg, spec, ratio, log)
+        train, held_out = data[ratio]
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train}),
+                                     "eval": cfg.eval.model_copy(update={"shards": held_out})})  # fmt: skip
+        log(f"[study] cell {i}/{len(cells)}: {cfg.name}")
+        run_pipeline(cfg, log=log)
+        names.append(cfg.name)
+    return names
+
+
+# ---- the report ---------------------------------------------------------------------------------------
+
+REPORT_METRICS = {  # report column -> metric names, parent run first, then its stage runs
+    "accuracy": ("grounding_accuracy",),
+    "referring": ("referring_exact_match",),
+    "params": ("trainable_params",),
+    "flops": ("adapter_train_flops",),
+    "step_s": ("final_step_time_s",),
+    "text_dlogit": ("text_max_abs_logit_diff",),
+    "text_acc": ("text_task_accuracy",),
+    "text_acc_base": ("text_task_accuracy_base",),
+}
+
+
+def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
+    """One row per finished, labelled pipeline run of the experiment (ratio, method, seed + metrics)."""
+    from imagelora_dist.compare import _all_runs, _client, _descendants, _experiment_id, _metric
+    from imagelora_dist.tracking import PARENT_TAG
+
+    client = _client(tracking_uri)
+    runs = _all_runs(client, _experiment_id(client, experiment))
+    children: dict[str, list[Any]] = {}
+    for run in runs:
+        if run.data.tags.get(PARENT_TAG):
+            children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
+    rows = []
+    for run in runs:
+        params = run.data.params
+        if run.data.tags.get(PARENT_TAG) or "labels.ratio" not in params or run.info.status != "FINISHED":
+            continue
+        stages = _descendants(run.info.run_id, children)
+        row: dict[str, Any] = {k: params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
+        row["run_id"] = run.info.run_id
+        row.update({col: _metric(names, run, stages) for col, names in REPORT_METRICS.items()})
+        if row["params"] is None and params.get("train.method") == "none":
+            row["params"] = row["flops"] = 0.0
+        rows.append(row)
+    return rows
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by (ratio, method) in the study's order: mean and spread (sample std) over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in sorted(
+        rows, key=lambda r: (str(r.get("order")), str(r["ratio"]), str(r["method"]), str(r["seed"]))
+    ):
+        groups.setdefault((row["ratio"], row["method"]), []).append(row)
+    out = []
+    for (ratio, method), members in groups.items():
+        s: dict[str, Any] = {"ratio": ratio, "method": method, "seeds": len(members)}
+        for col in REPORT_METRICS:
+            s[col] = _mean_spread([m[col] for m in members])
+        out.append(s)
+    return out
+
+
+def _fmt(ms: tuple[float, float] | None, pct: bool = False, digits: int = 3) -> str:
+    if ms is None:
+        return "-"
+    mean, spread = ms
+    if pct:
+        return f"{100 * mean:.1f} ± {100 * spread:.1f}"
+    if abs(mean) >= 1000:
+        return f"{mean:,.0f}"
+    return f"{mean:.{digits}g}"
+
+
+def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Sequence[str]) -> str:
+    """Markdown: the table (accuracy ± spread over seeds, costs, text task before/after) and the plots."""
+    lines = [
+        f"# Study `{experiment}`",
+        "",
+        "Generated by `imagelora-dist compare` from the study's MLflow runs: mean ± sample std over seeds.",
+        "`text Δlogit` = largest change of any text-only logit with vs without the adapter (0 = bit-identical);",
+        "`text acc` = the arithmetic text task (GSM8K stand-in) with the adapter / without it.",
+        "",
+        "| ratio | method | seeds | grounding acc % | referring EM % | trainable params | adapter FLOPs | "
+        "step s | text Δlogit | text acc % (after / before) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in summary:
+        text_acc = f"{_fmt(s['text_acc'], pct=True)} / {_fmt(s['text_acc_base'], pct=True)}"
+        lines.append(
+            f"| {s['ratio']} | {s['method']} | {s['seeds']} | {_fmt(s['accuracy'], pct=True)} | "
+            f"{_fmt(s['referring'], pct=True)} | {_fmt(s['params'])} | {_fmt(s['flops'])} | {_fmt(s['step_s'])} | "
+            f"{_fmt(s['text_dlogit'])} | {text_acc} |"
+        )
+    lines.append("")
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    return "\n".join(lines)
+
+
+def render_plots(summary: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """accuracy_vs_flops.png (log x) and accuracy_by_ratio.png (bars with seed spread)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ratios = list(dict.fromkeys(s["ratio"] for s in summary))
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for ratio in ratios:
+        pts = [
+            s for s in summary if s["ratio"] == ratio and s["accuracy"] and s["flops"] and s["flops"][0] > 0
+        ]
+        ax.errorbar([p["flops"][0] for p in pts], [100 * p["accuracy"][0] for p in pts],
+                    yerr=[100 * p["accuracy"][1] for p in pts], fmt="o", capsize=3, label=ratio)  # fmt: skip
+        for p in pts:
+            ax.annotate(p["method"], (p["flops"][0], 100 * p["accuracy"][0]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("adapter-only training FLOPs per micro-batch")
+    ax.set_ylabel("grounding accuracy (%)")
+    ax.legend(title="text:image ratio")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir / "accuracy_vs_flops.png"))
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4 * len(ratios), 4), sharey=True, squeeze=False)
+    for ax, ratio in zip(axes[0], ratios, strict=True):
+        vals = {s["method"]: s["accuracy"] for s in summary if s["ratio"] == ratio}
+        xs = [m for m in methods if vals.get(m)]
+        ax.bar(range(len(xs)), [100 * vals[m][0] for m in xs], yerr=[100 * vals[m][1] for m in xs], capsize=3)
+        ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=8)
+        ax.set_title(ratio)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("grounding accuracy (%)")
+    paths.append(_save(fig, out_dir / "accuracy_by_ratio.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _head_heatmap(tracking_uri: str, rows: list[dict[str, Any]], out_dir: Path) -> Path | None:
+    """The probe's head heatmap of one image_lora cell, copied next to the report."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        if run.data.params.get("train.method") != "image_lora":
+            continue
+        for child in client.search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{row['run_id']}'"
+        ):
+            hit = [n for n in _artifact_files(client, child.info.run_id) if n.endswith("head_heatmap.png")]
+            if hit:
+                local = client.download_artifacts(child.info.run_id, hit[0], str(out_dir))
+                dest = out_dir / "head_heatmap.png"
+                if Path(local) != dest:
+                    shutil.move(local, dest)
+                return dest
+    return None
+
+
+def _artifact_files(client: Any, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of a run (MLflow lists one folder level at a time)."""
+    files = []
+    for item in client.list_artifacts(run_id, path):
+        files.extend(_artifact_files(client, run_id, item.path) if item.is_dir else [item.path])
+    return files
+
+
+def write_study_report(tracking_uri: str, experiment: str, out_dir: str | os.PathLike) -> Path | None:
+    """Write out_dir/study.md and its plots when the experiment holds labelled study runs; else None."""
+    rows = study_rows(tracking_uri, experiment)
+    if not rows:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    plots = [str(p) for p in render_plots(summary, out)]
+    heatmap = _head_heatmap(tracking_uri, rows, out)
+    if heatmap is not None:
+        plots.append(str(heatmap))
+    path = out / "study.md"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(render_study_md(summary, experiment, plots) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m imagelora_dist.study SPEC [key=value ...]`: run the study's cells."""
+    ap = argparse.ArgumentParser(prog="python -m imagelora_dist.study", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("spec", help="study spec YAML (e.g. configs/study/study.yaml)")
+    ap.add_argument("overrides", nargs="*", help="top-level spec overrides, e.g. seeds=[0] output_dir=/tmp/s")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="CELL", help="run only this cell (repeatable)"
+    )
+    args = ap.parse_args(argv)
+    from imagelora_dist.cli import _OFFLINE_ENV
+
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        spec, spec_dir = load_spec(args.spec, args.overrides)
+        names = run_study(spec, spec_dir, only=args.only)
+    except ImageLoRAError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[study] {len(names)} cells done; report: imagelora-dist compare --config {spec.base} "
+          f"tracking.experiment={spec.experiment or spec.name} --out reports")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The study at smoke size: cells run through the pipeline into one experiment; compare writes study.md."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from imagelora_dist.cli import main as cli_main
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.study import cell_config, load_spec, run_study, study_rows, summarize
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "name": "smoke", "output_dir": str(tmp_path / "unused"),
+        "data": {"synth": {"num_samples": 8, "samples_per_shard": 4, "workers": 1}, "shuffle_buffer": 0},
+        "probe": {"num_examples": 2, "batch_size": 2},
+        "train": {"steps": 2, "micro_batch_size": 2, "workers": 1, "checkpoint_every": 2, "max_failures": 0},
+        "eval": {"num_samples": 4, "batch_size": 4, "max_new_tokens": 6},
+        "ray": {"num_workers": 1},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "artifacts")},
+    }))  # fmt: skip
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "smoke-study", "base": "base.yaml", "output_dir": str(tmp_path / "study"), "seeds": [0],
+        "ratios": {"text-heavy": ["data.synth.instruction_words=[30,30]"],
+                   "image-heavy": ["data.synth.instruction_words=[0,0]"]},
+        "methods": {"zero-shot": ["train.method=none"], "lora-v_proj": ["train.method=lora"],
+                    "image_lora-4": ["train.method=image_lora", "selection.budget=4"]},
+    }, sort_keys=False))  # fmt: skip
+    return spec
+
+
+def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_file, tmp_path, capsys):
+    spec, spec_dir = load_spec(spec_file)
+    names = run_study(spec, spec_dir, log=lambda m: None)
+    assert len(names) == 6
+    # Cells of one ratio share their data; the two ratios differ in text length.
+    assert (tmp_path / "study" / "data" / "text-heavy" / "data" / "train" / "index.json").exists()
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    rows = study_rows(uri, "smoke-study")
+    assert sorted((r["ratio"], r["method"]) for r in rows) == sorted(
+        (r, m) for r in ("text-heavy", "image-heavy") for m in ("zero-shot", "lora-v_proj", "image_lora-4")
+    )
+    by = {(r["ratio"], r["method"]): r for r in rows}
+    assert (
+        by["image-heavy", "zero-shot"]["params"] == 0 and by["image-heavy", "zero-shot"]["text_dlogit"] == 0
+    )
+    assert by["image-heavy", "image_lora-4"]["text_dlogit"] == 0, "Image-LoRA keeps text logits bit-identical"
+    assert by["image-heavy", "lora-v_proj"]["text_dlogit"] > 0
+    assert 0 < by["image-heavy", "image_lora-4"]["flops"] < by["image-heavy", "lora-v_proj"]["flops"]
+    assert all(
+        r["accuracy"] is not None and r["step_s"] is not None for r in rows if r["method"] != "zero-shot"
+    )
+    assert len(summarize(rows)) == 6
+
+    reports = tmp_path / "reports"
+    assert cli_main(["compare", "--config", str(tmp_path / "base.yaml"), "tracking.experiment=smoke-study",
+                     "--out", str(reports)]) == 0  # fmt: skip
+    text = (reports / "study.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| ratio"))
+    for column in (
+        "grounding acc %",
+        "trainable params",
+        "adapter FLOPs",
+        "step s",
+        "text Δlogit",
+        "text acc %",
+    ):
+        assert column in header
+    assert text.count("| image-heavy |") == 3 and text.count("| text-heavy |") == 3
+    table = [
+        line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and "-heavy" in line
+    ]
+    assert table == [[f"| {r}", m] for r in ("text-heavy", "image-heavy")
+                     for m in ("zero-shot", "lora-v_proj", "image_lora-4")], "rows follow the spec's order"  # fmt: skip
+    for png in ("accuracy_vs_flops.png", "accuracy_by_ratio.png", "head_heatmap.png"):
+        assert (reports / png).stat().st_size > 1000 and f"]({png})" in text
+
+
+def test_cell_config_labels_and_bad_spec(tmp_path, spec_file):
+    spec, spec_dir = load_spec(spec_file, ["seeds=[3]"])
+    cfg = cell_config(spec, spec_dir, "image-heavy", "image_lora-4", 3)
+    assert cfg.labels == {
+        "study": "smoke-study",
+        "ratio": "image-heavy",
+        "method": "image_lora-4",
+        "seed": "3",
+        "order": "r01m02",
+    }
+    assert (cfg.train.seed, cfg.data.seed, cfg.selection.budget) == (3, 3, 4)
+    assert cfg.tracking.experiment == "smoke-study" and cfg.name == "smoke-study-image-heavy-image_lora-4-s3"
+    with pytest.raises(ImageLoRAError, match=r"study spec .*: methods: .*"):
+        load_spec(spec_file, ["methods={}"])
