@@ -188,6 +188,15 @@ def main() -> None:
             print(f"[gpu] {screen:>4} {name:<17} {r['step_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
                   f"MFU {r['mfu']:6.1%}  peak {r['peak_gb']:6.1f} GB  params {int(r['trainable_params']):,}",
                   flush=True)  # fmt: skip
+    # (c) of the speed work: the same step with the unfused reference attention, to show what SDPA buys.
+    screen, size = next(iter(shape["screens"].items()))
+    model.set_attn_implementation("eager")
+    r = run_method(model, "image_lora", screen_batch(size, args.batch, args.device, shape["vocab"]), args.steps,
+                   args.device, False)  # fmt: skip
+    model.set_attn_implementation("sdpa")
+    rows[f"{screen}/image_lora_all_eager_attention"] = r
+    print(f"[gpu] {screen:>4} image_lora_all with eager attention: {r['step_s'] * 1e3:.1f} ms "
+          f"(SDPA: {rows[f'{screen}/image_lora_all']['step_s'] * 1e3:.1f} ms)", flush=True)  # fmt: skip
     for screen in shape["screens"]:
         ours = rows[f"{screen}/image_lora_all"]
         for peer in ("lora_v_proj", "lora_all_linear"):
