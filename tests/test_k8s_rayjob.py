@@ -81,6 +81,13 @@ def test_cpu_rayjob_runs_the_pipeline(cluster, tmp_path):
     tracking = [
         f"tracking.uri=sqlite:///{tmp_path}/mlruns.db",
         f"tracking.artifact_root={tmp_path}/mlartifacts",
+        # Appended overrides (as the RayJob's comment documents) keep the test short; the entrypoint itself
+        # runs unchanged in front of them.
+        "data.synth.num_samples=16",
+        "data.synth.samples_per_shard=8",
+        "train.steps=4",
+        "eval.num_samples=4",
+        "eval.text_task_problems=4",
     ]
     entrypoint = map_paths(job["spec"]["entrypoint"], mapping) + " " + shlex.join(tracking)
     env_json = json.dumps(runtime_env(job), separators=(",", ":"))  # what KubeRay's YAMLToJSON gives
@@ -149,4 +156,4 @@ def test_gpu_rayjob_entrypoint_resolves(tmp_path):
     cfg = yaml.safe_load(done.stdout)
     assert cfg["train"]["deepspeed"] == f"{REPO}/configs/deepspeed/zero2.json"
     assert cfg["model"]["path"].startswith("/models/") and cfg["output_dir"].startswith("/shared/")
-    assert cfg["tracking"]["uri"].startswith("http://mlflow")  # the in-cluster server
+    assert cfg["tracking"]["uri"] is None  # the pods' MLFLOW_TRACKING_URI (the in-cluster server) applies
