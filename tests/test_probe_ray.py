@@ -68,7 +68,7 @@ def test_autoscale_wait_uses_the_workers_that_came_up(local_ray, shards, tmp_pat
     lines: list[str] = []
     one = run_probe_select(_cfg(tmp_path / "w1", shards, **{"ray.num_workers": 1}), log=lambda m: None)
     waited = run_probe_select(
-        _cfg(tmp_path / "wait", shards, **{"ray.num_workers": 3, "ray.autoscale_wait_s": 10}),
+        _cfg(tmp_path / "wait", shards, **{"ray.num_workers": 3, "ray.autoscale_wait_s": 30}),
         log=lines.append,
     )
     assert waited.output.read_bytes() == one.output.read_bytes()
