@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint")
+    p = sub.add_parser(
+        "pretrain-base",
+        help="pre-train a small base VLM (all parameters) on generic screen tasks + text arithmetic",
+        description="Synthesizes the pre-training shards on first use, trains every parameter with DeepSpeed "
+        "on Ray Train (train.method full), writes <output_dir>/base as a transformers checkpoint directory "
+        "with its processor, and reports held-out exact match per task. Without --config: the shipped "
+        "configs/pretrain_base.yaml. Use the result with model.path=<output_dir>/base.",
+    )
+    _add_config_args(p)
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
@@ -169,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "shard":
         return _shard(args)
+    if args.command == "pretrain-base":
+        return _pretrain_base(args)
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
         import yaml
@@ -203,6 +214,22 @@ def _run(args: argparse.Namespace) -> int:
         results = pipeline.run_pipeline(cfg, stages=stages, resume=getattr(args, "resume", False))
         print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
         _print_where_to_look(cfg)
+    return 0
+
+
+def _pretrain_base(args: argparse.Namespace) -> int:
+    from imagelora_dist.config import load_config
+    from imagelora_dist.pretrain import SHIPPED_CONFIG, run_pretrain
+
+    path = args.config
+    if path is None:
+        if not SHIPPED_CONFIG.is_file():
+            raise ImageLoRAError(f"no --config given and the shipped {SHIPPED_CONFIG} is missing")
+        path = str(SHIPPED_CONFIG)
+    cfg = load_config(path, args.overrides)
+    result = run_pretrain(cfg)
+    print(f"[pretrain-base] done: {result.base}  (fine-tune it with model.path={result.base})")
+    _print_where_to_look(cfg)
     return 0
 
 

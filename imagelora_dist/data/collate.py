@@ -52,8 +52,7 @@ def collate(
     images = [list(s.images) for s in samples]
     kwargs: dict = {"text": texts, "padding": True, "return_tensors": "pt", **processor_kwargs}
     if any(images):
-        if not all(images):
-            raise ImageLoRAError("a batch mixes samples with and without images; batch them separately")
+        # Per-sample lists: a text-only sample (an empty list) may share a batch with image samples.
         kwargs["images"] = images
     batch = dict(processor(**kwargs))
     ids = batch["input_ids"]
@@ -90,12 +89,20 @@ def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
+# The image of the label-free filler row that `vision_every_batch` adds to a batch without images.
+FILLER_SIZE = 56
+
+
 class BatchCollator:
     """Decoded shard samples -> model inputs, with the token counts the FLOPs accounting needs.
 
     Images are fitted to `max_pixels`; a sample longer than `max_length` tokens is dropped and counted
     (`too_long`) rather than truncated, because a cut through an image span breaks the model's
-    feature/placeholder match and a cut answer trains on nothing.
+    feature/placeholder match and a cut answer trains on nothing. A record with `"text_only": true`
+    becomes a sample without image (its shard member is a placeholder). With `vision_every_batch`, a batch
+    whose samples all lack images gets one extra row (a blank image, no labels) so the vision tower runs
+    in every step: when it is trained (method `full`), every rank must produce the same gradients in the
+    same order, or ZeRO's bucketed reduction would mix them up.
     """
 
     def __init__(
@@ -105,11 +112,13 @@ class BatchCollator:
         *,
         max_pixels: int | None = None,
         max_length: int | None = None,
+        vision_every_batch: bool = False,
     ) -> None:
         self.processor = processor
         self.visual_token_ids = torch.tensor(list(visual_token_ids))
         self.max_pixels = max_pixels
         self.max_length = max_length
+        self.vision_every_batch = vision_every_batch
         self.processor_kwargs: dict = {}
         image_processor = getattr(processor, "image_processor", None)
         if max_pixels is not None and hasattr(image_processor, "merge_size"):
@@ -123,7 +132,7 @@ class BatchCollator:
             Sample(
                 d["record"]["instruction"],
                 d["record"].get("answer"),
-                [fit_pixels(d["image"], self.max_pixels)],
+                [] if d["record"].get("text_only") is True else [fit_pixels(d["image"], self.max_pixels)],
             )
             for d in decoded
         ]
@@ -135,10 +144,12 @@ class BatchCollator:
         too_long = 0
         inputs = None
         while samples:
-            inputs = collate(self.processor, samples, **self.processor_kwargs)
+            filler = self.vision_every_batch and not any(s.images for s in samples)
+            rows = samples + [_filler_sample()] if filler else samples
+            inputs = collate(self.processor, rows, **self.processor_kwargs)
             if self.max_length is None:
                 break
-            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()[: len(samples)]
             keep = [i for i, n in enumerate(lengths) if n <= self.max_length]
             if len(keep) == len(samples):
                 break
@@ -160,3 +171,8 @@ class BatchCollator:
             "text_tokens": text,
             "too_long": too_long,
         }
+
+
+def _filler_sample() -> Sample:
+    """A prompt-only row with a small blank image: runs the vision tower, adds no label."""
+    return Sample("", None, [Image.new("RGB", (FILLER_SIZE, FILLER_SIZE), (255, 255, 255))])

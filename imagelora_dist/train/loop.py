@@ -112,6 +112,15 @@ def load_selection(cfg: RunConfig) -> HeadSelection | None:
     return HeadSelection.from_json(Path(cfg.output_dir) / "head_selection.json")
 
 
+def speed_config(cfg: RunConfig) -> RunConfig:
+    """The config the speed flags see: for `full` (nothing frozen) no no-grad scope and no vision cache,
+    both of which assume a frozen vision tower and frozen lower layers."""
+    if cfg.train.method != "full":
+        return cfg
+    speed = cfg.speed.model_copy(update={"no_grad_below_adapters": False, "vision_cache": False})
+    return cfg.model_copy(update={"speed": speed})
+
+
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
     """The tag DeepSpeed marked as latest in `ckpt_dir`, if any."""
     latest = ckpt_dir / "latest"
@@ -163,6 +172,7 @@ def train_worker(
         selection=load_selection(cfg),
         lora_targets=cfg.train.lora_targets,
         seed=cfg.train.seed,
+        processor=processor,
     )
     if cfg.train.gradient_checkpointing:
         adapted.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -171,7 +181,7 @@ def train_worker(
         adapted.model.disable_input_require_grads()
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
-    vcache, _ = apply_speed_flags(model, cfg, lowest_layer=lowest, dtype=resolved_dtype(cfg))
+    vcache, _ = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg))
     adapted.model.train()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
@@ -186,8 +196,9 @@ def train_worker(
     )  # fmt: skip
     plan = reader.epoch_plan(0, ctx.rank, ctx.world_size)
     collator = BatchCollator(
-        processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length
-    )
+        processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
+        vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
+    )  # fmt: skip
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
     )

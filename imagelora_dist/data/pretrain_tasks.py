@@ -1,0 +1,331 @@
+"""Generic pre-training tasks for a small base VLM: read, name and place GUI elements, plus text arithmetic.
+
+A base model should already see and read before the study fine-tunes it on grounding, as a real VLM
+does. These samples teach that on the synthetic screens of `synth.py`, with instruction formats that
+differ from the downstream tasks (no `(x, y)` click answers, no `type: text` referring answers):
+
+- `read_text`      "Read the text on the screen."                 -> up to 8 labels in reading order, `A | B | C`
+- `read_label`     "What does the element at (x, y) say?"        -> the element's visible text
+- `element_type`   "What kind of element is 'Save'?"              -> "button", "checkbox", ...
+- `position`       "Where on the screen is 'Save'?"               -> "top-left", "center", ... (a 3x3 grid)
+- `arithmetic`     a short word problem, no image (GSM8K stand-in) -> the number
+
+The shard format holds exactly one image per sample, so a text-only sample carries a 1x1 placeholder
+PNG and `"text_only": true` in its record; the collator then drops the image (no visual tokens at all).
+Each sample is a pure function of `(spec.seed, index)`: the same bytes for any sharding or process count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, ShardInfo, shard_name, write_shard
+from imagelora_dist.data.synth import Element, SynthSpec, render_screen
+from imagelora_dist.data.tasks import box_center, normalize_point
+from imagelora_dist.errors import ImageLoRAError
+
+READ_TEXT = "read_text"
+READ_LABEL = "read_label"
+ELEMENT_TYPE = "element_type"
+POSITION = "position"
+ARITHMETIC = "arithmetic"
+PRETRAIN_TASKS = (READ_TEXT, READ_LABEL, ELEMENT_TYPE, POSITION, ARITHMETIC)
+TEXT_ONLY_TASKS = (ARITHMETIC,)
+
+# Row-major 3x3 grid of the screen: the answers of the `position` task.
+POSITIONS = (
+    ("top-left", "top", "top-right"),
+    ("left", "center", "right"),
+    ("bottom-left", "bottom", "bottom-right"),
+)
+# Longer labels (sentences of static text) make poor reading targets for a tiny model.
+MAX_LABEL_CHARS = 24
+# `read_text` lists at most this many labels: dense supervision (every answer token is reading) at a
+# bounded answer length.
+MAX_READ_TEXT_LABELS = 8
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(map(str, ("imagelora-pretrain", *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+PLACEHOLDER_PNG = _png(Image.new("RGB", (1, 1), (255, 255, 255)))
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """What to synthesize: sample count, sharding, screen size and clutter, task mix (equal weights), seed."""
+
+    num_samples: int
+    samples_per_shard: int = 256
+    width: int = 448
+    height: int = 336
+    min_elements: int = 4
+    max_elements: int = 10
+    tasks: tuple[str, ...] = PRETRAIN_TASKS
+    seed: int = 0
+    prefix: str = "pretrain"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, list):
+            object.__setattr__(self, "tasks", tuple(self.tasks))
+        # The screen fields share the synthesizer's limits and messages.
+        SynthSpec(
+            num_samples=self.num_samples,
+            samples_per_shard=self.samples_per_shard,
+            width=self.width,
+            height=self.height,
+            min_elements=self.min_elements,
+            max_elements=self.max_elements,
+            seed=self.seed,
+            prefix=self.prefix,
+        )
+        if not isinstance(self.tasks, tuple) or not self.tasks:
+            raise ImageLoRAError(f"pretrain spec: tasks must be a non-empty list of {list(PRETRAIN_TASKS)}")
+        unknown = [t for t in self.tasks if t not in PRETRAIN_TASKS]
+        if unknown or len(set(self.tasks)) != len(self.tasks):
+            raise ImageLoRAError(
+                f"pretrain spec: tasks={list(self.tasks)}: each at most once, from {list(PRETRAIN_TASKS)}"
+            )
+
+    @property
+    def num_shards(self) -> int:
+        """Shards needed: the last one may be short."""
+        return -(-self.num_samples // self.samples_per_shard)
+
+
+def position_name(box: tuple[int, int, int, int], width: int, height: int) -> str:
+    """Which ninth of the screen holds the box centre: `top-left`, `top`, ..., `bottom-right`."""
+    cx, cy = box_center(box)
+    col = min(2, max(0, int(3 * cx / width)))
+    row = min(2, max(0, int(3 * cy / height)))
+    return POSITIONS[row][col]
+
+
+def _q(text: str) -> str:
+    return f"'{text}'"
+
+
+def _pick(rng: random.Random, pool: list[Element]) -> Element:
+    # Chrome repeats on every screen: weight the content widgets, as the grounding synthesizer does.
+    return rng.choices(pool, [3 if e.region == "content" else 1 for e in pool])[0]
+
+
+def _screen_question(
+    rng: random.Random, task: str, elements: list[Element], w: int, h: int
+) -> tuple[str, str, Element] | None:
+    """(instruction, answer, element) of a screen task; None when the screen has no usable element."""
+    readable = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
+    if task == READ_TEXT:
+        return None  # not a single-element question: see reading_order()
+    if task == READ_LABEL:
+        if not readable:
+            return None
+        el = _pick(rng, readable)
+        x, y = normalize_point(*box_center(el.box), w, h)
+        template = rng.choice(
+            (
+                "What does the element at ({x}, {y}) say?",
+                "Read the text at ({x}, {y}).",
+                "What is written at ({x}, {y})?",
+            )
+        )
+        return template.format(x=x, y=y), el.text, el
+    if task == ELEMENT_TYPE:
+        pool = [e for e in readable if e.type != "icon"]
+        if not pool:
+            return None
+        el = _pick(rng, pool)
+        template = rng.choice(
+            (
+                "What kind of element is {q}?",
+                "What type of element shows {q}?",
+                "Name the element type of {q}.",
+            )
+        )
+        return template.format(q=_q(el.text)), el.type, el
+    if task == POSITION:
+        pool = readable + [e for e in elements if e.type == "icon" and e.name]
+        if not pool:
+            return None
+        el = _pick(rng, pool)
+        target = f"the {el.name} icon" if el.type == "icon" else _q(el.text)
+        template = rng.choice(("Where on the screen is {t}?", "In which part of the screen is {t}?"))
+        return template.format(t=target), position_name(el.box, w, h), el
+    raise ValueError(task)  # pragma: no cover
+
+
+def reading_order(elements: list[Element], height: int) -> list[Element]:
+    """Elements with (short) text, top to bottom in bands of 1/24 of the screen, then left to right."""
+    band = max(1, height // 24)
+    readable = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
+    return sorted(readable, key=lambda e: (box_center(e.box)[1] // band, e.box[0]))
+
+
+_NAMES = ("Ann", "Ben", "Carla", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mia", "Omar")  # fmt: skip
+_ITEMS = ("apples", "books", "coins", "pencils", "stickers", "cards", "marbles", "cookies", "shells", "stamps")  # fmt: skip
+
+
+def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
+    """A one- or two-step word problem with small numbers (answers 0..25) and its answer (as text)."""
+    name, other = rng.sample(_NAMES, 2)
+    item = rng.choice(_ITEMS)
+    kind = rng.choice(("add", "sub", "mul", "two_step", "compare"))
+    if kind == "add":
+        a, b = rng.randint(1, 12), rng.randint(1, 12)
+        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", str(a + b)
+    if kind == "sub":
+        a = rng.randint(2, 20)
+        b = rng.randint(1, a - 1)
+        return f"{name} has {a} {item} and gives {b} to {other}. How many {item} are left?", str(a - b)
+    if kind == "mul":
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
+        return f"{name} buys {a} boxes with {b} {item} in each box. How many {item} is that?", str(a * b)
+    if kind == "two_step":
+        a, b = rng.randint(2, 10), rng.randint(1, 10)
+        c = rng.randint(1, a + b - 1)
+        return (
+            f"{name} has {a} {item}, finds {b} more and then loses {c}. How many {item} does {name} have?",
+            str(a + b - c),
+        )
+    a = rng.randint(3, 20)
+    b = rng.randint(1, a - 1)
+    return f"{name} has {a} {item} and {other} has {b}. How many more {item} does {name} have?", str(a - b)
+
+
+def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
+    """Sample `index` of `spec`: `{"__key__", "png", "json"}` in the shard format (text-only: placeholder png)."""
+    rng = random.Random(_seed(spec.seed, index, "sample"))
+    # Round-robin over tasks by index keeps the mix exact in every shard; the reader shuffles anyway.
+    task = spec.tasks[index % len(spec.tasks)]
+    record: dict[str, Any] = {
+        "id": f"{spec.prefix}-{spec.seed}-{index:09d}",
+        "task": task,
+        "source": "synth-pretrain",
+    }
+    if task in TEXT_ONLY_TASKS:
+        instruction, answer = arithmetic_problem(rng)
+        record.update(
+            instruction=instruction, answer=answer, bbox=None, point=None, element_type="", element_text="",
+            width=1, height=1, text_only=True,
+        )  # fmt: skip
+        return {"__key__": f"{index:09d}", "png": PLACEHOLDER_PNG, "json": record}
+    w, h = spec.width, spec.height
+    if task == READ_TEXT:
+        n = rng.randint(spec.min_elements, spec.max_elements)
+        img, elements = render_screen(rng.getrandbits(63), w, h, n)
+        labels = [e.text for e in reading_order(elements, h)[:MAX_READ_TEXT_LABELS]]
+        instruction = rng.choice(
+            ("Read the text on the screen.", "What text does this screen show?", "Transcribe the labels.")
+        )
+        record.update(
+            instruction=instruction, answer=" | ".join(labels), bbox=None, point=None, element_type="",
+            element_text="", width=w, height=h, text_only=False, labels=labels,
+        )  # fmt: skip
+        return {"__key__": f"{index:09d}", "png": _png(img), "json": record}
+    for _attempt in range(16):  # a screen without a usable element (rare): render another one
+        n = rng.randint(spec.min_elements, spec.max_elements)
+        img, elements = render_screen(rng.getrandbits(63), w, h, n)
+        question = _screen_question(rng, task, elements, w, h)
+        if question is not None:
+            break
+    else:  # pragma: no cover - every screen has a title with text
+        raise RuntimeError(f"no usable element on 16 screens for sample {index}")
+    instruction, answer, el = question
+    cx, cy = box_center(el.box)
+    record.update(
+        instruction=instruction, answer=answer, bbox=list(el.box), point=[cx, cy], element_type=el.type,
+        element_text=el.text, width=w, height=h, text_only=False,
+    )  # fmt: skip
+    return {"__key__": f"{index:09d}", "png": _png(img), "json": record}
+
+
+def _write_one_shard(job: tuple[PretrainSpec, int, str]) -> tuple[int, ShardInfo]:
+    spec, i, out_dir = job
+    lo = i * spec.samples_per_shard
+    hi = min(spec.num_samples, lo + spec.samples_per_shard)
+    samples = (make_pretrain_sample(spec, k) for k in range(lo, hi))
+    return i, write_shard(Path(out_dir) / shard_name(spec.prefix, i), samples)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def synthesize_pretrain(
+    spec: PretrainSpec,
+    out_dir: str | os.PathLike,
+    workers: int | None = None,
+    progress: Callable[[str], None] | None = print,
+    *,
+    overwrite: bool = False,
+) -> ShardIndex:
+    """Render `spec` into shards plus `index.json` in `out_dir`; the same bytes for any `workers`."""
+    out = Path(out_dir)
+    if (out / INDEX_NAME).exists() and not overwrite:
+        raise ImageLoRAError(
+            f"{out}: already holds a dataset ({INDEX_NAME}); pass overwrite=True to replace it"
+        )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ImageLoRAError(f"pretrain synth: workers={workers!r}: must be an integer >= 1")
+    out.mkdir(parents=True, exist_ok=True)
+    total = spec.num_shards
+    if overwrite:
+        stale = re.compile(rf"{re.escape(spec.prefix)}-(\d{{6}})\.tar")
+        for p in out.iterdir():
+            m = stale.fullmatch(p.name)
+            if m and int(m.group(1)) >= total:
+                p.unlink()
+        (out / INDEX_NAME).unlink(missing_ok=True)
+    jobs = [(spec, i, str(out)) for i in range(total)]
+    n_workers = max(1, min(workers or os.cpu_count() or 1, total))
+    infos: dict[int, ShardInfo] = {}
+    t0, done = time.perf_counter(), 0
+
+    def report(i: int, info: ShardInfo) -> None:
+        nonlocal done
+        infos[i] = info
+        done += info.samples
+        if progress is not None:
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            progress(
+                f"[pretrain] shards {len(infos)}/{total}, samples {done}/{spec.num_samples}, {rate:.0f} samples/s"
+            )
+
+    if n_workers == 1:
+        for job in jobs:
+            report(*_write_one_shard(job))
+    else:
+        with _pool_context().Pool(n_workers) as pool:
+            for i, info in pool.imap_unordered(_write_one_shard, jobs):
+                report(i, info)
+    index = ShardIndex(
+        shards=[infos[i] for i in range(total)],
+        meta={"created_by": "imagelora-dist pretrain-base", "spec": json.loads(json.dumps(asdict(spec)))},
+    )
+    index.write(out)
+    return index
