@@ -149,6 +149,8 @@ class EvalConfig(_Strict):
     num_samples: int = Field(32, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(4, ge=1)
+    # Arithmetic word problems (the GSM8K stand-in) answered with and without the adapter; 0: skip.
+    text_task_problems: int = Field(32, ge=0)
 
 
 class RayConfig(_Strict):

@@ -424,6 +424,11 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
     result["text_max_abs_logit_diff"] = text_max_abs_logit_diff(
         model, processor, default_text_prompts(), disabled
     )
+    if cfg.eval.text_task_problems:
+        from imagelora_dist.eval.text_task import text_task_scores
+
+        result.update(text_task_scores(model, processor, disabled, count=cfg.eval.text_task_problems,
+                                       seed=cfg.data.seed, batch_size=cfg.eval.batch_size))  # fmt: skip
     return result
 
 
@@ -444,8 +449,11 @@ def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | No
     log(
         f"[eval] grounding accuracy {result['grounding_accuracy']:.3f} ({result['grounding_count']}), referring "
         f"exact match {result['referring_exact_match']:.3f} ({result['referring_count']}), text max |dlogit| "
-        f"{result['text_max_abs_logit_diff']:.3g}; wrote {report}"
-    )
+        f"{result['text_max_abs_logit_diff']:.3g}"
+        + (f", text task {result['text_task_accuracy']:.3f} (base {result['text_task_accuracy_base']:.3f})"
+           if "text_task_accuracy" in result else "")
+        + f"; wrote {report}"
+    )  # fmt: skip
     return StageResult(report, metrics=metrics, artifacts=[report])
 
 

@@ -275,3 +275,34 @@ def test_eval_imports_no_distributed_stack():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_first_number_reads_the_leading_integer():
+    from imagelora_dist.eval.text_task import first_number
+
+    assert [first_number(t) for t in ("12 apples", "It is -3.", "none", "7 or 8")] == ["12", "-3", None, "7"]
+
+
+def test_text_task_scores_against_a_manual_count_and_identical_for_image_lora():
+    from imagelora_dist.eval.generate import generate_text_answers
+    from imagelora_dist.eval.text_task import arithmetic_problems, first_number, text_task_scores
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, None, rank=4)
+    with torch.no_grad():
+        for m in handle.modules.values():
+            m.B.normal_(0, 1.0)
+            m.gamma.fill_(1.0)
+    scores = text_task_scores(
+        model, processor, lambda: image_lora_disabled(handle), count=6, seed=3, batch_size=4
+    )
+    problems = arithmetic_problems(6, 3)
+    assert problems == arithmetic_problems(6, 3) and len({q for q, _ in problems}) == 6
+    answers = generate_text_answers(
+        model, processor, [q for q, _ in problems], max_new_tokens=8, batch_size=4
+    )
+    manual = sum(first_number(a) == want for a, (_, want) in zip(answers, problems, strict=True)) / 6
+    assert scores["text_task_accuracy"] == manual
+    # Image-LoRA never touches text-only prompts: the same answers with and without it.
+    assert scores["text_task_outputs_identical"] == 1.0
+    assert scores["text_task_accuracy_base"] == scores["text_task_accuracy"]

@@ -50,6 +50,8 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
     )
     assert by["image-heavy", "image_lora-4"]["text_dlogit"] == 0, "Image-LoRA keeps text logits bit-identical"
     assert by["image-heavy", "lora-v_proj"]["text_dlogit"] > 0
+    il = by["image-heavy", "image_lora-4"]
+    assert il["text_acc"] is not None and il["text_acc"] == il["text_acc_base"], "text task unchanged"
     assert 0 < by["image-heavy", "image_lora-4"]["flops"] < by["image-heavy", "lora-v_proj"]["flops"]
     assert all(
         r["accuracy"] is not None and r["step_s"] is not None for r in rows if r["method"] != "zero-shot"

@@ -90,11 +90,40 @@ def generate_answers(
     sampling settings and repetition penalty are ignored, so results compare across checkpoints. Only the
     new tokens are decoded, special tokens skipped, surrounding whitespace stripped.
     """
+    samples = [
+        Sample(d["record"]["instruction"], None, [fit_pixels(d["image"], max_pixels)])
+        for d in decoded_samples
+    ]
+    return generate_for_samples(model, processor, samples, max_new_tokens=max_new_tokens, max_pixels=max_pixels,
+                                batch_size=batch_size, use_cache=use_cache)  # fmt: skip
+
+
+def generate_text_answers(
+    model: nn.Module, processor: Any, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 8
+) -> list[str]:
+    """The greedy answer to each text-only prompt (no image), in order."""
+    samples = [Sample(p, None, []) for p in prompts]
+    return generate_for_samples(
+        model, processor, samples, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+
+
+def generate_for_samples(
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    *,
+    max_new_tokens: int = 24,
+    max_pixels: int | None = None,
+    batch_size: int = 4,
+    use_cache: bool = True,
+) -> list[str]:
+    """Greedy, left-padded, batched answers to prompt-only `Sample`s (images already fitted)."""
     if batch_size < 1:
         raise ImageLoRAError(f"batch_size must be >= 1, got {batch_size}")
     if max_new_tokens < 1:
         raise ImageLoRAError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not decoded_samples:
+    if not samples:
         return []
     # The collator's pixel-budget handling (Qwen processors get a matching `size`), without its labels.
     processor_kwargs = BatchCollator(processor, (), max_pixels=max_pixels).processor_kwargs
@@ -106,12 +135,8 @@ def generate_answers(
     device, dtype = model_device_dtype(model)
     answers: list[str] = []
     with padding_side(processor, "left"), eval_mode(model), torch.no_grad():
-        for start in range(0, len(decoded_samples), batch_size):
-            chunk = decoded_samples[start : start + batch_size]
-            samples = [
-                Sample(d["record"]["instruction"], None, [fit_pixels(d["image"], max_pixels)]) for d in chunk
-            ]
-            batch = collate(processor, samples, **processor_kwargs)
+        for start in range(0, len(samples), batch_size):
+            batch = collate(processor, list(samples[start : start + batch_size]), **processor_kwargs)
             batch.pop("labels", None)
             batch = to_model(batch, device, dtype)
             out = model.generate(**batch, generation_config=config)
