@@ -9,10 +9,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export RAY_USAGE_STATS_ENABLED := 0
-export DS_ACCELERATOR := cpu
+# DeepSpeed's accelerator: cuda where an NVIDIA GPU is visible, else cpu (set it yourself to override).
+export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench pretrain-base study clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,14 @@ bench: $(STAMP)  # the suite rewrites its section of bench/RESULTS.md; run it on
 	$(PY) bench/step_time.py
 	$(PY) bench/loader.py
 	$(PY) bench/probe_scaling.py
+
+pretrain-base: $(STAMP)  # the study's pre-trained tiny base, runs/pretrain-base/base (skipped when done)
+	$(VENV)/bin/imagelora-dist pretrain-base --config configs/pretrain_base.yaml
+
+study: pretrain-base  # the fidelity study (hours on 2 CPU cores; done cells are skipped), then reports/study.md
+	$(PY) -m imagelora_dist.study configs/study/study.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml tracking.experiment=imagelora-study \
+		--out reports
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs
