@@ -30,8 +30,8 @@ from imagelora_dist.data.reader import ShardReader, ShardStream
 from imagelora_dist.data.shards import INDEX_NAME, atomic_write_bytes
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.generate import (
-    _greedy_config,
     eval_mode,
+    generate_for_samples,
     model_device_dtype,
     padding_side,
     to_model,
@@ -120,32 +120,13 @@ def answer_samples(
     batch_size: int = 8,
 ) -> list[str]:
     """Greedy answers like `eval.generate.generate_answers`, honouring text-only records (no image)."""
-    kwargs = BatchCollator(processor, (), max_pixels=max_pixels).processor_kwargs
-    tokenizer = processor.tokenizer
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = getattr(model.generation_config, "pad_token_id", None)
-    config = _greedy_config(model, max_new_tokens, pad_id, True)
-    device, dtype = model_device_dtype(model)
-    answers: list[str] = []
-    with padding_side(processor, "left"), eval_mode(model), torch.no_grad():
-        for start in range(0, len(decoded), batch_size):
-            chunk = decoded[start : start + batch_size]
-            samples = [
-                Sample(
-                    d["record"]["instruction"],
-                    None,
-                    [] if d["record"].get("text_only") is True else [fit_pixels(d["image"], max_pixels)],
-                )
-                for d in chunk
-            ]
-            batch = collate(processor, samples, **kwargs)
-            batch.pop("labels", None)
-            batch = to_model(batch, device, dtype)
-            out = model.generate(**batch, generation_config=config)
-            new = out[:, batch["input_ids"].shape[1] :]
-            answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-    return answers
+    samples = [
+        Sample(d["record"]["instruction"], None,
+               [] if d["record"].get("text_only") is True else [fit_pixels(d["image"], max_pixels)])
+        for d in decoded
+    ]  # fmt: skip
+    return generate_for_samples(model, processor, samples, max_new_tokens=max_new_tokens, max_pixels=max_pixels,
+                                batch_size=batch_size)  # fmt: skip
 
 
 def answer_losses(
