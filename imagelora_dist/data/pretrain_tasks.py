@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import multiprocessing
 import os
 import random
-import re
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, ShardInfo, shard_name, write_shard
+from imagelora_dist.data.shard_pool import render_shards
+from imagelora_dist.data.shards import ShardIndex
 from imagelora_dist.data.synth import Element, SynthSpec, render_screen
 from imagelora_dist.data.tasks import box_center, normalize_point
 from imagelora_dist.errors import ImageLoRAError
@@ -260,22 +256,6 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
     return {"__key__": f"{index:09d}", "png": _png(img), "json": record}
 
 
-def _write_one_shard(job: tuple[PretrainSpec, int, str]) -> tuple[int, ShardInfo]:
-    spec, i, out_dir = job
-    lo = i * spec.samples_per_shard
-    hi = min(spec.num_samples, lo + spec.samples_per_shard)
-    samples = (make_pretrain_sample(spec, k) for k in range(lo, hi))
-    return i, write_shard(Path(out_dir) / shard_name(spec.prefix, i), samples)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
 def synthesize_pretrain(
     spec: PretrainSpec,
     out_dir: str | os.PathLike,
@@ -285,47 +265,5 @@ def synthesize_pretrain(
     overwrite: bool = False,
 ) -> ShardIndex:
     """Render `spec` into shards plus `index.json` in `out_dir`; the same bytes for any `workers`."""
-    out = Path(out_dir)
-    if (out / INDEX_NAME).exists() and not overwrite:
-        raise ImageLoRAError(
-            f"{out}: already holds a dataset ({INDEX_NAME}); pass overwrite=True to replace it"
-        )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ImageLoRAError(f"pretrain synth: workers={workers!r}: must be an integer >= 1")
-    out.mkdir(parents=True, exist_ok=True)
-    total = spec.num_shards
-    if overwrite:
-        stale = re.compile(rf"{re.escape(spec.prefix)}-(\d{{6}})\.tar")
-        for p in out.iterdir():
-            m = stale.fullmatch(p.name)
-            if m and int(m.group(1)) >= total:
-                p.unlink()
-        (out / INDEX_NAME).unlink(missing_ok=True)
-    jobs = [(spec, i, str(out)) for i in range(total)]
-    n_workers = max(1, min(workers or os.cpu_count() or 1, total))
-    infos: dict[int, ShardInfo] = {}
-    t0, done = time.perf_counter(), 0
-
-    def report(i: int, info: ShardInfo) -> None:
-        nonlocal done
-        infos[i] = info
-        done += info.samples
-        if progress is not None:
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            progress(
-                f"[pretrain] shards {len(infos)}/{total}, samples {done}/{spec.num_samples}, {rate:.0f} samples/s"
-            )
-
-    if n_workers == 1:
-        for job in jobs:
-            report(*_write_one_shard(job))
-    else:
-        with _pool_context().Pool(n_workers) as pool:
-            for i, info in pool.imap_unordered(_write_one_shard, jobs):
-                report(i, info)
-    index = ShardIndex(
-        shards=[infos[i] for i in range(total)],
-        meta={"created_by": "imagelora-dist pretrain-base", "spec": json.loads(json.dumps(asdict(spec)))},
-    )
-    index.write(out)
-    return index
+    return render_shards(spec, make_pretrain_sample, out_dir, workers=workers, progress=progress,
+                         overwrite=overwrite, tag="pretrain", created_by="imagelora-dist pretrain-base")  # fmt: skip

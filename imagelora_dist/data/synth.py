@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
-import multiprocessing
 import os
 import random
 import re
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, ShardInfo, shard_name, write_shard
+from imagelora_dist.data.shard_pool import render_shards
+from imagelora_dist.data.shards import ShardIndex
 from imagelora_dist.data.tasks import (
     GROUNDING,
     TASKS,
@@ -1721,27 +1718,6 @@ def make_sample(spec: SynthSpec, index: int) -> dict[str, Any]:
 # --- shards -------------------------------------------------------------------------------------------------
 
 
-def _write_one_shard(job: tuple[SynthSpec, int, str]) -> tuple[int, ShardInfo]:
-    """Render and write shard `i` (top level so a spawned worker can unpickle it)."""
-    spec, i, out_dir = job
-    lo = i * spec.samples_per_shard
-    hi = min(spec.num_samples, lo + spec.samples_per_shard)
-    info = write_shard(
-        Path(out_dir) / shard_name(spec.prefix, i), (make_sample(spec, k) for k in range(lo, hi))
-    )
-    return i, info
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # Not fork: the parent may hold torch threads. A forkserver (preloaded with this module) starts each
-    # worker in milliseconds instead of re-importing the package; spawn where there is no forkserver.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
 def synthesize(
     spec: SynthSpec,
     out_dir: str | os.PathLike,
@@ -1751,50 +1727,5 @@ def synthesize(
     overwrite: bool = False,
 ) -> ShardIndex:
     """Render `spec` into WebDataset shards plus `index.json` in `out_dir`; same bytes for any `workers`."""
-    out = Path(out_dir)
-    if (out / INDEX_NAME).exists() and not overwrite:
-        raise ImageLoRAError(
-            f"{out}: already holds a dataset ({INDEX_NAME}); pass overwrite=True to replace it"
-        )
-    if workers is not None and (not _is_int(workers) or workers < 1):
-        raise ImageLoRAError(f"synth: workers={workers!r}: must be an integer >= 1")
-    out.mkdir(parents=True, exist_ok=True)
-    total = spec.num_shards
-    if overwrite:  # stale shards of a larger earlier run would otherwise sit next to the new index
-        stale = re.compile(rf"{re.escape(spec.prefix)}-(\d{{6}})\.tar")
-        for p in out.iterdir():
-            m = stale.fullmatch(p.name)
-            if m and int(m.group(1)) >= total:
-                p.unlink()
-        (out / INDEX_NAME).unlink(missing_ok=True)
-    n_workers = max(1, min(workers or os.cpu_count() or 1, total))
-    jobs = [(spec, i, str(out)) for i in range(total)]
-    infos: dict[int, ShardInfo] = {}
-    t0 = time.perf_counter()
-    done_samples = 0
-
-    def report(i: int, info: ShardInfo) -> None:
-        nonlocal done_samples
-        infos[i] = info
-        done_samples += info.samples
-        if progress is not None:
-            rate = done_samples / max(time.perf_counter() - t0, 1e-9)
-            progress(
-                f"[synth] shards {len(infos)}/{total}, samples {done_samples}/{spec.num_samples}, {rate:.0f} samples/s"
-            )
-
-    if n_workers == 1:
-        for job in jobs:
-            i, info = _write_one_shard(job)
-            report(i, info)
-    else:
-        with _pool_context().Pool(n_workers) as pool:
-            for i, info in pool.imap_unordered(_write_one_shard, jobs):
-                report(i, info)
-    index = ShardIndex(
-        shards=[infos[i] for i in range(total)],
-        # JSON-normalised (tuples -> lists) so the returned index equals the one read back from disk.
-        meta={"created_by": "imagelora-dist synth", "spec": json.loads(json.dumps(asdict(spec)))},
-    )
-    index.write(out)
-    return index
+    return render_shards(spec, make_sample, out_dir, workers=workers, progress=progress, overwrite=overwrite,
+                         tag="synth", created_by="imagelora-dist synth")  # fmt: skip
