@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,9 +12,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.registry import FAMILIES
 
+if TYPE_CHECKING:
+    from imagelora_dist.models.tiny import TinySize
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSizeConfig(_Strict):
+    """The tiny model's size (null fields: the family's default tiny size); Qwen families only."""
+
+    layers: int | None = Field(None, ge=1)
+    hidden: int | None = Field(None, ge=8)
+    heads: int | None = Field(None, ge=1)
+    kv_heads: int | None = Field(None, ge=1)
+    vision_layers: int | None = Field(None, ge=1)
+    vision_hidden: int | None = Field(None, ge=8)
+    vision_heads: int | None = Field(None, ge=1)
 
 
 class ModelConfig(_Strict):
@@ -23,6 +38,9 @@ class ModelConfig(_Strict):
     family: str = "qwen2_5_vl"
     path: str | None = None
     seed: int = 0
+    # Scale the tiny model (pre-training a bigger base on a GPU); a checkpoint at `path` has its own size.
+    # exclude_if: left out of dumps when unset, so the stage hashes of configs without it stay as they were.
+    size: ModelSizeConfig | None = Field(None, exclude_if=lambda v: v is None)
     # auto: bf16 on GPU, fp32 on CPU (a 7B checkpoint in fp32 would not fit most GPUs).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Attention kernel: auto = transformers' default (SDPA, fused on GPU); flash_attention_2 needs the
@@ -35,6 +53,24 @@ class ModelConfig(_Strict):
         if v not in FAMILIES:
             raise ValueError(f"unknown family {v!r}; supported: {', '.join(FAMILIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _size_fits(self) -> ModelConfig:
+        if self.size is None:
+            return self
+        if self.path is not None:
+            raise ValueError(f"size: the checkpoint at path={self.path!r} has its own size; drop model.size")
+        try:
+            self.tiny_size().check(self.family)  # type: ignore[union-attr]
+        except ImageLoRAError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def tiny_size(self) -> TinySize | None:
+        """`size` as the tiny-model builder's TinySize (None: the default tiny size)."""
+        from imagelora_dist.models.tiny import TinySize
+
+        return None if self.size is None else TinySize(**self.size.model_dump())
 
 
 class SynthConfig(_Strict):

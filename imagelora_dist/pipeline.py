@@ -79,7 +79,7 @@ def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     if cfg.model.path:
         model, processor = load_vlm(cfg.model.path, dtype=dtype)
     else:
-        model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
+        model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed, size=cfg.model.tiny_size())
         model = model.to(dtype)
     if cfg.model.attn_implementation != "auto":
         try:
@@ -186,7 +186,7 @@ def driver_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     """Model skeleton and processor for the driver, which only collates and counts: a real checkpoint is
     built on the meta device (no weights loaded); the tiny model is cheap to build for real."""
     if not cfg.model.path:
-        return build_tiny_vlm(cfg.model.family, seed=cfg.model.seed)
+        return build_tiny_vlm(cfg.model.family, seed=cfg.model.seed, size=cfg.model.tiny_size())
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from imagelora_dist.models.tiny import load_processor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from torch import nn
@@ -14,6 +15,8 @@ from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision
 def model_fingerprint(cfg: RunConfig, dtype: str) -> str:
     """Names the weights the vision features come from (a cache must never serve another model)."""
     source = cfg.model.path or f"tiny:{cfg.model.family}:{cfg.model.seed}"
+    if cfg.model.size is not None and not cfg.model.path:
+        source += ":" + json.dumps(cfg.model.size.model_dump(), sort_keys=True)
     return f"{source}|{dtype}"
 
 

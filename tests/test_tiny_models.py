@@ -323,3 +323,58 @@ def test_load_vlm_refuses_unsupported_model_type_before_loading(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(UnsupportedModelError, match=r"unsupported model type 'llama'; supported: qwen2_vl"):
         load_vlm(tmp_path)
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_model_size_scales_the_tiny_model_and_it_trains(family):
+    from imagelora_dist.models.tiny import TinySize
+
+    size = TinySize(layers=3, hidden=128 if family != "qwen3_vl" else 160, heads=4, kv_heads=2,
+                    vision_layers=3, vision_hidden=96, vision_heads=3)  # fmt: skip
+    model, processor = build_tiny_vlm(family, seed=0, size=size)
+    text, vision = model.config.get_text_config(), model.config.vision_config
+    assert (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads) == (
+        3, size.hidden, 4, 2,
+    )  # fmt: skip
+    assert vision.depth == 3 and vision.num_heads == 3
+    assert (vision.embed_dim if family == "qwen2_vl" else vision.hidden_size) == 96
+    # The default size is what build_tiny_vlm gives without one (the shipped checkpoints depend on it).
+    default = _cached(family)[0].state_dict()
+    unsized = build_tiny_vlm(family, seed=0, size=TinySize())[0].state_dict()
+    assert all(torch.equal(default[k], unsized[k]) for k in default)
+    texts, images = two_samples(processor)
+    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    out = model(**inputs, labels=inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if n.startswith(VISION_PREFIXES))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.size.heads=3"], "heads=3 must be a multiple of kv_heads=4"),
+        (["model.size.hidden=100"], "hidden=100 over heads=8"),
+        (["model.size.vision_hidden=90", "model.size.vision_heads=4"], "vision_hidden=90"),
+        (["model.size.layers=0"], "layers"),
+        (["model.family=llava", "model.size.layers=2"], "not llava"),
+        (["model.path=/somewhere", "model.size.layers=2"], "has its own size"),
+    ],
+)
+def test_model_size_refuses_sizes_that_make_no_model(overrides, message):
+    from imagelora_dist.config import load_config
+
+    with pytest.raises(ImageLoRAError, match=message):
+        load_config(None, overrides)
+
+
+def test_model_size_reaches_the_pipeline_and_stays_out_of_unsized_hashes():
+    from imagelora_dist.config import load_config
+    from imagelora_dist.pipeline import build_model, driver_model
+
+    cfg = load_config(None, ["model.size.layers=2", "model.size.vision_layers=1"])
+    for model, _ in (build_model(cfg), driver_model(cfg)):
+        assert model.config.get_text_config().num_hidden_layers == 2 and model.config.vision_config.depth == 1
+    # Stage hashes dump the model config: an unset size must not appear (earlier runs stay valid).
+    assert "size" not in load_config(None, []).model.model_dump()

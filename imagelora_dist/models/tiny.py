@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,59 @@ TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava",
 
 # A 2-layer vision tower of width 128 is enough to exercise every projector and merger path.
 _VISION = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 4}
+
+# Families whose tiny model can be scaled by `TinySize` (the study's families); the others keep one size.
+SIZED_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """A tiny model's size: decoder layers, width and heads; vision-tower layers, width and heads.
+
+    None keeps the family's default tiny size. MLP widths are 2x the width (decoder) and 2x (vision).
+    """
+
+    layers: int | None = None
+    hidden: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    vision_layers: int | None = None
+    vision_hidden: int | None = None
+    vision_heads: int | None = None
+
+    def check(self, family: str) -> None:
+        """Raise ImageLoRAError when the sizes do not make a valid model of `family`."""
+        if self == TinySize():
+            return
+        if family not in SIZED_FAMILIES:
+            raise ImageLoRAError(f"model.size: only {', '.join(SIZED_FAMILIES)} can be resized, not {family}")
+        for name, value in self.__dict__.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ImageLoRAError(f"model.size.{name}={value!r}: must be a positive integer")
+        d = _default_size(family)
+        hidden, heads, kv = self.hidden or d.hidden, self.heads or d.heads, self.kv_heads or d.kv_heads
+        vh, vheads = self.vision_hidden or d.vision_hidden, self.vision_heads or d.vision_heads
+        assert hidden and heads and kv and vh and vheads
+        if heads % kv:
+            raise ImageLoRAError(f"model.size: heads={heads} must be a multiple of kv_heads={kv}")
+        # M-RoPE splits a head's rotary frequencies over (t, h, w); the vision rotary over (h, w).
+        # Qwen3-VL's head_dim is fixed (32), independent of the width.
+        if family != "qwen3_vl" and (hidden % heads or (hidden // heads) % 8):
+            raise ImageLoRAError(
+                f"model.size: hidden={hidden} over heads={heads} must give a head size that is a multiple of 8"
+            )
+        if vh % vheads or (vh // vheads) % 4:
+            raise ImageLoRAError(
+                f"model.size: vision_hidden={vh} over vision_heads={vheads} must give a head size that is a multiple of 4"
+            )
+
+
+def _default_size(family: str) -> TinySize:
+    """The registry's tiny size of a resizable family."""
+    layers, hidden, kv = {"qwen2_vl": (4, 256, 2), "qwen2_5_vl": (6, 256, 4), "qwen3_vl": (4, 192, 4)}[family]
+    v = _VISION
+    return TinySize(layers, hidden, 8, kv, v["layers"], v["hidden"], v["heads"])
+
 
 # Model types whose processor has a video processor (needs torchvision): loaded image-only instead.
 _IMAGE_ONLY_BY_MODEL_TYPE: dict[str, type[ProcessorMixin]] = {
@@ -91,8 +145,15 @@ def _mrope(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _config(family: str, tok: Any) -> PretrainedConfig:
+def _config(family: str, tok: Any, size: TinySize | None = None) -> PretrainedConfig:
     v = _VISION
+    if family in SIZED_FAMILIES:
+        d, z = _default_size(family), size or TinySize()
+        layers, hidden = z.layers or d.layers, z.hidden or d.hidden
+        heads, kv = z.heads or d.heads, z.kv_heads or d.kv_heads
+        vh = z.vision_hidden or d.vision_hidden
+        v = {"hidden": vh, "intermediate": 2 * vh, "layers": z.vision_layers or d.vision_layers,
+             "heads": z.vision_heads or d.vision_heads}  # fmt: skip
     if family in ("qwen2_vl", "qwen2_5_vl"):
         image, video, vstart, vend = _ids(
             tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
@@ -104,7 +165,7 @@ def _config(family: str, tok: Any) -> PretrainedConfig:
             "vision_end_token_id": vend,
         }
         if family == "qwen2_vl":
-            text = _qwen2_text(tok, layers=4, heads=8, kv_heads=2)
+            text = _qwen2_text(tok, layers=layers, heads=heads, kv_heads=kv, hidden=hidden)
             vision = {
                 "depth": v["layers"],
                 "embed_dim": v["hidden"],
@@ -116,7 +177,7 @@ def _config(family: str, tok: Any) -> PretrainedConfig:
                 "temporal_patch_size": 2,
             }
             return Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)
-        text = _qwen2_text(tok, layers=6, heads=8, kv_heads=4)
+        text = _qwen2_text(tok, layers=layers, heads=heads, kv_heads=kv, hidden=hidden)
         vision = {
             "depth": v["layers"],
             "hidden_size": v["hidden"],
@@ -139,11 +200,11 @@ def _config(family: str, tok: Any) -> PretrainedConfig:
         # head_dim * heads (256) != hidden (192), as in real Qwen3-VL: code must not assume hidden // heads
         text = {
             "vocab_size": len(tok),
-            "hidden_size": 192,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
+            "hidden_size": hidden,
+            "intermediate_size": 512 if hidden == 192 else 2 * hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
             "head_dim": 32,
             "max_position_embeddings": 2048,
             "rope_parameters": {
@@ -291,14 +352,19 @@ _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
 }
 
 
-def build_tiny_vlm(family: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Build a tiny random-weight model of `family`'s real class plus its offline processor."""
+def build_tiny_vlm(
+    family: str, seed: int = 0, size: TinySize | None = None
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Build a tiny random-weight model of `family`'s real class (at `size`, default the tiny one) plus its
+    offline processor."""
     if family not in TINY_FAMILIES:
         raise UnsupportedModelError(
             f"unknown tiny VLM family {family!r}; supported: {', '.join(TINY_FAMILIES)}"
         )
+    if size is not None:
+        size.check(family)
     processor = P.build_family_processor(family)
-    config = _config(family, processor.tokenizer)
+    config = _config(family, processor.tokenizer, size)
     # fork_rng: seeding must not disturb the caller's global RNG stream
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
