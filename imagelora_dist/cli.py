@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "configs/pretrain_base.yaml. Use the result with model.path=<output_dir>/base.",
     )
     _add_config_args(p)
+    p.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="train in this process (one DeepSpeed worker, GPU if there is one) instead of on Ray Train: "
+        "for a single machine without Ray; needs train.workers=1",
+    )
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
@@ -227,7 +233,7 @@ def _pretrain_base(args: argparse.Namespace) -> int:
             raise ImageLoRAError(f"no --config given and the shipped {SHIPPED_CONFIG} is missing")
         path = str(SHIPPED_CONFIG)
     cfg = load_config(path, args.overrides)
-    result = run_pretrain(cfg)
+    result = run_pretrain(cfg, use_ray=not args.no_ray)
     print(f"[pretrain-base] done: {result.base}  (fine-tune it with model.path={result.base})")
     _print_where_to_look(cfg)
     return 0

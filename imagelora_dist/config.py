@@ -268,7 +268,9 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     node = tree
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an optional section left null in YAML (`size: null`) opens here
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ImageLoRAError(f"override {key}: {part} is not a section")
     # YAML scalars, so budget=4 is an int, budget=0.5 a float, and strings need no quotes.

@@ -251,15 +251,18 @@ def _curve_summary(curve: list[tuple[int, float]], window: int = 10) -> dict[str
     }
 
 
-def run_pretrain(cfg: RunConfig, log: Log = print) -> PretrainResult:
-    """Synthesize the data, train every parameter on Ray Train, write `<output_dir>/base` and the report."""
+def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> PretrainResult:
+    """Synthesize the data, train every parameter on Ray Train (or, without Ray, in this process), write
+    `<output_dir>/base` and the report."""
     from imagelora_dist.models import load_vlm
-    from imagelora_dist.probe.distributed import ensure_ray
     from imagelora_dist.tracking import Tracker
     from imagelora_dist.train.loop import load_deepspeed_template
-    from imagelora_dist.train.ray_train import run_training
 
     cfg = pretrain_config(cfg)
+    if not use_ray and cfg.train.workers != 1:
+        raise ImageLoRAError(
+            f"train.workers={cfg.train.workers}: --no-ray trains in this process; set train.workers=1"
+        )
     out = Path(cfg.output_dir)
     base, report_path, done_file = out / BASE_DIR, out / REPORT_NAME, out / DONE_NAME
     load_deepspeed_template(cfg)  # a bad DeepSpeed file fails here, before any work
@@ -286,10 +289,22 @@ def run_pretrain(cfg: RunConfig, log: Log = print) -> PretrainResult:
     try:
         with tracker.pipeline_run(tags={"imagelora.method": "full", "imagelora.stages": "pretrain"}):
             with tracker.stage_run("pretrain") as run_id:
-                started = ensure_ray(cfg, log)
                 start = time.perf_counter()
-                result = run_training(cfg, shards, mlflow_uri=tracker.uri if run_id else None,
-                                      mlflow_run_id=run_id, dest=base)  # fmt: skip
+                if use_ray:
+                    from imagelora_dist.probe.distributed import ensure_ray
+                    from imagelora_dist.train.ray_train import run_training
+
+                    started = ensure_ray(cfg, log)
+                    result = run_training(cfg, shards, mlflow_uri=tracker.uri if run_id else None,
+                                          mlflow_run_id=run_id, dest=base)  # fmt: skip
+                    final = dict(result.metrics or {})
+                else:
+                    from imagelora_dist.train.in_process import train_in_process
+
+                    def on_step(m: dict[str, float]) -> None:
+                        tracker.log_metrics(m, step=int(m["step"]))
+
+                    final = train_in_process(cfg, shards, dest=base, log=log, on_step=on_step)
                 train_s = time.perf_counter() - start
                 log(f"[pretrain] trained in {train_s:.0f} s; evaluating on held-out samples")
                 model, processor = load_vlm(base)
@@ -308,7 +323,7 @@ def run_pretrain(cfg: RunConfig, log: Log = print) -> PretrainResult:
                     "global_batch": global_batch,
                     "samples_seen": t.steps * global_batch,
                     "train_seconds": round(train_s, 1),
-                    "final_loss": float((result.metrics or {}).get("loss", float("nan"))),
+                    "final_loss": float(final.get("loss", float("nan"))),
                     **_curve_summary(_loss_curve(tracker, run_id)),
                     **scores,
                 }

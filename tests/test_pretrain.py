@@ -307,3 +307,41 @@ def test_pretrain_base_bad_config_exits_2_before_any_work(tmp_path, capsys):
 def test_pretrain_png_placeholder_is_tiny():
     rec = make_pretrain_sample(PretrainSpec(num_samples=4, tasks=(ARITHMETIC,)), 0)
     assert Image.open(io.BytesIO(rec["png"])).size == (1, 1) and len(rec["png"]) < 200
+
+
+def test_pretrain_base_without_ray_trains_a_resized_qwen3_vl_in_process(tmp_path, monkeypatch):
+    import imagelora_dist.train.ray_train as ray_train
+
+    def no_ray(*_a, **_k):
+        raise AssertionError("--no-ray must not use Ray Train")
+
+    monkeypatch.setattr(ray_train, "run_training", no_ray)
+    out = tmp_path / "out"
+    args = ["pretrain-base", "--no-ray", "--config", "configs/pretrain_base.yaml", f"output_dir={out}",
+            f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_root={tmp_path}/mlartifacts",
+            "model.family=qwen3_vl", "model.size.layers=2", "model.size.vision_layers=1", "train.workers=1",
+            *SMOKE]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((out / "base" / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl"
+    assert config["text_config"]["num_hidden_layers"] == 2 and config["vision_config"]["depth"] == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp dirs must be renamed or gone"
+    report = json.loads((out / "pretrain_report.json").read_text())
+    assert report["family"] == "qwen3_vl" and report["steps"] == 3 and report["global_batch"] == 2
+    # Every step reached MLflow from this process (no Ray worker logs them here).
+    assert [s for s, _ in report["loss_curve"]] == [1, 2, 3] and report["loss_last"] == report["final_loss"]
+    trained = load_vlm(out / "base")[0]
+    assert trained.config.text_config.num_hidden_layers == 2
+
+
+def test_pretrain_base_without_ray_needs_one_worker(tmp_path, capsys):
+    args = [
+        "pretrain-base",
+        "--no-ray",
+        f"output_dir={tmp_path / 'out'}",
+        "train.workers=2",
+        "tracking.enabled=false",
+    ]
+    assert main(args) == 2
+    assert "train.workers=2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,63 @@
+"""The trainer without Ray: one DeepSpeed worker in this process, for a single GPU (or CPU) machine.
+
+The same `train_worker` that Ray Train runs on every rank, at world size 1, with its checkpoints in a
+scratch directory; at the end the final checkpoint's `adapter/` (for method `full`: the whole model plus
+processor) is copied to `dest` atomically. For machines where a Ray cluster is not wanted or not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from imagelora_dist.config import RunConfig
+from imagelora_dist.errors import ImageLoRAError, TrainingFailed
+from imagelora_dist.train.loop import WorkerContext, latest_checkpoint, train_worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def train_in_process(
+    cfg: RunConfig,
+    shards: str,
+    *,
+    dest: Path,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train `cfg` on `shards` in this process (world size 1); the final adapter or model goes to `dest`.
+
+    `on_step(metrics)` gets every optimizer step's metrics (e.g. to log them to MLflow)."""
+    if cfg.train.workers != 1:
+        raise ImageLoRAError(f"train.workers={cfg.train.workers}: training without Ray runs exactly 1 worker")
+    # DeepSpeed's init_distributed reads the rendezvous from the environment; a one-rank group on loopback.
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+                       "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # fmt: skip
+        os.environ.setdefault(key, value)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="imagelora-train-") as scratch:
+        report = None if on_step is None else (lambda metrics, _tag: on_step(metrics))
+        _, metrics = train_worker(cfg, WorkerContext(0, 1, device), shards, ckpt_dir=Path(scratch), log=log,
+                                  report=report)  # fmt: skip
+        tag = latest_checkpoint(Path(scratch))
+        source = Path(scratch) / tag / "adapter" if tag else None
+        if source is None or not source.is_dir():
+            raise TrainingFailed(f"training finished without a final adapter in {scratch}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    return metrics
