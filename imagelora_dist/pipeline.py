@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
 import torch
 
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
@@ -27,7 +26,6 @@ from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
 from imagelora_dist.models.registry import ModelSpec
-from imagelora_dist.probe.distributed import distributed_probe_scores, ensure_ray
 from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
 from imagelora_dist.tracking import Tracker, selection_heatmap
 
@@ -226,6 +224,8 @@ def run_probe_select(
     cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None
 ) -> StageResult:
     """Probe the heads on Ray, select them, write `head_selection.json` (+ heatmap); skipped if done."""
+    from imagelora_dist.probe.distributed import distributed_probe_scores, ensure_ray
+
     out = Path(cfg.output_dir) / "head_selection.json"
     heatmap = out.with_name("head_heatmap.png")
     shards = ensure_train_shards(cfg, log)
@@ -309,6 +309,7 @@ def run_train(
     mlflow_run_id: str | None = None,
 ) -> StageResult:
     """Train the adapter with DeepSpeed on Ray Train; skipped when the adapter exists for this config."""
+    from imagelora_dist.probe.distributed import ensure_ray
     from imagelora_dist.train.loop import load_deepspeed_template
     from imagelora_dist.train.ray_train import run_training
 
@@ -434,6 +435,10 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
 
 def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None) -> StageResult:
     """Evaluate the trained adapter on held-out screens; writes eval_report.json (always re-run)."""
+    import ray
+
+    from imagelora_dist.probe.distributed import ensure_ray
+
     adapter_dir = Path(cfg.output_dir) / "adapter"
     if cfg.train.method != "none" and not adapter_dir.is_dir():
         raise ImageLoRAError(f"no trained adapter at {adapter_dir}: run the train stage first")
@@ -471,6 +476,10 @@ def run_pipeline(
     cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None, *, resume: bool = False
 ) -> dict[str, StageResult]:
     """Run `stages` (default: what the method needs) as nested MLflow runs; each is skipped when done."""
+    import ray
+
+    from imagelora_dist.probe.distributed import ensure_ray
+
     cfg = absolute_paths(cfg)  # Ray workers run in other directories
     stages = tuple(stages or stages_for(cfg))
     unknown = [s for s in stages if s not in STAGES]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import pytest
@@ -345,3 +346,22 @@ def test_pretrain_base_without_ray_needs_one_worker(tmp_path, capsys):
     assert main(args) == 2
     assert "train.workers=2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_pretrain_base_without_ray_needs_neither_ray_nor_mlflow_installed(tmp_path):
+    """A single GPU machine may lack both (bench/gpu_pretrain.sh carries only the trainer's wheels)."""
+    import subprocess
+    import sys
+
+    args = ["pretrain-base", "--no-ray", f"output_dir={tmp_path / 'out'}", "tracking.enabled=false",
+            "train.workers=1", *SMOKE]  # fmt: skip
+    code = (
+        "import sys\n"
+        "for m in ('ray', 'mlflow'): sys.modules[m] = None  # importing either now raises ImportError\n"
+        "from imagelora_dist.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "base" / "model.safetensors").stat().st_size > 0

@@ -40,10 +40,33 @@ def train_in_process(
     `on_step(metrics)` gets every optimizer step's metrics (e.g. to log them to MLflow)."""
     if cfg.train.workers != 1:
         raise ImageLoRAError(f"train.workers={cfg.train.workers}: training without Ray runs exactly 1 worker")
-    # DeepSpeed's init_distributed reads the rendezvous from the environment; a one-rank group on loopback.
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-                       "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():  # fmt: skip
-        os.environ.setdefault(key, value)
+    # DeepSpeed's init_distributed reads the rendezvous from the environment: a one-rank group on loopback,
+    # set only for this call (child processes started later must not inherit a port this process holds).
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
+                  "WORLD_SIZE": "1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in rendezvous}
+    os.environ.update(rendezvous)
+    had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+    try:
+        return _train(cfg, shards, dest=dest, log=log, on_step=on_step)
+    finally:
+        if not had_group and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # the group DeepSpeed made for this call: its port is freed
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _train(
+    cfg: RunConfig,
+    shards: str,
+    *,
+    dest: Path,
+    log: Callable[[str], None],
+    on_step: Callable[[dict[str, float]], None] | None,
+) -> dict[str, float]:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="imagelora-train-") as scratch:
         report = None if on_step is None else (lambda metrics, _tag: on_step(metrics))
