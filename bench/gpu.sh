@@ -13,7 +13,11 @@ OUT_DIR="${1:-${OUT:-bench/out}}"
 mkdir -p "$OUT_DIR"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # run from the checkout, installed or not
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+if [[ -d .whl ]]; then  # wheels carried by bench/gpu_wheels.sh: the tested transformers version
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
 timeout 480 "$PY" bench/gpu.py --out "$OUT_DIR" --steps 8 --batch 2 2>&1 | tee "$OUT_DIR/gpu_bench.log"

@@ -100,6 +100,25 @@ def test_shipped_config_equals_embedded_default():
     assert load_config("configs/tiny.yaml") == load_config(None)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny.yaml",
+        "pretrain_base.yaml",
+        "pretrain_base_gpu.yaml",
+        "qwen2_5_vl_7b.yaml",
+        "study/finetune.yaml",
+    ],
+)
+def test_every_shipped_run_config_loads(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    cfg = load_config(str(path), [])
+    if name == "pretrain_base_gpu.yaml":  # the bigger base: resizing reaches the model config
+        assert cfg.model.family == "qwen3_vl" and cfg.model.tiny_size().layers == 6 and cfg.train.workers == 1
+
+
 def test_help_for_every_subcommand(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices

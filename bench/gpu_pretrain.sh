@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Pre-train the study's base on one GPU (configs/pretrain_base_gpu.yaml, `pretrain-base --no-ray`) and pack
+# it for the trip back: about 5-6 minutes on an H200 by estimate (not yet run on one), capped at 8.
+#
+#   bash bench/gpu_wheels.sh             # here, once: the trainer's wheels the GPU machine lacks, into .whl/
+#   bash bench/gpu_pretrain.sh [KEY=VAL]  # there, with .whl carried; extra args are config overrides
+#
+# Writes $OUT (else bench/out): base.tar.part-* (the base, split into 15 MB pieces), pretrain_report.json,
+# gpu_pretrain.log, nvidia-smi.txt. Back here: mkdir -p runs/pretrain-base-gpu &&
+# cat base.tar.part-* | tar -x -C runs/pretrain-base-gpu, then run the study from it:
+# python -m imagelora_dist.study configs/study/study.yaml model.path=runs/pretrain-base-gpu/base
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR="${OUT:-bench/out}"
+mkdir -p "$OUT_DIR"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
+PY="${PYTHON:-python3}"
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+if [[ -d .whl ]]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # run from the checkout, installed or not
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
+RUN=/tmp/pretrain-base-gpu
+set +e
+timeout 480 "$PY" -m imagelora_dist pretrain-base --no-ray --config configs/pretrain_base_gpu.yaml \
+  "output_dir=$RUN" "$@" 2>&1 | tee "$OUT_DIR/gpu_pretrain.log"
+rc=${PIPESTATUS[0]}
+set -e
+cp "$RUN/pretrain_report.json" "$OUT_DIR/" 2>/dev/null || true
+if [[ -d "$RUN/base" ]]; then
+  # at most 16 MB per file comes back: one tar, split
+  tar -C "$RUN" -cf - base | split -b 15m - "$OUT_DIR/base.tar.part-"
+fi
+ls -l "$OUT_DIR"
+exit "$rc"
