@@ -1,0 +1,151 @@
+"""Can a tiny VLM learn to use the pixels within a CPU budget? A single-process pre-training probe.
+
+    python bench/vision_probe.py --family qwen3_vl --tasks square,square_xy --steps 400 --eval-every 100
+
+Trains every parameter of a fresh tiny model of `--family` (AdamW, 50 warm-up steps, batch 8) on
+in-memory samples of the chosen tasks and, every `--eval-every` steps, prints per task the held-out exact
+match, answer loss and `image_gain` (answer loss on a blank grey screen minus on the real one: about 0
+when the model answers from text priors alone). It is the quick experiment behind the pre-trained base's
+design (bench/RESULTS.md, "Can the tiny base see?"), not part of `make bench`.
+
+Tasks: `square` (one coloured square on a plain screen: "Where is the square?" -> a 3x3 grid name),
+`square_xy` (the same, "Click the square." -> its centre in tenths, `(x, y)` with x, y in 0..9),
+`element_at` (a synthetic GUI screen: the type of the element at a point), `read_label` (the text of the
+element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from imagelora_dist.data import synth
+from imagelora_dist.data.collate import Sample, collate
+from imagelora_dist.data.pretrain_tasks import MAX_LABEL_CHARS, position_name
+from imagelora_dist.data.tasks import box_center, normalize_point
+from imagelora_dist.eval.generate import generate_for_samples
+from imagelora_dist.models.tiny import TINY_FAMILIES, build_tiny_vlm
+
+TASKS = ("square", "square_xy", "element_at", "read_label")
+Item = tuple[str, Image.Image, str, str]  # task, image, instruction, answer
+
+
+def square_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
+    """One coloured square of 40-70 px at a random place on a plain screen."""
+    img = Image.new("RGB", (w, h), (240, 240, 240))
+    s = rng.randint(40, 70)
+    x0, y0 = rng.randint(0, w - s), rng.randint(0, h - s)
+    ImageDraw.Draw(img).rectangle([x0, y0, x0 + s, y0 + s], fill=rng.choice([(200, 30, 30), (30, 30, 200)]))
+    if task == "square":
+        return task, img, "Where is the square?", position_name((x0, y0, x0 + s, y0 + s), w, h)
+    x, y = normalize_point(x0 + s / 2, y0 + s / 2, w, h)
+    return task, img, "Click the square.", f"({x // 100}, {y // 100})"
+
+
+def gui_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
+    """A synthetic GUI screen and a question about the element at a point."""
+    while True:
+        img, elements = synth.render_screen(rng.getrandbits(63), w, h, rng.randint(4, 10))
+        if task == "element_at":
+            el = rng.choice([e for e in elements if e.region == "content"] or elements)
+            x, y = normalize_point(*box_center(el.box), w, h)
+            return task, img, f"What kind of element is at ({x}, {y})?", el.type
+        pool = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
+        if pool:
+            el = rng.choice(pool)
+            x, y = normalize_point(*box_center(el.box), w, h)
+            return task, img, f"What does the element at ({x}, {y}) say?", el.text
+
+
+def make_item(index: int, tasks: list[str], w: int, h: int) -> Item:
+    """Sample `index`: the tasks in round-robin, each a pure function of the index."""
+    rng, task = random.Random(index), tasks[index % len(tasks)]
+    return square_sample(rng, task, w, h) if task.startswith("square") else gui_sample(rng, task, w, h)
+
+
+def set_ui_scale(scale: float) -> None:
+    """Render the GUI screens at a fixed UI scale (font and widget size) instead of the size-derived one."""
+    original = synth._Screen.__init__
+
+    def init(self: Any, rng: random.Random, width: int, height: int) -> None:
+        original(self, rng, width, height)
+        self.scale = scale
+        self.base = max(9, round(rng.choice((11, 12, 12, 13)) * scale))
+
+    synth._Screen.__init__ = init  # type: ignore[method-assign]
+
+
+def main() -> None:
+    """Train, evaluating every --eval-every steps."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="qwen2_5_vl", choices=TINY_FAMILIES)
+    ap.add_argument("--tasks", default="square,square_xy", help=f"comma-separated, from {', '.join(TASKS)}")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--width", type=int, default=336)
+    ap.add_argument("--height", type=int, default=252)
+    ap.add_argument("--scale", type=float, default=0.0, help="GUI UI scale (0: derived from the screen size)")
+    ap.add_argument("--held-out", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    tasks = args.tasks.split(",")
+    if any(t not in TASKS for t in tasks):
+        ap.error(f"--tasks {args.tasks}: each must be one of {', '.join(TASKS)}")
+    torch.set_num_threads(args.threads)
+    if args.scale:
+        set_ui_scale(args.scale)
+    w, h = args.width, args.height
+    train = [make_item(i, tasks, w, h) for i in range(args.steps * args.batch)]
+    held = [make_item(10_000_000 + i, tasks, w, h) for i in range(args.held_out)]
+    model, processor = build_tiny_vlm(args.family, seed=0)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
+
+    def loss_of(items: list[Item]) -> torch.Tensor:
+        return model(**collate(processor, [Sample(q, a, [img]) for _, img, q, a in items])).loss
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        blank = [(t, Image.new("RGB", img.size, (200, 200, 200)), q, a) for t, img, q, a in held]
+        with torch.no_grad():
+            real = [float(loss_of([it])) for it in held]
+            grey = [float(loss_of([it])) for it in blank]
+        prompts = [Sample(q, None, [img]) for _, img, q, _ in held]
+        answers = generate_for_samples(model, processor, prompts, max_new_tokens=12, batch_size=16)
+        model.train()
+        for task in tasks:
+            idx = [i for i, it in enumerate(held) if it[0] == task]
+            em = sum(answers[i].strip() == held[i][3] for i in idx) / len(idx)
+            loss = sum(real[i] for i in idx) / len(idx)
+            gain = sum(grey[i] - real[i] for i in idx) / len(idx)
+            print(
+                f"  step {step} {task:<11} exact {em:.2f}  loss {loss:.3f}  image_gain {gain:+.3f}",
+                flush=True,
+            )
+
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        loss = loss_of(train[step * args.batch : (step + 1) * args.batch])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 50 == 0:
+            print(
+                f"step {step} loss {loss.item():.3f} ({(time.perf_counter() - t0) / (step + 1):.2f} s/step)"
+            )
+        if (step + 1) % args.eval_every == 0:
+            evaluate(step + 1)
+
+
+if __name__ == "__main__":
+    main()
