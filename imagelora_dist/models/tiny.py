@@ -201,6 +201,7 @@ def _config(family: str, tok: Any, size: TinySize | None = None) -> PretrainedCo
         text = {
             "vocab_size": len(tok),
             "hidden_size": hidden,
+            # 512 at the default width keeps the default tiny model's shapes (and weights) unchanged
             "intermediate_size": 512 if hidden == 192 else 2 * hidden,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
