@@ -57,6 +57,10 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
         r["accuracy"] is not None and r["step_s"] is not None for r in rows if r["method"] != "zero-shot"
     )
     assert len(summarize(rows)) == 6
+    # How far each trained cell fitted: from its training stage's loss curve; none for zero-shot.
+    trained = [r for r in rows if r["method"] != "zero-shot"]
+    assert all(r["loss_start"] > 0 and r["loss_end"] > 0 for r in trained)
+    assert all(r["loss_start"] is None and r["loss_end"] is None for r in rows if r["method"] == "zero-shot")
 
     reports = tmp_path / "reports"
     assert cli_main(["compare", "--config", str(tmp_path / "base.yaml"), "tracking.experiment=smoke-study",
@@ -68,6 +72,7 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
         "trainable params",
         "adapter FLOPs",
         "step s",
+        "train loss",
         "text Δlogit",
         "text acc %",
     ):
