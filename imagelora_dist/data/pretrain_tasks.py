@@ -18,7 +18,6 @@ Each sample is a pure function of `(spec.seed, index)`: the same bytes for any s
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from PIL import Image
 
 from imagelora_dist.data.shard_pool import render_shards
 from imagelora_dist.data.shards import ShardIndex
-from imagelora_dist.data.synth import Element, SynthSpec, render_screen
+from imagelora_dist.data.synth import Element, SynthSpec, encode_png, render_screen
 from imagelora_dist.data.tasks import box_center, normalize_point
 from imagelora_dist.errors import ImageLoRAError
 
@@ -59,13 +58,7 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
-
-
-PLACEHOLDER_PNG = _png(Image.new("RGB", (1, 1), (255, 255, 255)))
+PLACEHOLDER_PNG = encode_png(Image.new("RGB", (1, 1), (255, 255, 255)))
 
 
 @dataclass(frozen=True)
@@ -238,7 +231,7 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
             instruction=instruction, answer=" | ".join(labels), bbox=None, point=None, element_type="",
             element_text="", width=w, height=h, text_only=False, labels=labels,
         )  # fmt: skip
-        return {"__key__": f"{index:09d}", "png": _png(img), "json": record}
+        return {"__key__": f"{index:09d}", "png": encode_png(img), "json": record}
     for _attempt in range(16):  # a screen without a usable element (rare): render another one
         n = rng.randint(spec.min_elements, spec.max_elements)
         img, elements = render_screen(rng.getrandbits(63), w, h, n)
@@ -253,7 +246,7 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
         instruction=instruction, answer=answer, bbox=list(el.box), point=[cx, cy], element_type=el.type,
         element_text=el.text, width=w, height=h, text_only=False,
     )  # fmt: skip
-    return {"__key__": f"{index:09d}", "png": _png(img), "json": record}
+    return {"__key__": f"{index:09d}", "png": encode_png(img), "json": record}
 
 
 def synthesize_pretrain(

@@ -1673,9 +1673,10 @@ def grounding_instruction(rng: random.Random, el: Element) -> str:
     return rng.choice(options)
 
 
-def _encode_png(img: Image.Image) -> bytes:
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes with fixed settings, so the same pixels always give the same bytes."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)  # fixed settings: same pixels, same bytes
+    img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
 
 
@@ -1712,7 +1713,7 @@ def make_sample(spec: SynthSpec, index: int) -> dict[str, Any]:
         "height": h,
         "source": "synth",
     }
-    return {"__key__": f"{index:09d}", "png": _encode_png(img), "json": record}
+    return {"__key__": f"{index:09d}", "png": encode_png(img), "json": record}
 
 
 # --- shards -------------------------------------------------------------------------------------------------
