@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study clean
+.PHONY: install run test lint format bench pretrain-base study pretrain-base-shapes study-shapes clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ study: pretrain-base  # the fidelity study (hours on 2 CPU cores; done cells are
 	$(PY) -m imagelora_dist.study configs/study/study.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml tracking.experiment=imagelora-study \
 		--out reports
+
+pretrain-base-shapes: $(STAMP)  # the controlled study's base, runs/pretrain-base-shapes/base (skipped when done)
+	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes.yaml
+
+study-shapes: pretrain-base-shapes  # the controlled study on shapes screens (~1 h on 2 CPU cores), then reports/study-shapes/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes --out reports/study-shapes
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs

@@ -86,6 +86,9 @@ class SynthConfig(_Strict):
     tasks: tuple[Literal["grounding", "referring"], ...] = ("grounding", "referring")
     seed: int = 0
     workers: int | None = Field(None, ge=1)
+    # `shapes`: coloured shapes instead of application windows (data/shapes.py), for a base too small to
+    # read; left out of dumps at the default so existing stage hashes stay as they were.
+    style: Literal["gui", "shapes"] = Field("gui", exclude_if=lambda v: v == "gui")
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:

@@ -108,6 +108,7 @@ def synth_spec(cfg: RunConfig) -> SynthSpec:
         instruction_words=tuple(s.instruction_words),
         tasks=tuple(s.tasks),
         seed=s.seed,
+        style=s.style,
     )
 
 

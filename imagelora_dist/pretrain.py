@@ -77,6 +77,7 @@ def pretrain_spec(cfg: RunConfig, *, held_out: bool = False) -> PretrainSpec:
         max_elements=s.max_elements,
         seed=s.seed + 1 if held_out else s.seed,
         prefix="pretrain-eval" if held_out else "pretrain",
+        style=s.style,
     )
 
 

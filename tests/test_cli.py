@@ -106,6 +106,7 @@ def test_shipped_config_equals_embedded_default():
         "tiny.yaml",
         "pretrain_base.yaml",
         "pretrain_base_gpu.yaml",
+        "pretrain_base_shapes.yaml",
         "qwen2_5_vl_7b.yaml",
         "study/finetune.yaml",
     ],
@@ -117,6 +118,24 @@ def test_every_shipped_run_config_loads(name):
     cfg = load_config(str(path), [])
     if name == "pretrain_base_gpu.yaml":  # the bigger base: resizing reaches the model config
         assert cfg.model.family == "qwen3_vl" and cfg.model.tiny_size().layers == 6 and cfg.train.workers == 1
+    if name == "pretrain_base_shapes.yaml":  # runs with --no-ray (make pretrain-base-shapes): one worker
+        assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml"])
+def test_every_shipped_study_cell_loads(name):
+    from pathlib import Path
+
+    from imagelora_dist.study import cell_config, load_spec
+
+    spec, spec_dir = load_spec(Path(__file__).resolve().parents[1] / "configs" / "study" / name)
+    for ratio in spec.ratios:
+        for method in spec.methods:
+            cfg = cell_config(spec, spec_dir, ratio, method, spec.seeds[0])
+            assert cfg.labels["method"] == method
+            if name == "shapes.yaml":
+                assert cfg.data.synth.style == "shapes"
+                assert cfg.model.path.endswith("pretrain-base-shapes/base")
 
 
 def test_help_for_every_subcommand(capsys):

@@ -10,6 +10,10 @@ differ from the downstream tasks (no `(x, y)` click answers, no `type: text` ref
 - `position`       "Where on the screen is 'Save'?"               -> "top-left", "center", ... (a 3x3 grid)
 - `arithmetic`     a short word problem, no image (GSM8K stand-in) -> the number
 
+On `shapes` screens (`style: shapes`, see shapes.py: the element's text is its colour, its type its
+shape) the same tasks ask "List the shapes from top to bottom." (-> `red circle | blue square`), "What
+colour is the shape at (x, y)?", "What shape is the red one?" and "Where on the screen is the red circle?".
+
 The shard format holds exactly one image per sample, so a text-only sample carries a 1x1 placeholder
 PNG and `"text_only": true` in its record; the collator then drops the image (no visual tokens at all).
 Each sample is a pure function of `(spec.seed, index)`: the same bytes for any sharding or process count.
@@ -28,7 +32,7 @@ from PIL import Image
 
 from imagelora_dist.data.shard_pool import render_shards
 from imagelora_dist.data.shards import ShardIndex
-from imagelora_dist.data.synth import Element, SynthSpec, encode_png, render_screen
+from imagelora_dist.data.synth import Element, SynthSpec, encode_png, render
 from imagelora_dist.data.tasks import box_center, normalize_point
 from imagelora_dist.errors import ImageLoRAError
 
@@ -74,6 +78,7 @@ class PretrainSpec:
     tasks: tuple[str, ...] = PRETRAIN_TASKS
     seed: int = 0
     prefix: str = "pretrain"
+    style: str = "gui"
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, list):
@@ -88,6 +93,7 @@ class PretrainSpec:
             max_elements=self.max_elements,
             seed=self.seed,
             prefix=self.prefix,
+            style=self.style,
         )
         if not isinstance(self.tasks, tuple) or not self.tasks:
             raise ImageLoRAError(f"pretrain spec: tasks must be a non-empty list of {list(PRETRAIN_TASKS)}")
@@ -120,13 +126,35 @@ def _pick(rng: random.Random, pool: list[Element]) -> Element:
     return rng.choices(pool, [3 if e.region == "content" else 1 for e in pool])[0]
 
 
-def _screen_question(
+def _shapes_question(
     rng: random.Random, task: str, elements: list[Element], w: int, h: int
+) -> tuple[str, str, Element]:
+    """(instruction, answer, element) of a screen task on a `shapes` screen (every element qualifies)."""
+    el = rng.choice(elements)
+    if task == READ_LABEL:
+        x, y = normalize_point(*box_center(el.box), w, h)
+        template = rng.choice(("What colour is the shape at ({x}, {y})?", "Which colour is at ({x}, {y})?"))
+        return template.format(x=x, y=y), el.text, el
+    if task == ELEMENT_TYPE:
+        template = rng.choice(
+            ("What shape is the {c} one?", "Which shape is {c}?", "Name the shape of the {c} one.")
+        )
+        return template.format(c=el.text), el.type, el
+    if task == POSITION:
+        template = rng.choice(("Where on the screen is the {t}?", "In which part of the screen is the {t}?"))
+        return template.format(t=el.name), position_name(el.box, w, h), el
+    raise ValueError(task)  # pragma: no cover
+
+
+def _screen_question(
+    rng: random.Random, task: str, elements: list[Element], w: int, h: int, style: str = "gui"
 ) -> tuple[str, str, Element] | None:
     """(instruction, answer, element) of a screen task; None when the screen has no usable element."""
     readable = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
     if task == READ_TEXT:
         return None  # not a single-element question: see reading_order()
+    if style == "shapes":
+        return _shapes_question(rng, task, elements, w, h)
     if task == READ_LABEL:
         if not readable:
             return None
@@ -222,11 +250,17 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
     w, h = spec.width, spec.height
     if task == READ_TEXT:
         n = rng.randint(spec.min_elements, spec.max_elements)
-        img, elements = render_screen(rng.getrandbits(63), w, h, n)
-        labels = [e.text for e in reading_order(elements, h)[:MAX_READ_TEXT_LABELS]]
-        instruction = rng.choice(
-            ("Read the text on the screen.", "What text does this screen show?", "Transcribe the labels.")
-        )
+        img, elements = render(spec.style, rng.getrandbits(63), w, h, n)
+        if spec.style == "shapes":
+            labels = [e.name for e in reading_order(elements, h)]
+            instruction = rng.choice(
+                ("List the shapes from top to bottom.", "What shapes does this screen show?")
+            )
+        else:
+            labels = [e.text for e in reading_order(elements, h)[:MAX_READ_TEXT_LABELS]]
+            instruction = rng.choice(
+                ("Read the text on the screen.", "What text does this screen show?", "Transcribe the labels.")
+            )
         record.update(
             instruction=instruction, answer=" | ".join(labels), bbox=None, point=None, element_type="",
             element_text="", width=w, height=h, text_only=False, labels=labels,
@@ -234,8 +268,8 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
         return {"__key__": f"{index:09d}", "png": encode_png(img), "json": record}
     for _attempt in range(16):  # a screen without a usable element (rare): render another one
         n = rng.randint(spec.min_elements, spec.max_elements)
-        img, elements = render_screen(rng.getrandbits(63), w, h, n)
-        question = _screen_question(rng, task, elements, w, h)
+        img, elements = render(spec.style, rng.getrandbits(63), w, h, n)
+        question = _screen_question(rng, task, elements, w, h, spec.style)
         if question is not None:
             break
     else:  # pragma: no cover - every screen has a title with text

@@ -46,6 +46,9 @@ _MAX_SIDE = 4096
 _MIN_WIDTH, _MIN_HEIGHT = 200, 150
 _MAX_ELEMENTS = 64
 _MAX_INSTRUCTION_WORDS = 4096
+# `gui`: application windows (this module); `shapes`: a few coloured shapes (shapes.py), for a base too
+# small to read.
+STYLES = ("gui", "shapes")
 
 
 def _key(text: str) -> str:
@@ -319,7 +322,8 @@ def _is_int(v: object) -> bool:
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """What to synthesize: sample count, sharding, screen size, clutter, instruction length, tasks, seed."""
+    """What to synthesize: sample count, sharding, screen size, clutter, instruction length, tasks, seed,
+    and the screen style (`gui`: application windows; `shapes`: coloured shapes, see shapes.py)."""
 
     num_samples: int
     samples_per_shard: int = 256
@@ -331,6 +335,7 @@ class SynthSpec:
     tasks: tuple[str, ...] = ("grounding", "referring")
     seed: int = 0
     prefix: str = "train"
+    style: str = "gui"
 
     def __post_init__(self) -> None:
         # Lists arrive from YAML/JSON/argparse; store tuples so the spec stays hashable and asdict-stable.
@@ -371,6 +376,8 @@ class SynthSpec:
             raise bad("tasks", "lists a task twice")
         if not _is_int(self.seed):
             raise bad("seed", "must be an integer")
+        if self.style not in STYLES:
+            raise bad("style", f"unknown style; known: {list(STYLES)}")
         if not isinstance(self.prefix, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.prefix):
             raise bad("prefix", "must be a non-empty file-name stem of letters, digits, '_', '.', '-'")
 
@@ -1673,6 +1680,25 @@ def grounding_instruction(rng: random.Random, el: Element) -> str:
     return rng.choice(options)
 
 
+def render(
+    style: str, seed: int, width: int, height: int, n_elements: int
+) -> tuple[Image.Image, list[Element]]:
+    """One screen of `style` (see STYLES) and its targetable elements."""
+    if style == "shapes":
+        from imagelora_dist.data.shapes import render_shapes_screen  # shapes.py imports this module
+
+        return render_shapes_screen(seed, width, height, n_elements)
+    return render_screen(seed, width, height, n_elements)
+
+
+def _grounding(style: str) -> Callable[[random.Random, Element], str]:
+    if style == "shapes":
+        from imagelora_dist.data.shapes import grounding_instruction as shapes_grounding
+
+        return shapes_grounding
+    return grounding_instruction
+
+
 def encode_png(img: Image.Image) -> bytes:
     """PNG bytes with fixed settings, so the same pixels always give the same bytes."""
     buf = io.BytesIO()
@@ -1685,16 +1711,16 @@ def make_sample(spec: SynthSpec, index: int) -> dict[str, Any]:
     rng = random.Random(_derive_seed(spec.seed, index, "sample"))
     n = rng.randint(spec.min_elements, spec.max_elements)
     w, h = spec.width, spec.height
-    img, elements = render_screen(rng.getrandbits(63), w, h, n)
+    img, elements = render(spec.style, rng.getrandbits(63), w, h, n)
     task = rng.choice(spec.tasks)
     # Referring needs visible text to answer with; icons are grounding-only targets.
     pool = elements if task == GROUNDING else [e for e in elements if e.text]
     # Chrome repeats on every screen: weight the content widgets so they are most of the targets.
     el = rng.choices(pool, [3 if e.region == "content" else 1 for e in pool])[0]
     if task == GROUNDING:
-        base, answer = grounding_instruction(rng, el), grounding_answer(el.box, w, h)
+        base, answer = _grounding(spec.style)(rng, el), grounding_answer(el.box, w, h)
     else:
-        base, answer = referring_instruction(el.box, w, h), referring_answer(el.type, el.text)
+        base, answer = referring_instruction(el.box, w, h, spec.style), referring_answer(el.type, el.text)
     # A separate stream: the context length changes the instruction text only, never the screen or target.
     crng = random.Random(_derive_seed(spec.seed, index, "context"))
     lo, hi = spec.instruction_words

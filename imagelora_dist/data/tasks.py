@@ -40,10 +40,11 @@ def grounding_answer(box: Sequence[float], width: int, height: int) -> str:
     return f"({x}, {y})"
 
 
-def referring_instruction(box: Sequence[float], width: int, height: int) -> str:
-    """Ask what the element inside a box is."""
+def referring_instruction(box: Sequence[float], width: int, height: int, style: str = "gui") -> str:
+    """Ask what the element inside a box is (on a `shapes` screen: its shape and colour)."""
     x0, y0, x1, y1 = normalize_box(box, width, height)
-    return f"What is the element in the box ({x0}, {y0}, {x1}, {y1})? Answer with its type and text."
+    what = "shape and colour" if style == "shapes" else "type and text"
+    return f"What is the element in the box ({x0}, {y0}, {x1}, {y1})? Answer with its {what}."
 
 
 def referring_answer(element_type: str, text: str) -> str:
