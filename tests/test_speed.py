@@ -78,6 +78,46 @@ def test_vision_cache_hits_per_image_across_reshuffled_batches():
     assert (cache.hits, cache.misses) == (2, 3)
 
 
+def test_loader_digests_give_the_keys_the_hook_computes_and_spare_it_the_hashing(monkeypatch):
+    from conftest import make_screen
+
+    from imagelora_dist.data.collate import BatchCollator
+    from imagelora_dist.models import vision_cache
+    from imagelora_dist.models.registry import resolve_model
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    spec = resolve_model(model)
+    screens = [make_screen(i) for i in range(3)]
+    decoded = [
+        {"record": {"instruction": s.instruction, "answer": s.answer}, "image": s.image} for s in screens
+    ]
+    batch = BatchCollator(processor, spec.visual_token_ids, image_digests=True)(decoded)
+    assert len(batch["image_digests"]) == 3 and len(set(batch["image_digests"])) == 3
+    assert BatchCollator(processor, spec.visual_token_ids)(decoded)["image_digests"] is None
+
+    cache = VisionFeatureCache()
+    attach_vision_cache(model, cache, "fp")
+    real_digest = vision_cache.pixel_digest
+
+    def must_not_hash(*args):
+        raise AssertionError("hashed in the training process although the loader sent digests")
+
+    with torch.no_grad():
+        # Training step: digests from the loader, the hook must not hash (no device->host copy).
+        monkeypatch.setattr(vision_cache, "pixel_digest", must_not_hash)
+        cache.expect(batch["image_digests"])
+        model(**batch["inputs"])
+        assert (cache.hits, cache.misses) == (0, 3)
+        # Probe/eval: nothing handed over, the hook hashes itself and finds the same keys.
+        monkeypatch.setattr(vision_cache, "pixel_digest", real_digest)
+        model(**batch["inputs"])
+        assert (cache.hits, cache.misses) == (3, 3)
+        # Digests for another number of images are not trusted (and are used once only): hashed again.
+        cache.expect(batch["image_digests"][:2])
+        model(**batch["inputs"])
+        assert (cache.hits, cache.misses) == (6, 3) and cache.take_expected(3) is None
+
+
 def test_vision_cache_refuses_families_it_cannot_split_exactly():
     model, _ = build_tiny_vlm("llava", seed=0)
     with pytest.raises(

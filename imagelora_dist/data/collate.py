@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.vision_cache import pixel_digests
 
 IGNORE_INDEX = -100
 
@@ -113,8 +114,10 @@ class BatchCollator:
         max_pixels: int | None = None,
         max_length: int | None = None,
         vision_every_batch: bool = False,
+        image_digests: bool = False,
     ) -> None:
         self.processor = processor
+        self.image_digests = image_digests
         self.visual_token_ids = torch.tensor(list(visual_token_ids))
         self.max_pixels = max_pixels
         self.max_length = max_length
@@ -138,7 +141,7 @@ class BatchCollator:
         ]
 
     def __call__(self, decoded: Sequence[dict]) -> dict:
-        """{"inputs": model inputs or None, "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
+        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
         samples = self.samples(decoded)
         records = [d["record"] for d in decoded]
         too_long = 0
@@ -163,8 +166,13 @@ class BatchCollator:
             is_visual = torch.isin(ids, self.visual_token_ids.to(ids.device)) & mask
             visual = int(is_visual.sum())
             text = int(mask.sum()) - visual
+        digests = None
+        if self.image_digests and inputs is not None and "image_grid_thw" in inputs:
+            # Here, in a loader worker, rather than in the training step: see models/vision_cache.py.
+            digests = pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"])
         return {
             "inputs": inputs,
+            "image_digests": digests,
             "records": records,
             "num_samples": len(records) if inputs is not None else 0,
             "visual_tokens": visual,

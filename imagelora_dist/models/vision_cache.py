@@ -5,6 +5,11 @@ during a run: computing it once and reusing it on later epochs (and between the 
 through the optional directory) removes the tower from every repeated step. Granularity is one image,
 so reuse survives reshuffled batches. Qwen2-VL and Qwen2.5-VL only: their towers take packed patches
 with a per-image grid, which makes per-image hits exact to assemble.
+
+A key is `hash(model fingerprint, pixel digest)`. The training loop's collator computes the pixel digests
+in the data-loader workers, on the CPU tensors, and hands them over with the batch (`expect`): the
+training process then never copies pixels back from the device or hashes them on its critical path. The
+probe (no digests handed over) hashes in the hook; both give the same keys, so a shared directory serves both.
 """
 
 from __future__ import annotations
@@ -34,6 +39,16 @@ class VisionFeatureCache:
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0
+        self._expected: list[str] | None = None
+
+    def expect(self, digests: list[str] | None) -> None:
+        """The pixel digests of the images of the next forward (from the collator), or None to hash there."""
+        self._expected = list(digests) if digests else None
+
+    def take_expected(self, count: int) -> list[str] | None:
+        """The digests handed over by `expect`, once, if they are for `count` images; else None."""
+        digests, self._expected = self._expected, None
+        return digests if digests is not None and len(digests) == count else None
 
     def get(self, key: str) -> torch.Tensor | None:
         """The cached features of `key` (memory first, then disk), or None."""
@@ -70,14 +85,24 @@ class VisionFeatureCache:
             self._bytes -= old.numel() * old.element_size()
 
 
-def image_key(fingerprint: str, pixels: torch.Tensor, grid: torch.Tensor) -> str:
-    """Hash of the model fingerprint, one image's grid (t, h, w) and its pixel bytes."""
+def pixel_digest(pixels: torch.Tensor, grid: torch.Tensor) -> str:
+    """Hash of one image's packed patches: dtype, grid (t, h, w) and pixel bytes."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(fingerprint.encode())
     h.update(str(pixels.dtype).encode())
     h.update(grid.detach().cpu().to(torch.int64).numpy().tobytes())
     h.update(pixels.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def pixel_digests(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[str]:
+    """`pixel_digest` of every image of a batch (Qwen packing: one grid row per image)."""
+    chunks = torch.split(pixel_values, image_grid_thw.prod(-1).tolist())
+    return [pixel_digest(c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
+
+
+def image_key(fingerprint: str, digest: str) -> str:
+    """The cache key of an image (its `pixel_digest`) under one model (its fingerprint)."""
+    return hashlib.blake2b(f"{fingerprint}\0{digest}".encode(), digest_size=20).hexdigest()
 
 
 def _inner_model(model: nn.Module) -> nn.Module:
@@ -104,7 +129,10 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
     def cached(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any) -> Any:
         patches = image_grid_thw.prod(-1).tolist()
         chunks = torch.split(pixel_values, patches)
-        keys = [image_key(fingerprint, c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
+        digests = cache.take_expected(len(chunks))
+        if digests is None:  # no digests from the loader (the probe, eval): hash here
+            digests = [pixel_digest(c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
+        keys = [image_key(fingerprint, d) for d in digests]
         found = [cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         cache.hits += len(keys) - len(missing)

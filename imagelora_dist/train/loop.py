@@ -198,6 +198,7 @@ def train_worker(
     collator = BatchCollator(
         processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
         vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
+        image_digests=vcache is not None,
     )  # fmt: skip
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
@@ -217,19 +218,21 @@ def train_worker(
         )
     metrics: dict[str, float] = {}
     micro = 0
-    last_inputs = None
+    last_inputs = last_digests = None
     tokens = visual = 0
     t_step = time.perf_counter()
     while step < cfg.train.steps:
         loader = make_loader(reader, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                              collate_fn=collator, cursor=cursor)  # fmt: skip
         for batch in loader:
-            inputs, weight = batch["inputs"], 1.0
+            inputs, digests, weight = batch["inputs"], batch["image_digests"], 1.0
             if inputs is None:  # every sample was dropped: step anyway (ranks stay in step), contributing 0
-                inputs, weight = last_inputs, 0.0
+                inputs, digests, weight = last_inputs, last_digests, 0.0
                 if inputs is None:
                     raise ImageLoRAError("the first batch of the run has no usable sample")
-            last_inputs = inputs
+            last_inputs, last_digests = inputs, digests
+            if vcache is not None:
+                vcache.expect(digests)
             inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             loss = engine(**inputs).loss
             if not torch.isfinite(loss):
