@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from imagelora_dist.adapter.io import load_adapter
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator
 from imagelora_dist.data.reader import ShardReader, ShardStream
-from imagelora_dist.data.shards import INDEX_NAME, atomic_write_bytes
+from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_bytes
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
@@ -115,15 +115,32 @@ def synth_spec(cfg: RunConfig) -> SynthSpec:
 def ensure_train_shards(cfg: RunConfig, log: Log = print) -> str:
     """The training shards, synthesized on first use when `data.train` is a local path without an index."""
     path = train_shards(cfg)
+    if cfg.data.train is None and "://" not in path:  # our own synthetic set: made, or re-made when stale
+        return _synthesized(path, synth_spec(cfg), cfg, log, "screenshots")
     if "://" in path or (Path(path) / INDEX_NAME).exists():
         return path
     if cfg.data.train is not None:  # a path the user named: a typo must not turn into synthetic data
         raise ImageLoRAError(
             f"data.train: no {INDEX_NAME} at {path} (make shards with `imagelora-dist shard`)"
         )
-    log(f"[data] no shards at {path}: synthesizing {cfg.data.synth.num_samples} screenshots")
-    synthesize(synth_spec(cfg), path, workers=cfg.data.synth.workers, progress=log)
-    return path
+    return _synthesized(path, synth_spec(cfg), cfg, log, "screenshots")
+
+
+def _synthesized(path: str | Path, spec: SynthSpec, cfg: RunConfig, log: Log, what: str) -> str:
+    """The synthetic set of `spec` at `path`: reused when its index records the same spec, else (re)made.
+
+    A changed `data.synth` (sample count, style, seed...) must not train on the old set silently.
+    """
+    index = Path(path) / INDEX_NAME
+    if index.exists():
+        made_from = ShardIndex.read(path).meta.get("spec")
+        if made_from == json.loads(json.dumps(asdict(spec))):
+            return str(path)
+        log(f"[data] {path} was synthesized from another data.synth spec: synthesizing it again")
+    else:
+        log(f"[data] no shards at {path}: synthesizing {spec.num_samples} {what}")
+    synthesize(spec, path, workers=cfg.data.synth.workers, progress=log, overwrite=index.exists())
+    return str(path)
 
 
 def probe_batches(
@@ -388,14 +405,12 @@ def eval_shards(cfg: RunConfig, log: Log = print) -> str:
         if "://" not in cfg.eval.shards and not (Path(cfg.eval.shards) / INDEX_NAME).exists():
             raise ImageLoRAError(f"eval.shards: no {INDEX_NAME} at {cfg.eval.shards}")
         return cfg.eval.shards
-    path = Path(cfg.output_dir) / "data" / "eval"
-    if not (path / INDEX_NAME).exists():
-        spec = synth_spec(cfg)
-        spec = SynthSpec(**{**spec.__dict__, "num_samples": cfg.eval.num_samples, "seed": spec.seed + 1,
-                            "prefix": "eval", "samples_per_shard": min(spec.samples_per_shard, cfg.eval.num_samples)})  # fmt: skip
-        log(f"[eval] synthesizing {cfg.eval.num_samples} held-out screenshots (seed {spec.seed})")
-        synthesize(spec, path, workers=cfg.data.synth.workers, progress=None)
-    return str(path)
+    spec = synth_spec(cfg)
+    spec = SynthSpec(**{**spec.__dict__, "num_samples": cfg.eval.num_samples, "seed": spec.seed + 1,
+                        "prefix": "eval", "samples_per_shard": min(spec.samples_per_shard, cfg.eval.num_samples)})  # fmt: skip
+    return _synthesized(
+        Path(cfg.output_dir) / "data" / "eval", spec, cfg, log, f"held-out screenshots (seed {spec.seed})"
+    )
 
 
 def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:

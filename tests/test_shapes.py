@@ -120,3 +120,35 @@ def test_default_style_stays_out_of_config_dumps():
     assert "style" not in RunConfig().model_dump()["data"]["synth"]
     shapes = RunConfig.model_validate({"data": {"synth": {"style": "shapes"}}})
     assert shapes.model_dump()["data"]["synth"]["style"] == "shapes"
+
+
+def test_pipeline_synthesizes_again_when_the_synth_spec_changes(tmp_path):
+    # A study edited from 256 to 1,200 samples (or gui -> shapes) must not reuse the old shards silently.
+    from imagelora_dist.config import load_config
+    from imagelora_dist.data.shards import ShardIndex
+    from imagelora_dist.pipeline import ensure_train_shards, eval_shards
+
+    base = [
+        f"output_dir={tmp_path}",
+        "data.synth.samples_per_shard=4",
+        "data.synth.workers=1",
+        "eval.num_samples=4",
+    ]
+    logs: list[str] = []
+    first = ensure_train_shards(load_config(None, [*base, "data.synth.num_samples=6"]), log=logs.append)
+    again = ensure_train_shards(load_config(None, [*base, "data.synth.num_samples=6"]), log=logs.append)
+    assert first == again and ShardIndex.read(first).total_samples == 6
+    assert sum(m.startswith("[data]") for m in logs) == 1  # the second call reused the set
+    cfg = load_config(None, [*base, "data.synth.num_samples=9", "data.synth.style=shapes"])
+    ensure_train_shards(cfg, log=logs.append)
+    index = ShardIndex.read(first)
+    assert index.total_samples == 9 and index.meta["spec"]["style"] == "shapes"
+    assert any("synthesized from another data.synth spec" in m for m in logs)
+    assert sorted(p.name for p in tmp_path.joinpath("data", "train").glob("*.tar")) == [
+        "train-000000.tar", "train-000001.tar", "train-000002.tar"
+    ]  # fmt: skip
+    held_out = eval_shards(cfg, log=logs.append)
+    assert ShardIndex.read(held_out).meta["spec"]["style"] == "shapes"
+    assert (
+        ShardIndex.read(eval_shards(load_config(None, base), log=logs.append)).meta["spec"]["style"] == "gui"
+    )
