@@ -140,7 +140,7 @@ LOSS_HEAD, LOSS_TAIL = 5, 10
 
 
 def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
-    """One row per finished, labelled pipeline run of the experiment (ratio, method, seed + metrics)."""
+    """One row per cell (the newest finished, labelled pipeline run of each study/ratio/method/seed)."""
     from imagelora_dist.compare import _all_runs, _client, _descendants, _experiment_id, _metric
     from imagelora_dist.tracking import PARENT_TAG
 
@@ -151,12 +151,17 @@ def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
         if run.data.tags.get(PARENT_TAG):
             children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
     rows = []
-    for run in runs:
+    seen: set[tuple[Any, ...]] = set()
+    for run in runs:  # newest first
         params = run.data.params
         if run.data.tags.get(PARENT_TAG) or "labels.ratio" not in params or run.info.status != "FINISHED":
             continue
-        stages = _descendants(run.info.run_id, children)
         row: dict[str, Any] = {k: params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
+        cell = tuple(row[k] for k in LABEL_KEYS)
+        if cell in seen:  # an older run of the same cell (the study was edited and re-run): the newest counts
+            continue
+        seen.add(cell)
+        stages = _descendants(run.info.run_id, children)
         row["run_id"] = run.info.run_id
         row.update({col: _metric(names, run, stages) for col, names in REPORT_METRICS.items()})
         row["loss_start"], row["loss_end"] = _loss_window(client, stages)

@@ -101,3 +101,29 @@ def test_cell_config_labels_and_bad_spec(tmp_path, spec_file):
     assert cfg.tracking.experiment == "smoke-study" and cfg.name == "smoke-study-image-heavy-image_lora-4-s3"
     with pytest.raises(ImageLoRAError, match=r"study spec .*: methods: .*"):
         load_spec(spec_file, ["methods={}"])
+
+
+def test_study_rows_count_the_newest_run_of_each_cell(tmp_path):
+    # An edited study re-run into the same experiment leaves older runs of its cells: one row per cell.
+    import time
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("s", artifact_location=str(tmp_path / "art"))
+    labels = {
+        "labels.study": "s",
+        "labels.ratio": "image-heavy",
+        "labels.method": "lora",
+        "labels.order": "r00m00",
+    }
+    for seed, accuracy in (("0", 0.1), ("0", 0.5), ("1", 0.3)):
+        run = client.create_run(exp)
+        for key, value in {**labels, "labels.seed": seed}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, "grounding_accuracy", accuracy)
+        client.set_terminated(run.info.run_id)
+        time.sleep(0.01)  # distinct start times: the second seed-0 run is the newer one
+    rows = sorted(study_rows(uri, "s"), key=lambda r: r["seed"])
+    assert [(r["seed"], r["accuracy"]) for r in rows] == [("0", 0.5), ("1", 0.3)]
