@@ -97,6 +97,19 @@ def test_killed_worker_resumes_from_last_checkpoint(reference, shards, tmp_path,
         torch.testing.assert_close(killed[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
+def test_divergence_on_one_rank_stops_every_rank_without_restarts(local_ray, shards, tmp_path, monkeypatch):
+    # Rank 1's loss reads NaN from step 2 on, in every attempt: a restart would diverge again, so the
+    # run must end with TrainingDiverged at once instead of spending max_failures on restarts (which
+    # would end in TrainingFailed), and rank 0 must not hang in a collective waiting for rank 1.
+    from imagelora_dist.train.loop import NAN_FAULT_ENV, TrainingDiverged
+
+    monkeypatch.setenv(NAN_FAULT_ENV, "1:2")
+    cfg = _cfg(tmp_path, shards, **{"train.workers": 2, "train.max_failures": 2})
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 2 \(rank [01]: "):
+        run_training(cfg, shards)
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_trained_image_lora_keeps_text_bit_identical(reference, tmp_path, shards):
     out = tmp_path / "run"
     _train(out, shards, **{"train.workers": 1, "train.steps": 2})

@@ -34,7 +34,10 @@ Report = Callable[[dict[str, float], str | None], None]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
+    """The loss became NaN/inf; the last good checkpoint is kept.
+
+    Not retried: a restart from the last checkpoint replays the same data on the same weights.
+    """
 
 
 @dataclass
@@ -103,6 +106,24 @@ def deepspeed_config(
 
 # Fault injection (imagelora_dist.faults): rank R dies right after optimizer step S, given "R:S".
 FAULT_ENV = "IMAGELORA_FAULT_TRAIN"
+# Divergence drill: rank R's loss reads NaN from optimizer step S on, given "R:S" (every attempt alike).
+NAN_FAULT_ENV = "IMAGELORA_FAULT_NAN"
+
+
+def _nan_drill(rank: int, step: int) -> bool:
+    value = os.environ.get(NAN_FAULT_ENV, "")
+    if not value:
+        return False
+    r, _, s = value.partition(":")
+    return int(r) == rank and step >= int(s)
+
+
+def finite_on_every_rank(loss: torch.Tensor, world_size: int) -> bool:
+    """Whether the loss is finite on all ranks: they stop together, none is left waiting in a collective."""
+    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if world_size > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def load_selection(cfg: RunConfig) -> HeadSelection | None:
@@ -235,9 +256,12 @@ def train_worker(
                 vcache.expect(digests)
             inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             loss = engine(**inputs).loss
-            if not torch.isfinite(loss):
+            if _nan_drill(ctx.rank, step + 1):
+                loss = loss * float("nan")
+            if not finite_on_every_rank(loss, ctx.world_size):
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step}; the last good checkpoint is kept"
+                    f"the loss is not finite at step {step + 1} (rank {ctx.rank}: {loss.item()}); "
+                    f"lower train.lr or check the data; the last good checkpoint is kept"
                 )
             engine.backward(loss * weight)
             engine.step()

@@ -31,10 +31,26 @@ from imagelora_dist.errors import ImageLoRAError, TrainingFailed
 from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.train.loop import (
     FAULT_ENV,
+    NAN_FAULT_ENV,
+    TrainingDiverged,
     WorkerContext,
     load_deepspeed_template,
     train_worker,
 )
+
+
+@ray.remote(num_cpus=0)
+class _Outcome:
+    """Where a worker leaves why it ended early (Ray Train's result only carries checkpointed reports)."""
+
+    def __init__(self) -> None:
+        self.message: str | None = None
+
+    def diverged(self, message: str) -> None:
+        self.message = self.message or message
+
+    def get(self) -> str | None:
+        return self.message
 
 
 def train_storage(cfg: RunConfig) -> str:
@@ -154,6 +170,11 @@ def _worker_entry(config: dict[str, Any]) -> None:
             report=report,
             ds_template=config["deepspeed"],
         )
+    except TrainingDiverged as exc:
+        # Every rank gets here at the same step (the finiteness check is global). Ending the worker
+        # normally, with the reason as its last result, keeps Ray from spending train.max_failures on
+        # restarts that would diverge again; run_training raises it.
+        ray.get(config["outcome"].diverged.remote(str(exc)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -179,6 +200,7 @@ def run_training(
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    outcome = _Outcome.remote()
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={
@@ -188,7 +210,10 @@ def run_training(
             "threads": int(cfg.train.cpus_per_worker),
             "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
-            "fault_env": {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ},
+            "outcome": outcome,
+            "fault_env": {
+                k: os.environ[k] for k in (FAULT_ENV, NAN_FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ
+            },
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers, use_gpu=gpus > 0, resources_per_worker=resources
@@ -205,6 +230,11 @@ def run_training(
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise TrainingFailed(f"training failed: {failure_summary(exc)}") from exc
+    finally:
+        diverged = ray.get(outcome.get.remote())
+        ray.kill(outcome)
+    if diverged:
+        raise TrainingDiverged(diverged)
     fetch_final_adapter(result.checkpoint, Path(dest or Path(cfg.output_dir) / "adapter").absolute())
     return result
 
