@@ -116,6 +116,17 @@ class DataConfig(_Strict):
     # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
     # path or a `pipe:` entry in an untrusted index would read any file or run a command.
     trust_index_urls: bool = False
+    # `imagelora-dist pretrain-base` only: the task mix (None: the generic five; see data/pretrain_tasks.py,
+    # which also has the opt-in `point` and `describe_at`). Left out of dumps when unset (stage hashes).
+    pretrain_tasks: (
+        tuple[
+            Literal[
+                "read_text", "read_label", "element_type", "position", "arithmetic", "point", "describe_at"
+            ],
+            ...,
+        ]
+        | None
+    ) = Field(None, exclude_if=lambda v: v is None, min_length=1)
 
 
 class ProbeConfig(_Strict):

@@ -78,6 +78,7 @@ def pretrain_spec(cfg: RunConfig, *, held_out: bool = False) -> PretrainSpec:
         seed=s.seed + 1 if held_out else s.seed,
         prefix="pretrain-eval" if held_out else "pretrain",
         style=s.style,
+        **({"tasks": tuple(cfg.data.pretrain_tasks)} if cfg.data.pretrain_tasks else {}),
     )
 
 

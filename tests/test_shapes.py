@@ -152,3 +152,35 @@ def test_pipeline_synthesizes_again_when_the_synth_spec_changes(tmp_path):
     assert (
         ShardIndex.read(eval_shards(load_config(None, base), log=logs.append)).meta["spec"]["style"] == "gui"
     )
+
+
+def test_opt_in_format_tasks_point_at_and_describe_the_element_the_pixels_show():
+    from imagelora_dist.data.pretrain_tasks import DESCRIBE_AT, POINT
+
+    spec = PretrainSpec(num_samples=24, width=336, height=252, min_elements=2, max_elements=4, style="shapes",
+                        tasks=(POINT, DESCRIBE_AT))  # fmt: skip
+    for i in range(spec.num_samples):
+        sample = make_pretrain_sample(spec, i)
+        rec, img = sample["json"], Image.open(io.BytesIO(sample["png"])).convert("RGB")
+        if rec["task"] == POINT:
+            assert rec["element_text"] in rec["instruction"] and rec["element_type"] in rec["instruction"]
+            point = parse_point(rec["answer"])
+        else:
+            point = parse_point(rec["instruction"])
+            assert rec["answer"] == f"{rec['element_type']}: {rec['element_text']}"
+        assert _colour_at(img, *_pixel(point, 336, 252)) == rec["element_text"]
+    # On GUI screens the same tasks name labels and icons.
+    gui = PretrainSpec(num_samples=6, tasks=(POINT, DESCRIBE_AT))
+    recs = [make_pretrain_sample(gui, i)["json"] for i in range(6)]
+    assert all(parse_point(r["answer"] if r["task"] == POINT else r["instruction"]) for r in recs)
+
+
+def test_pretrain_tasks_config_reaches_the_spec_and_stays_out_of_default_dumps():
+    from imagelora_dist.pretrain import pretrain_spec
+
+    assert "pretrain_tasks" not in RunConfig().model_dump()["data"]
+    cfg = RunConfig.model_validate({"data": {"pretrain_tasks": ["point", "arithmetic"]}})
+    assert pretrain_spec(cfg).tasks == ("point", "arithmetic")
+    assert pretrain_spec(RunConfig()).tasks == PretrainSpec(num_samples=1).tasks
+    with pytest.raises(ValueError, match="pretrain_tasks"):
+        RunConfig.model_validate({"data": {"pretrain_tasks": ["pointing"]}})

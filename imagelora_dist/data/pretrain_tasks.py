@@ -10,6 +10,12 @@ differ from the downstream tasks (no `(x, y)` click answers, no `type: text` ref
 - `position`       "Where on the screen is 'Save'?"               -> "top-left", "center", ... (a 3x3 grid)
 - `arithmetic`     a short word problem, no image (GSM8K stand-in) -> the number
 
+Opt-in, the downstream answer formats under other instructions (a real VLM can point before it is
+fine-tuned for grounding):
+
+- `point`          "Give the coordinates of 'Save'."              -> its centre, `(x, y)` in [0, 1000)
+- `describe_at`    "Describe the element at (x, y)."              -> `type: text`, e.g. `button: Save`
+
 On `shapes` screens (`style: shapes`, see shapes.py: the element's text is its colour, its type its
 shape) the same tasks ask "List the shapes from top to bottom." (-> `red circle | blue square`), "What
 colour is the shape at (x, y)?", "What shape is the red one?" and "Where on the screen is the red circle?".
@@ -33,7 +39,7 @@ from PIL import Image
 from imagelora_dist.data.shard_pool import render_shards
 from imagelora_dist.data.shards import ShardIndex
 from imagelora_dist.data.synth import Element, SynthSpec, encode_png, render
-from imagelora_dist.data.tasks import box_center, normalize_point
+from imagelora_dist.data.tasks import box_center, grounding_answer, normalize_point, referring_answer
 from imagelora_dist.errors import ImageLoRAError
 
 READ_TEXT = "read_text"
@@ -41,7 +47,12 @@ READ_LABEL = "read_label"
 ELEMENT_TYPE = "element_type"
 POSITION = "position"
 ARITHMETIC = "arithmetic"
+# Opt-in (`data.pretrain_tasks`): the downstream answer formats under other instructions, as a real VLM
+# knows how to point and to name what it sees before it is fine-tuned on a grounding dataset.
+POINT = "point"
+DESCRIBE_AT = "describe_at"
 PRETRAIN_TASKS = (READ_TEXT, READ_LABEL, ELEMENT_TYPE, POSITION, ARITHMETIC)
+ALL_PRETRAIN_TASKS = (*PRETRAIN_TASKS, POINT, DESCRIBE_AT)
 TEXT_ONLY_TASKS = (ARITHMETIC,)
 
 # Row-major 3x3 grid of the screen: the answers of the `position` task.
@@ -96,11 +107,13 @@ class PretrainSpec:
             style=self.style,
         )
         if not isinstance(self.tasks, tuple) or not self.tasks:
-            raise ImageLoRAError(f"pretrain spec: tasks must be a non-empty list of {list(PRETRAIN_TASKS)}")
-        unknown = [t for t in self.tasks if t not in PRETRAIN_TASKS]
+            raise ImageLoRAError(
+                f"pretrain spec: tasks must be a non-empty list of {list(ALL_PRETRAIN_TASKS)}"
+            )
+        unknown = [t for t in self.tasks if t not in ALL_PRETRAIN_TASKS]
         if unknown or len(set(self.tasks)) != len(self.tasks):
             raise ImageLoRAError(
-                f"pretrain spec: tasks={list(self.tasks)}: each at most once, from {list(PRETRAIN_TASKS)}"
+                f"pretrain spec: tasks={list(self.tasks)}: each at most once, from {list(ALL_PRETRAIN_TASKS)}"
             )
 
     @property
@@ -146,6 +159,33 @@ def _shapes_question(
     raise ValueError(task)  # pragma: no cover
 
 
+def _format_question(
+    rng: random.Random, task: str, elements: list[Element], w: int, h: int, style: str
+) -> tuple[str, str, Element] | None:
+    """`point` / `describe_at`: the grounding and referring answer formats under pre-training instructions."""
+    if style == "shapes":
+        pool = elements
+    else:  # a target an instruction can name: a short text, or a named icon for `point`
+        pool = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
+        if task == POINT:
+            pool += [e for e in elements if e.type == "icon" and e.name]
+    if not pool:
+        return None
+    el = _pick(rng, pool)
+    if task == POINT:
+        if style == "shapes":
+            target = f"the {el.name}"
+        else:
+            target = f"the {el.name} icon" if el.type == "icon" else _q(el.text)
+        template = rng.choice(("Give the coordinates of {t}.", "Where exactly is {t}? Answer with a point."))
+        return template.format(t=target), grounding_answer(el.box, w, h), el
+    x, y = normalize_point(*box_center(el.box), w, h)
+    template = rng.choice(
+        ("Describe the element at ({x}, {y}).", "What is at ({x}, {y})? Give its kind and name.")
+    )
+    return template.format(x=x, y=y), referring_answer(el.type, el.text), el
+
+
 def _screen_question(
     rng: random.Random, task: str, elements: list[Element], w: int, h: int, style: str = "gui"
 ) -> tuple[str, str, Element] | None:
@@ -153,6 +193,8 @@ def _screen_question(
     readable = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
     if task == READ_TEXT:
         return None  # not a single-element question: see reading_order()
+    if task in (POINT, DESCRIBE_AT):
+        return _format_question(rng, task, elements, w, h, style)
     if style == "shapes":
         return _shapes_question(rng, task, elements, w, h)
     if task == READ_LABEL:
