@@ -107,6 +107,7 @@ def test_shipped_config_equals_embedded_default():
         "pretrain_base.yaml",
         "pretrain_base_gpu.yaml",
         "pretrain_base_shapes.yaml",
+        "pretrain_base_shapes_fmt.yaml",
         "qwen2_5_vl_7b.yaml",
         "study/finetune.yaml",
     ],
