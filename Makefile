@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study pretrain-base-shapes study-shapes pretrain-base-shapes-fmt clean
+.PHONY: install run test lint format bench pretrain-base study pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study-shapes-fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ study-shapes: pretrain-base-shapes  # the controlled study on shapes screens (~1
 
 pretrain-base-shapes-fmt: $(STAMP)  # the shapes base that also knows the answer formats (runs/pretrain-base-shapes-fmt/base)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_fmt.yaml
+
+study-shapes-fmt: pretrain-base-shapes-fmt  # the shapes study on that base, then reports/study-shapes-fmt/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_fmt.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-fmt --out reports/study-shapes-fmt
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs

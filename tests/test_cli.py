@@ -123,7 +123,7 @@ def test_every_shipped_run_config_loads(name):
         assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml"])
+@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml"])
 def test_every_shipped_study_cell_loads(name):
     from pathlib import Path
 
@@ -134,9 +134,11 @@ def test_every_shipped_study_cell_loads(name):
         for method in spec.methods:
             cfg = cell_config(spec, spec_dir, ratio, method, spec.seeds[0])
             assert cfg.labels["method"] == method
-            if name == "shapes.yaml":
+            if name.startswith("shapes"):
                 assert cfg.data.synth.style == "shapes"
-                assert cfg.model.path.endswith("pretrain-base-shapes/base")
+                assert cfg.model.path.endswith(
+                    f"{name[:-5].replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
+                )
 
 
 def test_help_for_every_subcommand(capsys):
