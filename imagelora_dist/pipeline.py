@@ -115,15 +115,12 @@ def synth_spec(cfg: RunConfig) -> SynthSpec:
 def ensure_train_shards(cfg: RunConfig, log: Log = print) -> str:
     """The training shards, synthesized on first use when `data.train` is a local path without an index."""
     path = train_shards(cfg)
-    if cfg.data.train is None and "://" not in path:  # our own synthetic set: made, or re-made when stale
+    if cfg.data.train is None:  # our own synthetic set: made, or re-made when stale
         return _synthesized(path, synth_spec(cfg), cfg, log, "screenshots")
     if "://" in path or (Path(path) / INDEX_NAME).exists():
         return path
-    if cfg.data.train is not None:  # a path the user named: a typo must not turn into synthetic data
-        raise ImageLoRAError(
-            f"data.train: no {INDEX_NAME} at {path} (make shards with `imagelora-dist shard`)"
-        )
-    return _synthesized(path, synth_spec(cfg), cfg, log, "screenshots")
+    # A path the user named: a typo must not turn into synthetic data.
+    raise ImageLoRAError(f"data.train: no {INDEX_NAME} at {path} (make shards with `imagelora-dist shard`)")
 
 
 def _synthesized(path: str | Path, spec: SynthSpec, cfg: RunConfig, log: Log, what: str) -> str:

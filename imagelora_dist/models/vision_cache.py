@@ -131,7 +131,7 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
         chunks = torch.split(pixel_values, patches)
         digests = cache.take_expected(len(chunks))
         if digests is None:  # no digests from the loader (the probe, eval): hash here
-            digests = [pixel_digest(c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
+            digests = pixel_digests(pixel_values, image_grid_thw)
         keys = [image_key(fingerprint, d) for d in digests]
         found = [cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
