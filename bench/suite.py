@@ -1,6 +1,6 @@
 """The benchmark suite: Image-LoRA vs peft LoRA in the same DeepSpeed trainer, text-heavy to image-heavy.
 
-    python bench/suite.py [--steps 12] [--repeats 2] [--no-write]
+    python bench/suite.py [--steps 12] [--repeats 2] [--no-write] [--ratio R ...] [--method M ...]
 
 For each visual-token fraction (text-heavy ~20%, balanced ~50%, image-heavy ~90%) and each method, one
 process runs `train_worker` (world size 1, ZeRO-2, tiny Qwen2.5-VL, micro-batch 4) on 16 synthetic
@@ -10,7 +10,8 @@ after the first epoch, peak RSS (its own process), tokens/s, trainable parameter
 Methods: image_lora_1head (one KV head in every layer: the paper's operating point), image_lora_all (every
 KV head of every layer), image_lora_upper (every KV head of the upper half: the backward stops below it),
 lora v_proj and lora all-linear (peft), and the speed flag `speed.vision_cache` for the Image-LoRA
-selections and, for a fair reading, for lora v_proj too. Prints the table
+selections and, for a fair reading, for lora v_proj too; `speed.prefix_cache` (with the vision cache) for
+the upper-half selection (LoRA adapts layer 0: it has nothing below to cache). Prints the table
 and the ratios against the peer, and rewrites the suite's section of bench/RESULTS.md (date, machine,
 versions) unless --no-write.
 """
@@ -71,6 +72,7 @@ RATIOS = {
 # head in each of the 6 layers (the paper's operating point: a few heads, every layer), "upper" = every KV head
 # of layers 3-5 (nothing below layer 3 needs a gradient).
 CACHE = "speed.vision_cache=true"
+PREFIX = "speed.prefix_cache=true"  # layers 0-2 and the tower stop running after the first epoch
 METHODS = {
     "image_lora_1head": ("one_per_layer", ["train.method=image_lora"]),
     "image_lora_all": ("-", ["train.method=image_lora_all"]),
@@ -80,6 +82,7 @@ METHODS = {
     "image_lora_1head+cache": ("one_per_layer", ["train.method=image_lora", CACHE]),
     "image_lora_upper+cache": ("upper", ["train.method=image_lora", CACHE]),
     "lora_v_proj+cache": ("-", ["train.method=lora", "train.lora_targets=[v_proj]", CACHE]),
+    "image_lora_upper+prefix": ("upper", ["train.method=image_lora", CACHE, PREFIX]),
 }
 RATIOS_OF = [  # (ours, peer, issue target for the image-heavy step time)
     ("image_lora_1head", "lora_v_proj", "<= 0.85"),
@@ -89,11 +92,14 @@ RATIOS_OF = [  # (ours, peer, issue target for the image-heavy step time)
     ("image_lora_1head+cache", "lora_v_proj", "<= 0.85"),
     ("image_lora_1head+cache", "lora_all_linear", "<= 0.65"),
     ("image_lora_upper+cache", "lora_all_linear", "<= 0.5"),
+    ("image_lora_upper+prefix", "lora_all_linear", "<= 0.5"),
     ("image_lora_1head+cache", "lora_v_proj+cache", ""),
 ]
 
 
-def run(steps: int, repeats: int) -> dict[tuple[str, str], dict[str, float]]:
+def run(
+    steps: int, repeats: int, ratios: list[str] | None = None, methods: list[str] | None = None
+) -> dict[tuple[str, str], dict[str, float]]:
     """Every (ratio, method) in its own process, `repeats` interleaved rounds; per configuration the
     round with the lowest median step time is kept (the least disturbed by other load on the machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
@@ -101,14 +107,17 @@ def run(steps: int, repeats: int) -> dict[tuple[str, str], dict[str, float]]:
     samples_per_epoch_steps = 16 // 4
     with tempfile.TemporaryDirectory() as tmp:
         data = {}
-        for ratio, synth in RATIOS.items():
+        ratios, methods = ratios or list(RATIOS), methods or list(METHODS)
+        for ratio in ratios:
+            synth = RATIOS[ratio]
             data[ratio] = os.path.join(tmp, ratio)
             subprocess.run([sys.executable, "-m", "imagelora_dist", "synth", "--out", data[ratio],
                             "data.synth.num_samples=16", "data.synth.samples_per_shard=8", *synth],
                            check=True, env=env, capture_output=True)  # fmt: skip
         for round_ in range(repeats):
-            for ratio in RATIOS:
-                for method, (selection, overrides) in METHODS.items():
+            for ratio in ratios:
+                for method in methods:
+                    selection, overrides = METHODS[method]
                     print(
                         f"[bench] round {round_ + 1}/{repeats} {ratio} {method} ...",
                         file=sys.stderr,
@@ -131,11 +140,11 @@ def run(steps: int, repeats: int) -> dict[tuple[str, str], dict[str, float]]:
 def render(rows: dict[tuple[str, str], dict[str, float]], steps: int) -> str:
     """The table and the ratio lines, as printed and as written to RESULTS.md."""
     lines = [
-        f"{'ratio':<12} {'method':<22} {'visual':>6} {'step ms':>8} {'tok/s':>7} {'peak MB':>8} {'params':>8} "
+        f"{'ratio':<12} {'method':<24} {'visual':>6} {'step ms':>8} {'tok/s':>7} {'peak MB':>8} {'params':>8} "
         f"{'adapter FLOPs':>15}"
     ]
     for (ratio, method), r in rows.items():
-        lines.append(f"{ratio:<12} {method:<22} {r['visual_fraction']:6.0%} {r['step_s'] * 1e3:8.0f} "
+        lines.append(f"{ratio:<12} {method:<24} {r['visual_fraction']:6.0%} {r['step_s'] * 1e3:8.0f} "
                      f"{r['tok_s']:7.0f} {r['peak_mb']:8.0f} {int(r['trainable_params']):8,} "
                      f"{int(r['adapter_train_flops']):15,}")  # fmt: skip
     lines.append("")
@@ -144,6 +153,8 @@ def render(rows: dict[tuple[str, str], dict[str, float]], steps: int) -> str:
     )
     for ratio in RATIOS:
         for ours, peer, target in RATIOS_OF:
+            if (ratio, ours) not in rows or (ratio, peer) not in rows:
+                continue  # a partial run (--ratio / --method)
             o, p = rows[ratio, ours], rows[ratio, peer]
             lines.append(
                 f"{ratio:<12} {ours + ' / ' + peer:<44} {o['step_s'] / p['step_s']:6.2f} "
@@ -193,13 +204,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per configuration (>= 6)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the fastest round is kept")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--ratio", action="append", choices=list(RATIOS), help="only this ratio (repeatable)")
+    ap.add_argument("--method", action="append", choices=list(METHODS), help="only this method (repeatable)")
     args = ap.parse_args()
     if args.steps < 6:
         ap.error("--steps must be at least 6 (the first epoch of 4 steps is not measured)")
-    rows = run(args.steps, max(1, args.repeats))
+    rows = run(args.steps, max(1, args.repeats), args.ratio, args.method)
     text = render(rows, args.steps)
     print(text)
-    if not args.no_write:
+    if args.ratio or args.method:
+        print("[bench] a partial run: bench/RESULTS.md left alone", file=sys.stderr)
+    elif not args.no_write:
         write_results(text, args.steps, max(1, args.repeats))
         print(f"[bench] wrote {RESULTS}", file=sys.stderr)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.models.grad_scope import no_grad_below
+from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
 from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision_cache
 
 
@@ -20,20 +22,31 @@ def model_fingerprint(cfg: RunConfig, dtype: str) -> str:
     return f"{source}|{dtype}"
 
 
-def apply_speed_flags(
-    model: nn.Module, cfg: RunConfig, *, lowest_layer: int, dtype: str
-) -> tuple[VisionFeatureCache | None, Callable[[], None]]:
-    """Attach the vision cache and the no-grad scope as configured; returns (cache, undo)."""
-    undo: list[Callable[[], None]] = []
-    cache = None
-    if cfg.speed.vision_cache:
-        cache = VisionFeatureCache(cfg.speed.vision_cache_mb << 20, cfg.speed.vision_cache_dir)
-        undo.append(attach_vision_cache(model, cache, model_fingerprint(cfg, dtype)))
-    if cfg.speed.no_grad_below_adapters:
-        undo.append(no_grad_below(model, lowest_layer))
+@dataclass
+class SpeedHandles:
+    """What `apply_speed_flags` attached: the caches the training loop feeds keys to, and the undo."""
 
-    def undo_all() -> None:
-        for fn in reversed(undo):
+    vision: VisionFeatureCache | None = None
+    prefix: PrefixCache | None = None
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def undo(self) -> None:
+        """Detach everything, last attached first."""
+        for fn in reversed(self._undo):
             fn()
+        self._undo.clear()
 
-    return cache, undo_all
+
+def apply_speed_flags(model: nn.Module, cfg: RunConfig, *, lowest_layer: int, dtype: str) -> SpeedHandles:
+    """Attach the vision cache, the prefix cache and the no-grad scope as configured."""
+    handles = SpeedHandles()
+    if cfg.speed.vision_cache:
+        handles.vision = VisionFeatureCache(cfg.speed.vision_cache_mb << 20, cfg.speed.vision_cache_dir)
+        handles._undo.append(attach_vision_cache(model, handles.vision, model_fingerprint(cfg, dtype)))
+    if cfg.speed.no_grad_below_adapters:
+        handles._undo.append(no_grad_below(model, lowest_layer))
+    # With the lowest adapter in layer 0 (LoRA, or a selection reaching it) nothing lies below to skip.
+    if cfg.speed.prefix_cache and lowest_layer > 0:
+        handles.prefix = PrefixCache(cfg.speed.prefix_cache_mb << 20)
+        handles._undo.append(attach_prefix_cache(model, handles.prefix, lowest_layer))
+    return handles

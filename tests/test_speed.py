@@ -94,6 +94,9 @@ def test_loader_digests_give_the_keys_the_hook_computes_and_spare_it_the_hashing
     batch = BatchCollator(processor, spec.visual_token_ids, image_digests=True)(decoded)
     assert len(batch["image_digests"]) == 3 and len(set(batch["image_digests"])) == 3
     assert BatchCollator(processor, spec.visual_token_ids)(decoded)["image_digests"] is None
+    keyed = BatchCollator(processor, spec.visual_token_ids, sample_digests=True)(decoded)
+    assert keyed["image_digests"] is None and keyed["sample_digests"] == _keys(keyed["inputs"])
+    assert len(set(keyed["sample_digests"])) == 3
 
     cache = VisionFeatureCache()
     attach_vision_cache(model, cache, "fp")
@@ -180,23 +183,26 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0)); os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 from pathlib import Path
 from imagelora_dist.config import load_config
+from imagelora_dist.selection import HeadSelection
 from imagelora_dist.train.loop import WorkerContext, train_worker
-out, shards = Path(sys.argv[1]), sys.argv[2]
+out, shards, method, variants = Path(sys.argv[1]), sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+HeadSelection({3: [0, 1], 5: [2]}, hkv=4, num_layers=6).to_json(out / "head_selection.json")
 states, rates = {}, {}
-for flag in ("false", "true"):
+for name, flags in variants.items():
     cfg = load_config(None, [f"output_dir={out}", f"data.train={shards}", "data.shuffle_buffer=0", "train.steps=4",
-         "train.method=image_lora_all", "train.checkpoint_every=100", "train.lr=0.01", "tracking.enabled=false",
-         f"speed.vision_cache={flag}"])
+         f"train.method={method}", "train.checkpoint_every=100", "train.lr=0.01", "tracking.enabled=false", *flags])
     seen = []
-    adapted, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / flag, log=lambda m: None,
-                              report=lambda m, tag: seen.append(m.get("vision_cache_hit_rate")))
-    states[flag], rates[flag] = adapted.adapter_state(), seen
-a, b = states["false"], states["true"]
+    adapted, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / name, log=lambda m: None,
+                              report=lambda m, tag: seen.append([m.get("vision_cache_hit_rate"),
+                                                                 m.get("prefix_cache_hit_rate")]))
+    states[name], rates[name] = adapted.adapter_state(), seen
+a, b = states.values()
 print("RESULT", json.dumps({"maxdiff": max(float((a[k] - b[k]).abs().max()) for k in a), "rates": rates}))
 """
 
 
-def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(tmp_path):
+def _train_twice(tmp_path, method, variants):
+    """Train 4 steps (2 epochs of 2 batches) per variant in one subprocess; adapter diff and hit rates."""
     import json
     import os
     import subprocess
@@ -204,16 +210,116 @@ def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(t
 
     from imagelora_dist.pipeline import ensure_train_shards
 
-    # 4 samples, micro-batch 2: epoch 1 = steps 1-2 (4 misses), epoch 2 = steps 3-4 (4 hits).
     cfg = load_config(None, [f"output_dir={tmp_path}", "data.synth.num_samples=4", "data.synth.samples_per_shard=2",
                              "data.synth.workers=1"])  # fmt: skip
     shards = ensure_train_shards(cfg, log=lambda m: None)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(tmp_path), shards], capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(tmp_path), shards, method, json.dumps(variants)],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert result["rates"]["false"] == [None] * 4
-    assert result["rates"]["true"] == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])  # hits / lookups so far
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(tmp_path):
+    # 4 samples, micro-batch 2: epoch 1 = steps 1-2 (4 misses), epoch 2 = steps 3-4 (4 hits).
+    result = _train_twice(tmp_path, "image_lora_all", {"off": [], "on": ["speed.vision_cache=true"]})
+    assert [r[0] for r in result["rates"]["off"]] == [None] * 4
+    assert [r[0] for r in result["rates"]["on"]] == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])  # hits / lookups
     # Cached features are the very tensors the tower produced for those images: same adapter.
     assert result["maxdiff"] <= 1e-6
+
+
+def test_training_with_the_prefix_cache_matches_and_skips_the_tower_in_the_second_epoch(tmp_path):
+    flags = ["speed.prefix_cache=true", "speed.vision_cache=true"]
+    result = _train_twice(tmp_path, "image_lora", {"off": [], "on": flags})  # adapters in layers 3 and 5
+    assert result["rates"]["off"] == [[None, None]] * 4
+    vision, prefix = zip(*result["rates"]["on"], strict=True)
+    assert list(prefix) == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])
+    # Epoch 2 is served at layer 3: the vision cache is not even asked (2 lookups per batch, all in epoch 1).
+    assert list(vision) == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    assert result["maxdiff"] <= 1e-6
+
+
+def _keys(batch, images_per_row=1):
+    from imagelora_dist.models.prefix_cache import sample_digests
+    from imagelora_dist.models.vision_cache import pixel_digests
+
+    rows = batch["input_ids"].shape[0]
+    digests = pixel_digests(batch["pixel_values"], batch["image_grid_thw"])
+    return sample_digests(batch["input_ids"], batch["attention_mask"], [images_per_row] * rows, digests)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_prefix_cache_gives_the_same_loss_and_grads_and_skips_everything_below(padding_side):
+    from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {3: [0], 4: [2, 3]}, rank=4)
+    _randomize(handle)
+    batch = image_batch(processor, n=3, padding_side=padding_side)  # three lengths: padding in two rows
+    ref_loss, ref_grads = _adapter_grads(model, handle, batch)
+
+    layers = decoder_layers(model)
+    ran = {"tower": 0, "below": 0, "lowest": 0}
+    model.model.visual.register_forward_hook(lambda *a: ran.__setitem__("tower", ran["tower"] + 1))
+    for layer in layers[:3]:  # the attention inside, not the layer: the layer's own hooks still fire
+        layer.self_attn.register_forward_hook(lambda *a: ran.__setitem__("below", ran["below"] + 1))
+    layers[3].self_attn.register_forward_hook(lambda *a: ran.__setitem__("lowest", ran["lowest"] + 1))
+
+    cache = PrefixCache()
+    attach_prefix_cache(model, cache, lowest_layer=3)
+    keys = _keys(batch)
+    for mode, tower, below in (("record", 1, 3), ("hit", 1, 3), (None, 2, 6)):
+        if mode is not None:
+            cache.expect(keys)
+        assert cache.mode == mode
+        loss, grads = _adapter_grads(model, handle, batch)
+        assert cache.mode is None  # consumed: a forward without keys runs the model unchanged
+        assert (ran["tower"], ran["below"]) == (tower, below), mode
+        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+        for k in ref_grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+    assert ran["lowest"] == 3 and (cache.hits, cache.misses) == (3, 3)
+
+
+def test_prefix_cache_keys_survive_reshuffled_batches_and_a_new_sample_recomputes():
+    from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {2: [1]}, rank=4)
+    _randomize(handle)
+    three, two = image_batch(processor, n=3), image_batch(processor, n=2)
+    assert two["input_ids"].shape[1] < three["input_ids"].shape[1]  # the same two samples, less padding
+    assert _keys(two) == _keys(three)[:2]
+    ref_loss, ref_grads = _adapter_grads(model, handle, two)
+
+    cache = PrefixCache()
+    attach_prefix_cache(model, cache, lowest_layer=2)
+    cache.expect(_keys(three))
+    _adapter_grads(model, handle, three)
+    cache.expect(_keys(two))
+    assert cache.mode == "hit"
+    loss, grads = _adapter_grads(model, handle, two)
+    # Recorded in a longer batch: the same values up to the float order of the longer reductions.
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6, msg=k)
+    # One sample never seen: the batch is computed (and recorded), not half-served.
+    cache.expect(_keys(image_batch(processor, n=2, seed=5))[:1] + _keys(two)[1:])
+    assert cache.mode == "record"
+
+
+def test_prefix_cache_refusals():
+    from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
+
+    model, _ = build_tiny_vlm("qwen2_5_vl", seed=0)
+    with pytest.raises(ImageLoRAError, match="nothing below the lowest adapted layer"):
+        attach_prefix_cache(model, PrefixCache(), lowest_layer=0)
+    llava, _ = build_tiny_vlm("llava", seed=0)
+    with pytest.raises(
+        ImageLoRAError, match="prefix_cache supports qwen2_vl, qwen2_5_vl, not model_type 'llava'"
+    ):
+        attach_prefix_cache(llava, PrefixCache(), lowest_layer=2)
+    model.config.text_config.attention_dropout = 0.1
+    with pytest.raises(ImageLoRAError, match="dropout-free"):
+        attach_prefix_cache(model, PrefixCache(), lowest_layer=2)

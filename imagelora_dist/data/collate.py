@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.prefix_cache import sample_digests
 from imagelora_dist.models.vision_cache import pixel_digests
 
 IGNORE_INDEX = -100
@@ -115,9 +116,11 @@ class BatchCollator:
         max_length: int | None = None,
         vision_every_batch: bool = False,
         image_digests: bool = False,
+        sample_digests: bool = False,
     ) -> None:
         self.processor = processor
         self.image_digests = image_digests
+        self.sample_digests = sample_digests
         self.visual_token_ids = torch.tensor(list(visual_token_ids))
         self.max_pixels = max_pixels
         self.max_length = max_length
@@ -141,7 +144,7 @@ class BatchCollator:
         ]
 
     def __call__(self, decoded: Sequence[dict]) -> dict:
-        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
+        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "sample_digests" (with `sample_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
         samples = self.samples(decoded)
         records = [d["record"] for d in decoded]
         too_long = 0
@@ -166,13 +169,18 @@ class BatchCollator:
             is_visual = torch.isin(ids, self.visual_token_ids.to(ids.device)) & mask
             visual = int(is_visual.sum())
             text = int(mask.sum()) - visual
-        digests = None
-        if self.image_digests and inputs is not None and "image_grid_thw" in inputs:
+        digests = keys = None
+        if (self.image_digests or self.sample_digests) and inputs is not None:
             # Here, in a loader worker, rather than in the training step: see models/vision_cache.py.
-            digests = pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"])
+            has_images = "image_grid_thw" in inputs
+            digests = pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"]) if has_images else []
+            if self.sample_digests:
+                per_row = [len(s.images) for s in rows]
+                keys = sample_digests(inputs["input_ids"], inputs["attention_mask"], per_row, digests)
         return {
             "inputs": inputs,
-            "image_digests": digests,
+            "image_digests": (digests or None) if self.image_digests else None,
+            "sample_digests": keys,
             "records": records,
             "num_samples": len(records) if inputs is not None else 0,
             "visual_tokens": visual,

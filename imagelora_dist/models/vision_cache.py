@@ -30,28 +30,17 @@ from imagelora_dist.errors import ImageLoRAError
 CACHEABLE_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
-class VisionFeatureCache:
-    """Per-image vision-tower outputs in memory (LRU, capped in bytes), optionally also on disk."""
+class TensorStore:
+    """Tensors by key in memory (LRU, capped in bytes), optionally also on disk as safetensors."""
 
     def __init__(self, max_bytes: int = 2 << 30, directory: str | os.PathLike | None = None) -> None:
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory else None
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
-        self.hits = self.misses = 0
-        self._expected: list[str] | None = None
-
-    def expect(self, digests: list[str] | None) -> None:
-        """The pixel digests of the images of the next forward (from the collator), or None to hash there."""
-        self._expected = list(digests) if digests else None
-
-    def take_expected(self, count: int) -> list[str] | None:
-        """The digests handed over by `expect`, once, if they are for `count` images; else None."""
-        digests, self._expected = self._expected, None
-        return digests if digests is not None and len(digests) == count else None
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The cached features of `key` (memory first, then disk), or None."""
+        """The tensor stored under `key` (memory first, then disk), or None."""
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -83,6 +72,24 @@ class VisionFeatureCache:
         while self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.numel() * old.element_size()
+
+
+class VisionFeatureCache(TensorStore):
+    """Per-image vision-tower outputs, with the loader's pixel digests for the next forward."""
+
+    def __init__(self, max_bytes: int = 2 << 30, directory: str | os.PathLike | None = None) -> None:
+        super().__init__(max_bytes, directory)
+        self.hits = self.misses = 0
+        self._expected: list[str] | None = None
+
+    def expect(self, digests: list[str] | None) -> None:
+        """The pixel digests of the images of the next forward (from the collator), or None to hash there."""
+        self._expected = list(digests) if digests else None
+
+    def take_expected(self, count: int) -> list[str] | None:
+        """The digests handed over by `expect`, once, if they are for `count` images; else None."""
+        digests, self._expected = self._expected, None
+        return digests if digests is not None and len(digests) == count else None
 
 
 def pixel_digest(pixels: torch.Tensor, grid: torch.Tensor) -> str:

@@ -134,11 +134,12 @@ def load_selection(cfg: RunConfig) -> HeadSelection | None:
 
 
 def speed_config(cfg: RunConfig) -> RunConfig:
-    """The config the speed flags see: for `full` (nothing frozen) no no-grad scope and no vision cache,
-    both of which assume a frozen vision tower and frozen lower layers."""
+    """The config the speed flags see: for `full` (nothing frozen) no no-grad scope and no caches,
+    all of which assume a frozen vision tower and frozen lower layers."""
     if cfg.train.method != "full":
         return cfg
-    speed = cfg.speed.model_copy(update={"no_grad_below_adapters": False, "vision_cache": False})
+    off = {"no_grad_below_adapters": False, "vision_cache": False, "prefix_cache": False}
+    speed = cfg.speed.model_copy(update=off)
     return cfg.model_copy(update={"speed": speed})
 
 
@@ -202,7 +203,8 @@ def train_worker(
         adapted.model.disable_input_require_grads()
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
-    vcache, _ = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg))
+    speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg))
+    vcache, pcache = speed.vision, speed.prefix
     adapted.model.train()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
@@ -219,7 +221,7 @@ def train_worker(
     collator = BatchCollator(
         processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
         vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
-        image_digests=vcache is not None,
+        image_digests=vcache is not None, sample_digests=pcache is not None,
     )  # fmt: skip
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
@@ -239,7 +241,7 @@ def train_worker(
         )
     metrics: dict[str, float] = {}
     micro = 0
-    last_inputs = last_digests = None
+    last_inputs = last_digests = last_keys = None
     tokens = visual = 0
     t_step = time.perf_counter()
     while step < cfg.train.steps:
@@ -247,12 +249,16 @@ def train_worker(
                              collate_fn=collator, cursor=cursor)  # fmt: skip
         for batch in loader:
             inputs, digests, weight = batch["inputs"], batch["image_digests"], 1.0
+            keys = batch["sample_digests"]
             if inputs is None:  # every sample was dropped: step anyway (ranks stay in step), contributing 0
-                inputs, digests, weight = last_inputs, last_digests, 0.0
+                inputs, digests, keys, weight = last_inputs, last_digests, last_keys, 0.0
                 if inputs is None:
                     raise ImageLoRAError("the first batch of the run has no usable sample")
-            last_inputs, last_digests = inputs, digests
-            if vcache is not None:
+            last_inputs, last_digests, last_keys = inputs, digests, keys
+            if pcache is not None:
+                pcache.expect(keys)
+            # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
+            if vcache is not None and (pcache is None or pcache.mode != "hit"):
                 vcache.expect(digests)
             inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             loss = engine(**inputs).loss
@@ -290,6 +296,8 @@ def train_worker(
                 metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             if vcache is not None:
                 metrics["vision_cache_hit_rate"] = vcache.hits / max(1, vcache.hits + vcache.misses)
+            if pcache is not None:
+                metrics["prefix_cache_hit_rate"] = pcache.hits / max(1, pcache.hits + pcache.misses)
             tokens = visual = 0
             t_step = time.perf_counter()
             saved = None
