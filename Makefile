@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study-shapes-fmt clean
+.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,29 +43,31 @@ bench: $(STAMP)  # the suite rewrites its section of bench/RESULTS.md; run it on
 	$(PY) bench/loader.py
 	$(PY) bench/probe_scaling.py
 
-pretrain-base: $(STAMP)  # the study's pre-trained tiny base, runs/pretrain-base/base (skipped when done)
-	$(VENV)/bin/imagelora-dist pretrain-base --config configs/pretrain_base.yaml
+study: pretrain-base-shapes-fmt  # the fidelity study (shapes screens, format-aware base; ~1 h on 2 CPU cores; done cells are skipped), then reports/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_fmt.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-fmt --out reports
 
-study: pretrain-base  # the fidelity study (hours on 2 CPU cores; done cells are skipped), then reports/study.md
-	$(PY) -m imagelora_dist.study configs/study/study.yaml
-	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml tracking.experiment=imagelora-study \
-		--out reports
+study-shapes-fmt: study  # the same study under its descriptive name
 
-pretrain-base-shapes: $(STAMP)  # the controlled study's base, runs/pretrain-base-shapes/base (skipped when done)
+pretrain-base-shapes-fmt: $(STAMP)  # the study's base: sees shapes, knows the answer formats (runs/pretrain-base-shapes-fmt/base, ~30 min)
+	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_fmt.yaml
+
+pretrain-base-shapes: $(STAMP)  # a shapes base that has never written the answer formats (runs/pretrain-base-shapes/base)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes.yaml
 
-study-shapes: pretrain-base-shapes  # the controlled study on shapes screens (~1 h on 2 CPU cores), then reports/study-shapes/study.md
+study-shapes: pretrain-base-shapes  # the study on that base (~1 h on 2 CPU cores), then reports/study-shapes/study.md
 	$(PY) -m imagelora_dist.study configs/study/shapes.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes --out reports/study-shapes
 
-pretrain-base-shapes-fmt: $(STAMP)  # the shapes base that also knows the answer formats (runs/pretrain-base-shapes-fmt/base)
-	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_fmt.yaml
+pretrain-base: $(STAMP)  # the GUI-screens base, runs/pretrain-base/base (skipped when done)
+	$(VENV)/bin/imagelora-dist pretrain-base --config configs/pretrain_base.yaml
 
-study-shapes-fmt: pretrain-base-shapes-fmt  # the shapes study on that base, then reports/study-shapes-fmt/study.md
-	$(PY) -m imagelora_dist.study configs/study/shapes_fmt.yaml
-	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
-		tracking.experiment=imagelora-study-shapes-fmt --out reports/study-shapes-fmt
+study-gui: pretrain-base  # the study on GUI screens (the base cannot read them: cost and text preservation only), then reports/study-gui/study.md
+	$(PY) -m imagelora_dist.study configs/study/study.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml tracking.experiment=imagelora-study \
+		--out reports/study-gui
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs
