@@ -339,7 +339,8 @@ def run_train(
             done = {}
         if done.get("config_hash") == digest:
             log(f"[train] {adapter_dir} exists for this config ({digest}); skipping")
-            return StageResult(adapter_dir, skipped=True)
+            metrics = {k: float(v) for k, v in done.get("metrics", {}).items() if isinstance(v, int | float)}
+            return StageResult(adapter_dir, skipped=True, metrics=metrics)  # the run that trained it, again
     load_deepspeed_template(cfg)  # a bad DeepSpeed file fails here, before any worker starts
     if cfg.train.method == "image_lora" and not (Path(cfg.output_dir) / "head_selection.json").exists():
         raise ImageLoRAError("train.method image_lora needs head_selection.json: run the probe stage first")

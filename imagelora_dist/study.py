@@ -150,22 +150,29 @@ def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     for run in runs:
         if run.data.tags.get(PARENT_TAG):
             children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
-    rows = []
-    seen: set[tuple[Any, ...]] = set()
+    by_cell: dict[tuple[Any, ...], list[Any]] = {}
     for run in runs:  # newest first
         params = run.data.params
         if run.data.tags.get(PARENT_TAG) or "labels.ratio" not in params or run.info.status != "FINISHED":
             continue
-        row: dict[str, Any] = {k: params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
-        cell = tuple(row[k] for k in LABEL_KEYS)
-        if cell in seen:  # an older run of the same cell (the study was edited and re-run): the newest counts
-            continue
-        seen.add(cell)
-        stages = _descendants(run.info.run_id, children)
-        row["run_id"] = run.info.run_id
-        row.update({col: _metric(names, run, stages) for col, names in REPORT_METRICS.items()})
-        row["loss_start"], row["loss_end"] = _loss_window(client, stages)
-        if row["params"] is None and params.get("train.method") == "none":
+        by_cell.setdefault(tuple(params.get(f"labels.{k}") for k in LABEL_KEYS), []).append(run)
+    rows = []
+    for cell_runs in by_cell.values():
+        # The newest run of a cell counts (a study edited and re-run). A stage it skipped (its output was
+        # already there) reports the metrics of the older run that produced that output.
+        newest = cell_runs[0]
+        row: dict[str, Any] = {k: newest.data.params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
+        row["run_id"] = newest.info.run_id
+        row.update(dict.fromkeys(REPORT_METRICS))
+        row["loss_start"] = row["loss_end"] = None
+        for run in cell_runs:
+            stages = _descendants(run.info.run_id, children)
+            for col, names in REPORT_METRICS.items():
+                if row[col] is None:
+                    row[col] = _metric(names, run, stages)
+            if row["loss_start"] is None:
+                row["loss_start"], row["loss_end"] = _loss_window(client, stages)
+        if row["params"] is None and newest.data.params.get("train.method") == "none":
             row["params"] = row["flops"] = 0.0
         rows.append(row)
     return rows

@@ -127,3 +127,34 @@ def test_study_rows_count_the_newest_run_of_each_cell(tmp_path):
         time.sleep(0.01)  # distinct start times: the second seed-0 run is the newer one
     rows = sorted(study_rows(uri, "s"), key=lambda r: r["seed"])
     assert [(r["seed"], r["accuracy"]) for r in rows] == [("0", 0.5), ("1", 0.3)]
+
+
+def test_study_rows_take_a_skipped_stage_from_the_run_that_produced_it(tmp_path):
+    # Re-running a finished study re-evaluates each cell but skips its training: the newest run has the
+    # evaluation, the older one the training curve and costs of the adapter both evaluated.
+    import time
+
+    from mlflow import MlflowClient
+
+    from imagelora_dist.tracking import PARENT_TAG
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("s", artifact_location=str(tmp_path / "art"))
+    labels = {"labels.study": "s", "labels.ratio": "balanced", "labels.method": "lora", "labels.seed": "0"}
+    for accuracy, losses in ((0.2, [3.0, 2.0, 1.0]), (0.4, None)):
+        parent = client.create_run(exp)
+        for key, value in labels.items():
+            client.log_param(parent.info.run_id, key, value)
+        client.log_metric(parent.info.run_id, "grounding_accuracy", accuracy)
+        train = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id}, run_name="train")
+        if losses is not None:
+            for step, loss in enumerate(losses):
+                client.log_metric(train.info.run_id, "loss", loss, step=step)
+            client.log_metric(train.info.run_id, "trainable_params", 1234)
+        client.set_terminated(train.info.run_id)
+        client.set_terminated(parent.info.run_id)
+        time.sleep(0.01)
+    (row,) = study_rows(uri, "s")
+    assert row["accuracy"] == 0.4  # the newest evaluation
+    assert row["params"] == 1234 and (row["loss_start"], row["loss_end"]) == (2.0, 2.0)
