@@ -13,7 +13,9 @@ MFU counts the FLOPs the step must do with a frozen base: decoder forward 2*N*T 
 4*T^2*d per layer; backward activation gradients (no weight gradients of frozen weights) of the same
 size for the layers at or above the lowest adapted one, attention backward 2x its forward; the LM head
 forward and its input gradient; the vision tower forward (2*N_vis per patch + its attention). Adapter
-FLOPs are negligible and not counted. `--shape tiny --device cpu` runs the same code on the tiny model.
+FLOPs are negligible and not counted. `image_lora_upper_prefix` adds `speed.prefix_cache` (the batch repeats,
+so every timed step is served from the cache): its MFU counts only the FLOPs it still runs (no tower, no
+layer below the lowest adapted one). `--shape tiny --device cpu` runs the same code on the tiny model.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache, sample_digests
 from imagelora_dist.models.registry import decoder_layers, resolve_model
+from imagelora_dist.models.vision_cache import pixel_digests
 from imagelora_dist.train.methods import attach_method
 
 PEAK_TFLOPS = 790.0
@@ -94,8 +98,11 @@ def screen_batch(size: tuple[int, int], batch: int, device: str, vocab: int) -> 
     }
 
 
-def step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], lowest: int) -> float:
-    """FLOPs of one frozen-base adapter step (see the module docstring)."""
+def step_flops(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], lowest: int, prefix: bool = False
+) -> float:
+    """FLOPs of one frozen-base adapter step (see the module docstring); with `prefix`, the ones it still
+    runs when the prefix cache serves the lowest adapted layer's input (no tower, no layer below)."""
     spec = resolve_model(model)
     layers = decoder_layers(model)
     b, t = batch["input_ids"].shape
@@ -110,15 +117,21 @@ def step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], lowest: i
     v_params = sum(p.numel() for p in visual.parameters() if p.dim() == 2)
     v_fwd = 2 * v_params * patches + 4 * patches * patches * visual.config.hidden_size * len(visual.blocks)
     total = spec.num_layers * fwd_layer + (spec.num_layers - lowest) * bwd_layer + 2 * head + v_fwd
+    if prefix:
+        total -= lowest * fwd_layer + v_fwd
     return float(b * total)
 
 
-def run_method(model, method: str, batch, steps: int, device: str, upper: bool) -> dict[str, float]:
-    """Train one adapter for `steps` timed steps; returns its figures (the adapter is removed after)."""
+def run_method(
+    model, method: str, batch, steps: int, device: str, upper: bool, prefix: bool = False
+) -> dict[str, float]:
+    """Train one adapter for `steps` timed steps; returns its figures (the adapter is removed after).
+
+    `prefix`: `speed.prefix_cache` on (upper selection only); the first, untimed step fills it."""
     spec = resolve_model(model)
     selection = None
     lowest = spec.num_layers // 2 if upper else 0
-    flops = step_flops(model, batch, lowest)  # before attaching: the adapter wraps v_proj
+    flops = step_flops(model, batch, lowest, prefix)  # before attaching: the adapter wraps v_proj
     if method == "image_lora":
         first = spec.num_layers // 2 if upper else 0
         selection = {layer: list(range(spec.num_kv_heads)) for layer in range(first, spec.num_layers)}
@@ -126,12 +139,21 @@ def run_method(model, method: str, batch, steps: int, device: str, upper: bool) 
     adapted = attach_method(model, "lora" if method.startswith("lora") else "image_lora", rank=16, alpha=32.0,
                             selection=selection, lora_targets=targets, seed=0)  # fmt: skip
     opt = torch.optim.AdamW(adapted.parameters, lr=1e-4)
+    cache = detach_cache = keys = None
+    if prefix:
+        cache = PrefixCache()
+        detach_cache = attach_prefix_cache(model, cache, lowest)
+        digests = pixel_digests(batch["pixel_values"], batch["image_grid_thw"])
+        rows = batch["input_ids"].shape[0]
+        keys = sample_digests(batch["input_ids"], batch["attention_mask"], [1] * rows, digests)
     times = []
     torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
     for i in range(steps + 2):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
+        if cache is not None:
+            cache.expect(keys)
         loss = adapted.model(**batch).loss
         loss.backward()
         opt.step()
@@ -150,6 +172,9 @@ def run_method(model, method: str, batch, steps: int, device: str, upper: bool) 
         "trainable_params": float(sum(p.numel() for p in adapted.parameters)),
         "loss": float(loss),
     }
+    if detach_cache is not None:
+        result["prefix_hits"] = float(cache.hits)
+        detach_cache()
     if adapted.handle is not None:
         adapted.handle.detach()
     else:
@@ -178,14 +203,16 @@ def main() -> None:
     for screen, size in shape["screens"].items():
         batch = screen_batch(size, args.batch, args.device, shape["vocab"])
         n_visual = int((batch["input_ids"][0] == shape["vocab"] - 1).sum())
-        for method, upper in (("image_lora", False), ("image_lora", True), ("lora_v_proj", False),
-                              ("lora_all_linear", False)):  # fmt: skip
+        for method, upper, prefix in (("image_lora", False, False), ("image_lora", True, False),
+                                      ("image_lora", True, True), ("lora_v_proj", False, False),
+                                      ("lora_all_linear", False, False)):  # fmt: skip
             name = f"{method}{'_upper' if upper else '_all'}" if method == "image_lora" else method
-            r = run_method(model, method, batch, args.steps, args.device, upper)
+            name += "_prefix" if prefix else ""
+            r = run_method(model, method, batch, args.steps, args.device, upper, prefix)
             r["visual_tokens"] = n_visual
             r["tokens"] = batch["input_ids"].shape[1]
             rows[f"{screen}/{name}"] = r
-            print(f"[gpu] {screen:>4} {name:<17} {r['step_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
+            print(f"[gpu] {screen:>4} {name:<23} {r['step_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
                   f"MFU {r['mfu']:6.1%}  peak {r['peak_gb']:6.1f} GB  params {int(r['trainable_params']):,}",
                   flush=True)  # fmt: skip
     # (c) of the speed work: the same step with the unfused reference attention, to show what SDPA buys.
@@ -198,11 +225,12 @@ def main() -> None:
     print(f"[gpu] {screen:>4} image_lora_all with eager attention: {r['step_s'] * 1e3:.1f} ms "
           f"(SDPA: {rows[f'{screen}/image_lora_all']['step_s'] * 1e3:.1f} ms)", flush=True)  # fmt: skip
     for screen in shape["screens"]:
-        ours = rows[f"{screen}/image_lora_all"]
-        for peer in ("lora_v_proj", "lora_all_linear"):
-            p = rows[f"{screen}/{peer}"]
-            print(f"[gpu] {screen:>4} image_lora_all / {peer}: time {ours['step_s'] / p['step_s']:.2f}x  "
-                  f"memory {ours['peak_gb'] / p['peak_gb']:.2f}x")  # fmt: skip
+        for ours_name in ("image_lora_all", "image_lora_upper", "image_lora_upper_prefix"):
+            ours = rows[f"{screen}/{ours_name}"]
+            for peer in ("lora_v_proj", "lora_all_linear"):
+                p = rows[f"{screen}/{peer}"]
+                print(f"[gpu] {screen:>4} {ours_name} / {peer}: time {ours['step_s'] / p['step_s']:.2f}x  "
+                      f"memory {ours['peak_gb'] / p['peak_gb']:.2f}x")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
