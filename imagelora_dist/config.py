@@ -252,6 +252,9 @@ class SpeedConfig(_Strict):
     # Qwen2-VL / Qwen2.5-VL; a no-op when an adapter sits in layer 0 (LoRA).
     prefix_cache: bool = False
     prefix_cache_mb: int = Field(4096, ge=1)
+    # A directory shared by the ranks (each rank reads other shards in later epochs; with N ranks and memory
+    # only, about 1/N of an epoch's samples were seen by the same rank before). None: memory only.
+    prefix_cache_dir: str | None = None
 
 
 class RunConfig(_Strict):

@@ -49,7 +49,12 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
                 update={"storage": fix(cfg.train.storage), "deepspeed": _deepspeed_json(cfg.train.deepspeed)}
             ),
             "eval": cfg.eval.model_copy(update={"shards": fix(cfg.eval.shards)}),
-            "speed": cfg.speed.model_copy(update={"vision_cache_dir": fix(cfg.speed.vision_cache_dir)}),
+            "speed": cfg.speed.model_copy(
+                update={
+                    "vision_cache_dir": fix(cfg.speed.vision_cache_dir),
+                    "prefix_cache_dir": fix(cfg.speed.prefix_cache_dir),
+                }
+            ),
         }
     )
 

@@ -47,6 +47,7 @@ def apply_speed_flags(model: nn.Module, cfg: RunConfig, *, lowest_layer: int, dt
         handles._undo.append(no_grad_below(model, lowest_layer))
     # With the lowest adapter in layer 0 (LoRA, or a selection reaching it) nothing lies below to skip.
     if cfg.speed.prefix_cache and lowest_layer > 0:
-        handles.prefix = PrefixCache(cfg.speed.prefix_cache_mb << 20)
+        namespace = f"{model_fingerprint(cfg, dtype)}|layer {lowest_layer}"
+        handles.prefix = PrefixCache(cfg.speed.prefix_cache_mb << 20, cfg.speed.prefix_cache_dir, namespace)
         handles._undo.append(attach_prefix_cache(model, handles.prefix, lowest_layer))
     return handles

@@ -323,3 +323,31 @@ def test_prefix_cache_refusals():
     model.config.text_config.attention_dropout = 0.1
     with pytest.raises(ImageLoRAError, match="dropout-free"):
         attach_prefix_cache(model, PrefixCache(), lowest_layer=2)
+
+
+def test_prefix_cache_directory_serves_another_process_of_the_same_model_and_layer_only(tmp_path):
+    from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {2: [1]}, rank=4)
+    _randomize(handle)
+    batch = image_batch(processor, n=2)
+    ref_loss, _ = _adapter_grads(model, handle, batch)
+    first = PrefixCache(directory=tmp_path / "pc", namespace="tiny-0|float32|layer 2")
+    detach = attach_prefix_cache(model, first, lowest_layer=2)
+    first.expect(_keys(batch))
+    _adapter_grads(model, handle, batch)  # records, to memory and disk
+    detach()
+    assert len(list((tmp_path / "pc").glob("*.safetensors"))) == 2
+    # A new process (empty memory) on the same directory: served from disk, same loss.
+    second = PrefixCache(directory=tmp_path / "pc", namespace="tiny-0|float32|layer 2")
+    detach = attach_prefix_cache(model, second, lowest_layer=2)
+    second.expect(_keys(batch))
+    assert second.mode == "hit"
+    loss, _ = _adapter_grads(model, handle, batch)
+    torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+    detach()
+    for other in ("tiny-0|float32|layer 3", "another-model|float32|layer 2"):
+        third = PrefixCache(directory=tmp_path / "pc", namespace=other)
+        third.expect(_keys(batch))
+        assert third.mode == "record", other

@@ -17,6 +17,7 @@ keys (probe, evaluation) runs unchanged.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,17 +54,21 @@ def sample_digests(
 
 
 class PrefixCache:
-    """Per-sample hidden states at the lowest adapted layer (in host memory, LRU, capped in bytes)."""
+    """Per-sample hidden states at the lowest adapted layer (host memory, LRU, capped in bytes; optionally
+    also on disk, shared by the ranks). `namespace` names the model weights, dtype and layer."""
 
-    def __init__(self, max_bytes: int = 4 << 30) -> None:
-        self.store = TensorStore(max_bytes)
+    def __init__(
+        self, max_bytes: int = 4 << 30, directory: str | os.PathLike | None = None, namespace: str = ""
+    ) -> None:
+        self.store = TensorStore(max_bytes, directory)
+        self.namespace = namespace
         self.hits = self.misses = 0
         self._keys: list[str] | None = None
         self.mode: str | None = None  # "hit" or "record" for the forward in flight, else None
 
     def expect(self, keys: Sequence[str] | None) -> None:
         """The sample keys of the next forward (from the loader), or None: that forward runs unchanged."""
-        self._keys = list(keys) if keys else None
+        self._keys = [self._store_key(k) for k in keys] if keys else None
         if self._keys is None:
             self.mode = None
             return
@@ -73,6 +78,10 @@ class PrefixCache:
             self.hits += len(self._keys)
         else:
             self.misses += len(self._keys)
+
+    def _store_key(self, sample_key: str) -> str:
+        # Another model, dtype or lowest layer never shares an entry (the directory may outlive a run).
+        return hashlib.blake2b(f"{self.namespace}\0{sample_key}".encode(), digest_size=20).hexdigest()
 
     def replace(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The cached hidden states of the expected samples, laid out like `hidden` (zeros at padding)."""
