@@ -1,6 +1,6 @@
 """The fidelity study: the pipeline over methods x text:image ratios x seeds, and its report.
 
-    python -m imagelora_dist.study configs/study/study.yaml [key=value ...]   (make study)
+    python -m imagelora_dist.study configs/study/shapes_fmt.yaml [key=value ...]   (make study)
 
 A study spec names a base pipeline config (the downstream task and the model, e.g. the pre-trained
 tiny base), the ratios (synthesis overrides), the methods (train/selection overrides; `train.method=none`
