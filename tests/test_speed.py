@@ -354,3 +354,26 @@ def test_prefix_cache_directory_serves_another_process_of_the_same_model_and_lay
         third = PrefixCache(directory=tmp_path / "pc", namespace=other)
         third.expect(_keys(batch))
         assert third.mode == "record", other
+
+
+def test_prefix_cache_with_gradient_checkpointing_recomputes_from_the_cached_states():
+    # The recompute in the backward must start from what the layer got in the forward (the cached states),
+    # not from what reached the hook (the skipped layers' identity output).
+    from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {3: [0], 4: [1]}, rank=4)
+    _randomize(handle)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = image_batch(processor, n=2)
+    ref_loss, ref_grads = _adapter_grads(model, handle, batch)
+    cache = PrefixCache()
+    attach_prefix_cache(model, cache, lowest_layer=3)
+    for mode in ("record", "hit"):
+        cache.expect(_keys(batch))
+        assert cache.mode == mode
+        loss, grads = _adapter_grads(model, handle, batch)
+        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
+        for k in ref_grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
