@@ -133,6 +133,7 @@ REPORT_METRICS = {  # report column -> metric names, parent run first, then its 
     "text_acc": ("text_task_accuracy",),
     "text_acc_base": ("text_task_accuracy_base",),
 }
+TRAIN_COLUMNS = ("params", "flops", "step_s")  # the training stage's figures (the rest: evaluation)
 # Computed from the training stage's loss curve (how far each cell fitted the task): the mean training loss
 # of its first LOSS_HEAD and of its last LOSS_TAIL steps.
 LOSS_COLUMNS = ("loss_start", "loss_end")
@@ -158,24 +159,34 @@ def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
         by_cell.setdefault(tuple(params.get(f"labels.{k}") for k in LABEL_KEYS), []).append(run)
     rows = []
     for cell_runs in by_cell.values():
-        # The newest run of a cell counts (a study edited and re-run). A stage it skipped (its output was
-        # already there) reports the metrics of the older run that produced that output.
+        # The newest run of a cell counts (a study edited and re-run).
         newest = cell_runs[0]
+        stages = _descendants(newest.info.run_id, children)
         row: dict[str, Any] = {k: newest.data.params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
         row["run_id"] = newest.info.run_id
-        row.update(dict.fromkeys(REPORT_METRICS))
-        row["loss_start"] = row["loss_end"] = None
-        for run in cell_runs:
-            stages = _descendants(run.info.run_id, children)
-            for col, names in REPORT_METRICS.items():
-                if row[col] is None:
-                    row[col] = _metric(names, run, stages)
-            if row["loss_start"] is None:
-                row["loss_start"], row["loss_end"] = _loss_window(client, stages)
+        row.update({col: _metric(names, newest, stages) for col, names in REPORT_METRICS.items()})
+        row["loss_start"], row["loss_end"] = _loss_window(client, stages)
+        if _train_skipped(stages):
+            # Its adapter came from the newest older run that trained it: that run's training figures.
+            for older in cell_runs[1:]:
+                older_stages = _descendants(older.info.run_id, children)
+                if _train_skipped(older_stages) or not any(s.info.run_name == "train" for s in older_stages):
+                    continue
+                for col in TRAIN_COLUMNS:
+                    if row[col] is None:
+                        row[col] = _metric(REPORT_METRICS[col], older, older_stages)
+                if row["loss_start"] is None:
+                    row["loss_start"], row["loss_end"] = _loss_window(client, older_stages)
+                break
         if row["params"] is None and newest.data.params.get("train.method") == "none":
             row["params"] = row["flops"] = 0.0
         rows.append(row)
     return rows
+
+
+def _train_skipped(stages: list[Any]) -> bool:
+    """Whether the run's train stage reused an adapter trained by an earlier run."""
+    return any(s.info.run_name == "train" and s.data.tags.get("imagelora.skipped") == "true" for s in stages)
 
 
 def _loss_window(client: Any, stages: list[Any]) -> tuple[float | None, float | None]:

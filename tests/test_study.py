@@ -142,19 +142,33 @@ def test_study_rows_take_a_skipped_stage_from_the_run_that_produced_it(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment("s", artifact_location=str(tmp_path / "art"))
     labels = {"labels.study": "s", "labels.ratio": "balanced", "labels.method": "lora", "labels.seed": "0"}
-    for accuracy, losses in ((0.2, [3.0, 2.0, 1.0]), (0.4, None)):
+
+    def cell_run(labels, accuracy, losses, text_acc=None):
         parent = client.create_run(exp)
         for key, value in labels.items():
             client.log_param(parent.info.run_id, key, value)
         client.log_metric(parent.info.run_id, "grounding_accuracy", accuracy)
-        train = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id}, run_name="train")
-        if losses is not None:
+        if text_acc is not None:
+            client.log_metric(parent.info.run_id, "text_task_accuracy", text_acc)
+        skipped = "false" if losses else "true"
+        train = client.create_run(
+            exp, tags={PARENT_TAG: parent.info.run_id, "imagelora.skipped": skipped}, run_name="train"
+        )
+        if losses:
             for step, loss in enumerate(losses):
                 client.log_metric(train.info.run_id, "loss", loss, step=step)
             client.log_metric(train.info.run_id, "trainable_params", 1234)
         client.set_terminated(train.info.run_id)
         client.set_terminated(parent.info.run_id)
         time.sleep(0.01)
-    (row,) = study_rows(uri, "s")
-    assert row["accuracy"] == 0.4  # the newest evaluation
-    assert row["params"] == 1234 and (row["loss_start"], row["loss_end"]) == (2.0, 2.0)
+
+    cell_run(labels, 0.2, [3.0, 2.0, 1.0], text_acc=0.5)
+    cell_run(labels, 0.4, None)  # re-evaluated (without the text task), training skipped
+    other = {**labels, "labels.seed": "1"}
+    cell_run(other, 0.1, [4.0, 3.0])
+    cell_run(other, 0.3, [5.0])  # trained again (an edited study): nothing comes from the older run
+    rows = {r["seed"]: r for r in study_rows(uri, "s")}
+    assert rows["0"]["accuracy"] == 0.4  # the newest evaluation
+    assert rows["0"]["params"] == 1234 and (rows["0"]["loss_start"], rows["0"]["loss_end"]) == (2.0, 2.0)
+    assert rows["0"]["text_acc"] is None  # an evaluation figure is never borrowed from an older run
+    assert rows["1"]["accuracy"] == 0.3 and rows["1"]["loss_start"] == 5.0
