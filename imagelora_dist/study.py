@@ -125,6 +125,7 @@ def run_study(spec: StudySpec, spec_dir: Path, log: Any = print, only: Sequence[
 
 REPORT_METRICS = {  # report column -> metric names, parent run first, then its stage runs
     "accuracy": ("grounding_accuracy",),
+    "dist": ("grounding_median_dist",),
     "referring": ("referring_exact_match",),
     "params": ("trainable_params",),
     "flops": ("adapter_train_flops",),
@@ -132,7 +133,13 @@ REPORT_METRICS = {  # report column -> metric names, parent run first, then its 
     "text_dlogit": ("text_max_abs_logit_diff",),
     "text_acc": ("text_task_accuracy",),
     "text_acc_base": ("text_task_accuracy_base",),
+    # What an image-blind answer scores on the cell's held-out questions (one row per ratio in the report)
+    "chance_acc": ("grounding_chance",),
+    "chance_dist": ("grounding_median_dist_centre",),
+    "chance_ref": ("referring_chance",),
 }
+CHANCE_COLUMNS = {"accuracy": "chance_acc", "dist": "chance_dist", "referring": "chance_ref"}
+CHANCE_METHOD = "chance (image-blind)"
 TRAIN_COLUMNS = ("params", "flops", "step_s")  # the training stage's figures (the rest: evaluation)
 # Computed from the training stage's loss curve (how far each cell fitted the task): the mean training loss
 # of its first LOSS_HEAD and of its last LOSS_TAIL steps.
@@ -220,6 +227,24 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for col in (*REPORT_METRICS, *LOSS_COLUMNS):
             s[col] = _mean_spread([m[col] for m in members])
         out.append(s)
+    return _with_chance_rows(out)
+
+
+def _with_chance_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A `chance (image-blind)` row ahead of each ratio whose cells logged the baselines of their questions."""
+    out: list[dict[str, Any]] = []
+    for s in summary:
+        first_of_ratio = not out or out[-1]["ratio"] != s["ratio"]
+        cells = [c for c in summary if c["ratio"] == s["ratio"]]
+        if first_of_ratio and any(c.get("chance_acc") or c.get("chance_ref") for c in cells):
+            chance: dict[str, Any] = {"ratio": s["ratio"], "method": CHANCE_METHOD, "seeds": "-"}
+            chance.update({col: None for col in (*REPORT_METRICS, *LOSS_COLUMNS)})
+            for col, source in CHANCE_COLUMNS.items():
+                # The cells of a ratio share one held-out set: their baselines agree; no spread to show.
+                means = [c[source][0] for c in cells if c.get(source)]
+                chance[col] = (statistics.fmean(means), 0.0) if means else None
+            out.append(chance)
+        out.append(s)
     return out
 
 
@@ -234,6 +259,10 @@ def _fmt(ms: tuple[float, float] | None, pct: bool = False, digits: int = 3) -> 
     return f"{mean:.{digits}g}"
 
 
+def _fmt_dist(ms: tuple[float, float] | None) -> str:
+    return "-" if ms is None else f"{ms[0]:.0f} ± {ms[1]:.0f}"
+
+
 def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Sequence[str]) -> str:
     """Markdown: the table (accuracy ± spread over seeds, costs, text task before/after) and the plots."""
     lines = [
@@ -243,19 +272,25 @@ def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Seque
         "`text Δlogit` = largest change of any text-only logit with vs without the adapter (0 = bit-identical);",
         "`text acc` = the arithmetic text task (GSM8K stand-in) with the adapter / without it;",
         f"`train loss` = mean training loss of the first {LOSS_HEAD} -> the last {LOSS_TAIL} steps (± over seeds).",
+        "`click dist` = median distance of a grounding click from the target's centre, in 1/1000 of the screen",
+        "(no point in the answer: 1414, the diagonal).",
+        f"`{CHANCE_METHOD}` = the same questions answered blind: a uniformly random click (accuracy), always",
+        "the screen centre (click dist), the most frequent referring answer (EM).",
         "",
-        "| ratio | method | seeds | grounding acc % | referring EM % | trainable params | adapter FLOPs | "
-        "step s | train loss | text Δlogit | text acc % (after / before) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| ratio | method | seeds | grounding acc % | click dist | referring EM % | trainable params | "
+        "adapter FLOPs | step s | train loss | text Δlogit | text acc % (after / before) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for s in summary:
         text_acc = f"{_fmt(s['text_acc'], pct=True)} / {_fmt(s['text_acc_base'], pct=True)}"
+        if s["text_acc"] is None and s["text_acc_base"] is None:
+            text_acc = "-"
         loss = "-"
         if s["loss_start"] is not None and s["loss_end"] is not None:
             loss = f"{s['loss_start'][0]:.2f} -> {s['loss_end'][0]:.2f} ± {s['loss_end'][1]:.2f}"
         lines.append(
             f"| {s['ratio']} | {s['method']} | {s['seeds']} | {_fmt(s['accuracy'], pct=True)} | "
-            f"{_fmt(s['referring'], pct=True)} | {_fmt(s['params'])} | {_fmt(s['flops'])} | {_fmt(s['step_s'])} | "
+            f"{_fmt_dist(s['dist'])} | {_fmt(s['referring'], pct=True)} | {_fmt(s['params'])} | {_fmt(s['flops'])} | {_fmt(s['step_s'])} | "
             f"{loss} | {_fmt(s['text_dlogit'])} | {text_acc} |"
         )
     lines.append("")
@@ -273,6 +308,8 @@ def render_plots(summary: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     paths = []
     ratios = list(dict.fromkeys(s["ratio"] for s in summary))
+    chance = {s["ratio"]: s["accuracy"] for s in summary if s["method"] == CHANCE_METHOD}
+    summary = [s for s in summary if s["method"] != CHANCE_METHOD]
     methods = list(dict.fromkeys(s["method"] for s in summary))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for ratio in ratios:
@@ -296,6 +333,11 @@ def render_plots(summary: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         xs = [m for m in methods if vals.get(m)]
         ax.bar(range(len(xs)), [100 * vals[m][0] for m in xs], yerr=[100 * vals[m][1] for m in xs], capsize=3)
         ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=8)
+        if chance.get(ratio):
+            ax.axhline(
+                100 * chance[ratio][0], color="grey", linestyle="--", linewidth=1, label="random click"
+            )
+            ax.legend(fontsize=7)
         ax.set_title(ratio)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("grounding accuracy (%)")

@@ -16,6 +16,8 @@ from imagelora_dist.data.synth import SynthSpec, make_sample, synthesize
 from imagelora_dist.data.tasks import grounding_answer
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval import (
+    chance_baselines,
+    click_distance,
     default_text_prompts,
     evaluate,
     generate_answers,
@@ -88,6 +90,39 @@ def test_grounding_gold_answers_hit_on_synth():
         rec = d["record"]
         gold = grounding_answer(rec["bbox"], rec["width"], rec["height"])
         assert grounding_hit(gold, rec), rec["id"]
+
+
+def test_click_distance_to_the_target_centre():
+    rec = _record()  # centre (150, 100) px of 1000 x 500 -> (150, 200) in [0, 1000) coordinates
+    assert click_distance("(150, 200)", rec) == 0
+    assert click_distance("at (153, 204)", rec) == pytest.approx(5.0)  # a 3-4-5 triangle
+    assert click_distance("(150, 200) or (0, 0)", rec) == 0  # the first point, as grounding_hit reads it
+    far = 1000 * math.sqrt(2)
+    for text in ("", "the save button", "(150; 200)"):
+        assert click_distance(text, rec) == pytest.approx(far), text
+    assert click_distance("(9999, 9999)", rec) == pytest.approx(far)  # never farther than no answer at all
+
+
+def test_chance_baselines_match_random_clicks_and_answer_counts():
+    boxes = [([100, 50, 200, 150], 1000, 500), ([0, 0, 112, 84], 224, 168), ([10, 20, 40, 100], 224, 168)]
+    grounding = [_record(bbox=b, width=w, height=h) for b, w, h in boxes]
+    # An independent estimate: every click of a fine grid over [0, 1000)^2, scored by grounding_hit.
+    grid = [(x, y) for x in range(0, 1000, 4) for y in range(0, 1000, 4)]
+    rates = [sum(grounding_hit(f"({x}, {y})", r) for x, y in grid) / len(grid) for r in grounding]
+    referring = [
+        _record(task="referring", element_type=t, element_text=c)
+        for t, c in (("circle", "red"), ("square", "blue"), ("circle", "Red"), ("circle", "red"))
+    ]
+    out = chance_baselines(grounding + referring)
+    assert out["grounding_chance"] == pytest.approx(sum(rates) / len(rates), abs=0.005)
+    # Centres (150, 200), (250, 250), (111.6, 357.1): distances to (500, 500) and their median.
+    dists = sorted(
+        math.dist(c, (500, 500)) for c in ((150, 200), (250, 250), (25 * 1000 / 224, 60 * 1000 / 168))
+    )
+    assert out["grounding_median_dist_centre"] == pytest.approx(dists[1])
+    assert out["referring_chance"] == pytest.approx(3 / 4)  # "circle: red" three times (case-folded)
+    assert math.isnan(chance_baselines(referring)["grounding_chance"])
+    assert math.isnan(chance_baselines(grounding)["referring_chance"])
 
 
 def test_referring_match_normalisation():
@@ -257,6 +292,11 @@ def test_evaluate_scores_by_task(monkeypatch):
     assert result["grounding_accuracy"] == pytest.approx((n_g - 1) / n_g)
     assert result["referring_exact_match"] == pytest.approx((n_r - 1) / n_r)
     assert [p["id"] for p in result["predictions"]] == [d["record"]["id"] for d in decoded]
+    # Gold clicks land at their target's centre (up to the integer grid); the wrong one counts as far as
+    # a click can be, and the median of the n_g >= 3 distances is one of the near ones.
+    assert n_g >= 3 and result["grounding_median_dist"] < 2.0
+    records = [d["record"] for d in decoded]
+    assert {k: result[k] for k in chance_baselines(records)} == chance_baselines(records)
 
     bad = [{"image": decoded[0]["image"], "record": {**decoded[0]["record"], "task": "captioning"}}]
     with pytest.raises(ImageLoRAError, match="captioning"):

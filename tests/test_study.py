@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import yaml
 
 from imagelora_dist.cli import main as cli_main
+from imagelora_dist.data.reader import ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
-from imagelora_dist.study import cell_config, load_spec, run_study, study_rows, summarize
+from imagelora_dist.eval import chance_baselines
+from imagelora_dist.study import CHANCE_METHOD, cell_config, load_spec, run_study, study_rows, summarize
 
 
 @pytest.fixture
@@ -56,7 +60,7 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
     assert all(
         r["accuracy"] is not None and r["step_s"] is not None for r in rows if r["method"] != "zero-shot"
     )
-    assert len(summarize(rows)) == 6
+    assert len(summarize(rows)) == 8  # + a chance row per ratio
     # How far each trained cell fitted: from its training stage's loss curve; none for zero-shot.
     trained = [r for r in rows if r["method"] != "zero-shot"]
     assert all(r["loss_start"] > 0 and r["loss_end"] > 0 for r in trained)
@@ -69,6 +73,7 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
     header = next(line for line in text.splitlines() if line.startswith("| ratio"))
     for column in (
         "grounding acc %",
+        "click dist",
         "trainable params",
         "adapter FLOPs",
         "step s",
@@ -77,12 +82,25 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
         "text acc %",
     ):
         assert column in header
-    assert text.count("| image-heavy |") == 3 and text.count("| text-heavy |") == 3
+    assert text.count("| image-heavy |") == 4 and text.count("| text-heavy |") == 4
     table = [
         line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and "-heavy" in line
     ]
     assert table == [[f"| {r}", m] for r in ("text-heavy", "image-heavy")
-                     for m in ("zero-shot", "lora-v_proj", "image_lora-4")], "rows follow the spec's order"  # fmt: skip
+                     for m in (CHANCE_METHOD, "zero-shot", "lora-v_proj", "image_lora-4")], "the spec's order"  # fmt: skip
+    # Each ratio's chance row: the image-blind baselines of its held-out questions, computed here anew.
+    for ratio in ("text-heavy", "image-heavy"):
+        reader = ShardReader.from_path(tmp_path / "study" / "data" / ratio / "data" / "eval", batch_size=4,
+                                       shuffle_buffer=0, shuffle_shards=False)  # fmt: skip
+        records = [s["record"] for batch in make_loader(reader) for s in batch["samples"]][:4]
+        expected = chance_baselines(records)
+        row = next(s for s in summarize(rows) if s["ratio"] == ratio and s["method"] == CHANCE_METHOD)
+        for col, key in (("accuracy", "grounding_chance"), ("referring", "referring_chance"),
+                         ("dist", "grounding_median_dist_centre")):  # fmt: skip
+            if math.isnan(expected[key]):
+                assert row[col] is None
+            else:
+                assert row[col] == (pytest.approx(expected[key]), 0.0)
     for png in ("accuracy_vs_flops.png", "accuracy_by_ratio.png", "head_heatmap.png"):
         assert (reports / png).stat().st_size > 1000 and f"]({png})" in text
 

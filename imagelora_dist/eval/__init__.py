@@ -4,7 +4,14 @@ Pure torch + transformers (never imports Ray, DeepSpeed or MLflow).
 """
 
 from imagelora_dist.eval.generate import generate_answers
-from imagelora_dist.eval.metrics import denormalize_point, grounding_hit, normalize_answer, referring_match
+from imagelora_dist.eval.metrics import (
+    chance_baselines,
+    click_distance,
+    denormalize_point,
+    grounding_hit,
+    normalize_answer,
+    referring_match,
+)
 from imagelora_dist.eval.run import evaluate
 from imagelora_dist.eval.text_preservation import (
     default_text_prompts,
@@ -15,6 +22,8 @@ from imagelora_dist.eval.text_preservation import (
 )
 
 __all__ = [
+    "chance_baselines",
+    "click_distance",
     "default_text_prompts",
     "denormalize_point",
     "evaluate",

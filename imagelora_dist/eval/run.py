@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 from imagelora_dist.data.tasks import GROUNDING, REFERRING
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.generate import generate_answers
-from imagelora_dist.eval.metrics import grounding_hit, referring_match
+from imagelora_dist.eval.metrics import chance_baselines, click_distance, grounding_hit, referring_match
 
 _SCORERS = {GROUNDING: grounding_hit, REFERRING: referring_match}
 
@@ -31,7 +32,9 @@ def evaluate(
     `samples` is consumed lazily, `batch_size` at a time, up to `max_samples` (None: all). With a reader,
     pass `(s for batch in make_loader(reader) for s in batch["samples"])`. Returns
     `grounding_accuracy` and `referring_exact_match` (fractions; NaN when the task has no sample),
-    `grounding_count`, `referring_count`, `eval_samples` (their sum), and `predictions`: one
+    `grounding_count`, `referring_count`, `eval_samples` (their sum), `grounding_median_dist` (median click
+    distance to the target's centre, [0, 1000) coordinates; see `click_distance`), the image-blind
+    `chance_baselines` of the same questions, and `predictions`: one
     `{"id", "task", "answer", "generated", "correct"}` per sample, in input order. A sample whose task is
     neither grounding nor referring is an error (checked before generating its batch).
     """
@@ -41,6 +44,8 @@ def evaluate(
     hits = {GROUNDING: 0, REFERRING: 0}
     counts = {GROUNDING: 0, REFERRING: 0}
     predictions: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    distances: list[float] = []
     while chunk := list(itertools.islice(stream, batch_size)):
         for d in chunk:
             task = d["record"].get("task")
@@ -62,6 +67,9 @@ def evaluate(
             correct = bool(_SCORERS[task](text, record))
             counts[task] += 1
             hits[task] += int(correct)
+            records.append(record)
+            if task == GROUNDING:
+                distances.append(click_distance(text, record))
             predictions.append(
                 {
                     "id": record.get("id"),
@@ -81,5 +89,7 @@ def evaluate(
         "grounding_count": counts[GROUNDING],
         "referring_count": counts[REFERRING],
         "eval_samples": counts[GROUNDING] + counts[REFERRING],
+        "grounding_median_dist": statistics.median(distances) if distances else float("nan"),
+        **chance_baselines(records),
         "predictions": predictions,
     }
