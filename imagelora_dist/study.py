@@ -127,6 +127,8 @@ REPORT_METRICS = {  # report column -> metric names, parent run first, then its 
     "accuracy": ("grounding_accuracy",),
     "dist": ("grounding_median_dist",),
     "referring": ("referring_exact_match",),
+    "ref_type": ("referring_type_accuracy",),
+    "ref_text": ("referring_text_accuracy",),
     "params": ("trainable_params",),
     "flops": ("adapter_train_flops",),
     "step_s": ("final_step_time_s",),
@@ -137,8 +139,11 @@ REPORT_METRICS = {  # report column -> metric names, parent run first, then its 
     "chance_acc": ("grounding_chance",),
     "chance_dist": ("grounding_median_dist_centre",),
     "chance_ref": ("referring_chance",),
+    "chance_ref_type": ("referring_type_chance",),
+    "chance_ref_text": ("referring_text_chance",),
 }
-CHANCE_COLUMNS = {"accuracy": "chance_acc", "dist": "chance_dist", "referring": "chance_ref"}
+CHANCE_COLUMNS = {"accuracy": "chance_acc", "dist": "chance_dist", "referring": "chance_ref",
+                  "ref_type": "chance_ref_type", "ref_text": "chance_ref_text"}  # fmt: skip
 CHANCE_METHOD = "chance (image-blind)"
 TRAIN_COLUMNS = ("params", "flops", "step_s")  # the training stage's figures (the rest: evaluation)
 # Computed from the training stage's loss curve (how far each cell fitted the task): the mean training loss
@@ -263,6 +268,14 @@ def _fmt_dist(ms: tuple[float, float] | None) -> str:
     return "-" if ms is None else f"{ms[0]:.0f} ± {ms[1]:.0f}"
 
 
+def _fmt_parts(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
+    return (
+        "-"
+        if a is None and b is None
+        else " / ".join("-" if m is None else f"{100 * m[0]:.0f}" for m in (a, b))
+    )
+
+
 def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Sequence[str]) -> str:
     """Markdown: the table (accuracy ± spread over seeds, costs, text task before/after) and the plots."""
     lines = [
@@ -273,13 +286,14 @@ def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Seque
         "`text acc` = the arithmetic text task (GSM8K stand-in) with the adapter / without it;",
         f"`train loss` = mean training loss of the first {LOSS_HEAD} -> the last {LOSS_TAIL} steps (± over seeds).",
         "`click dist` = median distance of a grounding click from the target's centre, in 1/1000 of the screen",
-        "(no point in the answer: 1414, the diagonal).",
+        "(no point in the answer: 1414, the diagonal); `type / text` = referring answers with the right",
+        "`type` (before the ':') / the right `text` (after it).",
         f"`{CHANCE_METHOD}` = the same questions answered blind: a uniformly random click (accuracy), always",
-        "the screen centre (click dist), the most frequent referring answer (EM).",
+        "the screen centre (click dist), the most frequent referring answer, type and text (EM, type / text).",
         "",
-        "| ratio | method | seeds | grounding acc % | click dist | referring EM % | trainable params | "
-        "adapter FLOPs | step s | train loss | text Δlogit | text acc % (after / before) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| ratio | method | seeds | grounding acc % | click dist | referring EM % | type / text % | "
+        "trainable params | adapter FLOPs | step s | train loss | text Δlogit | text acc % (after / before) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for s in summary:
         text_acc = f"{_fmt(s['text_acc'], pct=True)} / {_fmt(s['text_acc_base'], pct=True)}"
@@ -290,7 +304,7 @@ def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Seque
             loss = f"{s['loss_start'][0]:.2f} -> {s['loss_end'][0]:.2f} ± {s['loss_end'][1]:.2f}"
         lines.append(
             f"| {s['ratio']} | {s['method']} | {s['seeds']} | {_fmt(s['accuracy'], pct=True)} | "
-            f"{_fmt_dist(s['dist'])} | {_fmt(s['referring'], pct=True)} | {_fmt(s['params'])} | {_fmt(s['flops'])} | {_fmt(s['step_s'])} | "
+            f"{_fmt_dist(s['dist'])} | {_fmt(s['referring'], pct=True)} | {_fmt_parts(s['ref_type'], s['ref_text'])} | {_fmt(s['params'])} | {_fmt(s['flops'])} | {_fmt(s['step_s'])} | "
             f"{loss} | {_fmt(s['text_dlogit'])} | {text_acc} |"
         )
     lines.append("")

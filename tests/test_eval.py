@@ -26,6 +26,7 @@ from imagelora_dist.eval import (
     normalize_answer,
     peft_disabled,
     referring_match,
+    referring_parts,
     text_logits,
     text_max_abs_logit_diff,
 )
@@ -121,8 +122,29 @@ def test_chance_baselines_match_random_clicks_and_answer_counts():
     )
     assert out["grounding_median_dist_centre"] == pytest.approx(dists[1])
     assert out["referring_chance"] == pytest.approx(3 / 4)  # "circle: red" three times (case-folded)
+    assert (out["referring_type_chance"], out["referring_text_chance"]) == (
+        pytest.approx(3 / 4),
+        pytest.approx(3 / 4),
+    )
+    more = referring + [_record(task="referring", element_type="square", element_text="red")] * 2
+    assert chance_baselines(more)["referring_chance"] == pytest.approx(3 / 6)
+    assert chance_baselines(more)["referring_type_chance"] == pytest.approx(3 / 6)  # circle x3, square x3
+    assert chance_baselines(more)["referring_text_chance"] == pytest.approx(5 / 6)  # red x5
     assert math.isnan(chance_baselines(referring)["grounding_chance"])
     assert math.isnan(chance_baselines(grounding)["referring_chance"])
+
+
+def test_referring_parts_credit_each_half():
+    rec = _record(task="referring")  # "button: Save"
+    assert referring_parts("button: Save", rec) == (True, True)
+    assert referring_parts("Button: save.", rec) == (True, True)
+    assert referring_parts("button: Open", rec) == (True, False)
+    assert referring_parts("link: Save", rec) == (False, True)
+    assert referring_parts("Save", rec) == (False, False)
+    assert referring_parts("", rec) == (False, False)
+    plain = _record(task="referring", element_type="icon", element_text="")  # the answer is "icon"
+    assert referring_parts("icon", plain) == (True, True) and referring_match("icon", plain)
+    assert referring_parts("icon: x", plain) == (True, False)
 
 
 def test_referring_match_normalisation():
@@ -297,6 +319,11 @@ def test_evaluate_scores_by_task(monkeypatch):
     assert n_g >= 3 and result["grounding_median_dist"] < 2.0
     records = [d["record"] for d in decoded]
     assert {k: result[k] for k in chance_baselines(records)} == chance_baselines(records)
+    assert (
+        result["referring_type_accuracy"]
+        == result["referring_text_accuracy"]
+        == result["referring_exact_match"]
+    )
 
     bad = [{"image": decoded[0]["image"], "record": {**decoded[0]["record"], "task": "captioning"}}]
     with pytest.raises(ImageLoRAError, match="captioning"):

@@ -74,6 +74,7 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
     for column in (
         "grounding acc %",
         "click dist",
+        "type / text %",
         "trainable params",
         "adapter FLOPs",
         "step s",
@@ -96,7 +97,8 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
         expected = chance_baselines(records)
         row = next(s for s in summarize(rows) if s["ratio"] == ratio and s["method"] == CHANCE_METHOD)
         for col, key in (("accuracy", "grounding_chance"), ("referring", "referring_chance"),
-                         ("dist", "grounding_median_dist_centre")):  # fmt: skip
+                         ("dist", "grounding_median_dist_centre"), ("ref_type", "referring_type_chance"),
+                         ("ref_text", "referring_text_chance")):  # fmt: skip
             if math.isnan(expected[key]):
                 assert row[col] is None
             else:

@@ -11,6 +11,7 @@ from imagelora_dist.eval.metrics import (
     grounding_hit,
     normalize_answer,
     referring_match,
+    referring_parts,
 )
 from imagelora_dist.eval.run import evaluate
 from imagelora_dist.eval.text_preservation import (
@@ -33,6 +34,7 @@ __all__ = [
     "normalize_answer",
     "peft_disabled",
     "referring_match",
+    "referring_parts",
     "text_logits",
     "text_max_abs_logit_diff",
 ]

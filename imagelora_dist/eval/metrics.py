@@ -63,12 +63,14 @@ def chance_baselines(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
     `grounding_chance`: the expected hit rate of a uniformly random click (mean bbox area / screen area);
     `grounding_median_dist_centre`: the median click distance of always clicking the screen centre;
-    `referring_chance`: the share of the most frequent referring answer (no constant answer scores more).
+    `referring_chance`: the share of the most frequent referring answer (no constant answer scores more);
+    `referring_type_chance` / `referring_text_chance`: the same for each part of it (see `referring_parts`).
     """
     grounding = [r for r in records if r.get("task") == GROUNDING]
     referring = [r for r in records if r.get("task") == REFERRING]
     nan = float("nan")
-    out = {"grounding_chance": nan, "grounding_median_dist_centre": nan, "referring_chance": nan}
+    out = {"grounding_chance": nan, "grounding_median_dist_centre": nan, "referring_chance": nan,
+           "referring_type_chance": nan, "referring_text_chance": nan}  # fmt: skip
     if grounding:
         areas = []
         for r in grounding:
@@ -85,6 +87,12 @@ def chance_baselines(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             for r in referring
         )
         out["referring_chance"] = answers.most_common(1)[0][1] / len(referring)
+        for part, key in (
+            ("referring_type_chance", "element_type"),
+            ("referring_text_chance", "element_text"),
+        ):
+            values = Counter(normalize_answer(str(r.get(key) or "")) for r in referring)
+            out[part] = values.most_common(1)[0][1] / len(referring)
     return out
 
 
@@ -109,3 +117,15 @@ def referring_match(generated: str, record: Mapping[str, Any]) -> bool:
     """Exact match of `generated` with the record's `type: text` answer, after `normalize_answer`."""
     expected = referring_answer(str(record["element_type"]), str(record.get("element_text") or ""))
     return normalize_answer(generated) == normalize_answer(expected)
+
+
+def referring_parts(generated: str, record: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(type right, text right): `generated` split at its first ':' into `type: text`, each part normalised.
+
+    Partial credit shows which half of a referring answer a model reads from the screen (e.g. a shape's
+    colour but not its kind) where the exact match alone cannot.
+    """
+    head, _, tail = generated.partition(":")
+    type_ok = normalize_answer(head) == normalize_answer(str(record["element_type"]))
+    text_ok = normalize_answer(tail) == normalize_answer(str(record.get("element_text") or ""))
+    return type_ok, text_ok

@@ -12,7 +12,13 @@ from torch import nn
 from imagelora_dist.data.tasks import GROUNDING, REFERRING
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.generate import generate_answers
-from imagelora_dist.eval.metrics import chance_baselines, click_distance, grounding_hit, referring_match
+from imagelora_dist.eval.metrics import (
+    chance_baselines,
+    click_distance,
+    grounding_hit,
+    referring_match,
+    referring_parts,
+)
 
 _SCORERS = {GROUNDING: grounding_hit, REFERRING: referring_match}
 
@@ -33,7 +39,8 @@ def evaluate(
     pass `(s for batch in make_loader(reader) for s in batch["samples"])`. Returns
     `grounding_accuracy` and `referring_exact_match` (fractions; NaN when the task has no sample),
     `grounding_count`, `referring_count`, `eval_samples` (their sum), `grounding_median_dist` (median click
-    distance to the target's centre, [0, 1000) coordinates; see `click_distance`), the image-blind
+    distance to the target's centre, [0, 1000) coordinates; see `click_distance`), `referring_type_accuracy`
+    and `referring_text_accuracy` (each half of the answer; see `referring_parts`), the image-blind
     `chance_baselines` of the same questions, and `predictions`: one
     `{"id", "task", "answer", "generated", "correct"}` per sample, in input order. A sample whose task is
     neither grounding nor referring is an error (checked before generating its batch).
@@ -46,6 +53,7 @@ def evaluate(
     predictions: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     distances: list[float] = []
+    parts = [0, 0]  # referring answers with the right type, with the right text
     while chunk := list(itertools.islice(stream, batch_size)):
         for d in chunk:
             task = d["record"].get("task")
@@ -70,6 +78,10 @@ def evaluate(
             records.append(record)
             if task == GROUNDING:
                 distances.append(click_distance(text, record))
+            else:
+                type_ok, text_ok = referring_parts(text, record)
+                parts[0] += int(type_ok)
+                parts[1] += int(text_ok)
             predictions.append(
                 {
                     "id": record.get("id"),
@@ -90,6 +102,8 @@ def evaluate(
         "referring_count": counts[REFERRING],
         "eval_samples": counts[GROUNDING] + counts[REFERRING],
         "grounding_median_dist": statistics.median(distances) if distances else float("nan"),
+        "referring_type_accuracy": parts[0] / counts[REFERRING] if counts[REFERRING] else float("nan"),
+        "referring_text_accuracy": parts[1] / counts[REFERRING] if counts[REFERRING] else float("nan"),
         **chance_baselines(records),
         "predictions": predictions,
     }
