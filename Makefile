@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt clean
+.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ study: pretrain-base-shapes-fmt  # the fidelity study (shapes screens, format-aw
 	$(PY) -m imagelora_dist.study configs/study/shapes_fmt.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-fmt --out reports
+
+study-long: pretrain-base-shapes-fmt  # the image-heavy row of the study trained 4x longer (~35 min), then reports/study-long/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_fmt_long.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-fmt-long --out reports/study-long
 
 study-shapes-fmt: study  # the same study under its descriptive name
 

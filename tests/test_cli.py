@@ -123,7 +123,7 @@ def test_every_shipped_run_config_loads(name):
         assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml"])
+@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml"])
 def test_every_shipped_study_cell_loads(name):
     from pathlib import Path
 
@@ -137,8 +137,29 @@ def test_every_shipped_study_cell_loads(name):
             if name.startswith("shapes"):
                 assert cfg.data.synth.style == "shapes"
                 assert cfg.model.path.endswith(
-                    f"{name[:-5].replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
+                    f"{name.removesuffix('_long.yaml').removesuffix('.yaml').replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
                 )
+
+
+def test_the_long_study_is_the_image_heavy_row_trained_longer():
+    from pathlib import Path
+
+    from imagelora_dist.study import cell_config, load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
+    long_spec, long_dir = load_spec(root / "shapes_fmt_long.yaml")
+    assert list(long_spec.ratios) == ["image-heavy"] and long_spec.seeds == main_spec.seeds
+    assert set(long_spec.methods) == set(main_spec.methods) - {"zero-shot"}
+    for method in long_spec.methods:
+        a = cell_config(main_spec, main_dir, "image-heavy", method, 0).model_dump(mode="json")
+        b = cell_config(long_spec, long_dir, "image-heavy", method, 0).model_dump(mode="json")
+        assert (a["train"]["steps"], b["train"]["steps"]) == (120, 480)
+        for cfg in (a, b):  # what may differ: the length, where it is written, and its name
+            cfg["train"].pop("steps"), cfg["train"].pop("checkpoint_every")
+            for key in ("name", "output_dir", "labels", "tracking"):
+                cfg.pop(key)
+        assert a == b, method
 
 
 def test_help_for_every_subcommand(capsys):
