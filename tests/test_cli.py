@@ -141,7 +141,8 @@ def test_every_shipped_study_cell_loads(name):
                 )
 
 
-def test_the_long_study_is_the_image_heavy_row_trained_longer():
+def test_the_long_study_is_two_rows_of_the_study_trained_longer():
+    import itertools
     from pathlib import Path
 
     from imagelora_dist.study import cell_config, load_spec
@@ -149,17 +150,17 @@ def test_the_long_study_is_the_image_heavy_row_trained_longer():
     root = Path(__file__).resolve().parents[1] / "configs" / "study"
     main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
     long_spec, long_dir = load_spec(root / "shapes_fmt_long.yaml")
-    assert list(long_spec.ratios) == ["image-heavy"] and long_spec.seeds == main_spec.seeds
+    assert list(long_spec.ratios) == ["image-heavy", "balanced"] and long_spec.seeds == main_spec.seeds
     assert set(long_spec.methods) == set(main_spec.methods) - {"zero-shot"}
-    for method in long_spec.methods:
-        a = cell_config(main_spec, main_dir, "image-heavy", method, 0).model_dump(mode="json")
-        b = cell_config(long_spec, long_dir, "image-heavy", method, 0).model_dump(mode="json")
+    for ratio, method in itertools.product(long_spec.ratios, long_spec.methods):
+        a = cell_config(main_spec, main_dir, ratio, method, 0).model_dump(mode="json")
+        b = cell_config(long_spec, long_dir, ratio, method, 0).model_dump(mode="json")
         assert (a["train"]["steps"], b["train"]["steps"]) == (120, 480)
         for cfg in (a, b):  # what may differ: the length, where it is written, and its name
             cfg["train"].pop("steps"), cfg["train"].pop("checkpoint_every")
             for key in ("name", "output_dir", "labels", "tracking"):
                 cfg.pop(key)
-        assert a == b, method
+        assert a == b, (ratio, method)
 
 
 def test_help_for_every_subcommand(capsys):
