@@ -1,6 +1,7 @@
 """The benchmark suite: Image-LoRA vs peft LoRA in the same DeepSpeed trainer, text-heavy to image-heavy.
 
     python bench/suite.py [--steps 12] [--repeats 2] [--no-write] [--ratio R ...] [--method M ...]
+                          [--override KEY=VALUE ...]
 
 For each visual-token fraction (text-heavy ~20%, balanced ~50%, image-heavy ~90%) and each method, one
 process runs `train_worker` (world size 1, ZeRO-2, tiny Qwen2.5-VL, micro-batch 4) on 16 synthetic
@@ -98,7 +99,11 @@ RATIOS_OF = [  # (ours, peer, issue target for the image-heavy step time)
 
 
 def run(
-    steps: int, repeats: int, ratios: list[str] | None = None, methods: list[str] | None = None
+    steps: int,
+    repeats: int,
+    ratios: list[str] | None = None,
+    methods: list[str] | None = None,
+    extra: list[str] | None = None,
 ) -> dict[tuple[str, str], dict[str, float]]:
     """Every (ratio, method) in its own process, `repeats` interleaved rounds; per configuration the
     round with the lowest median step time is kept (the least disturbed by other load on the machine)."""
@@ -126,7 +131,7 @@ def run(
                     out = os.path.join(tmp, f"{round_}-{ratio}-{method}")
                     os.makedirs(out)
                     proc = subprocess.run([sys.executable, "-c", WORKER, out, data[ratio], str(steps),
-                                           str(samples_per_epoch_steps), selection, *overrides],
+                                           str(samples_per_epoch_steps), selection, *overrides, *(extra or [])],
                                           env=env, capture_output=True, text=True)  # fmt: skip
                     if proc.returncode:
                         sys.exit(f"{ratio} {method} failed:\n{proc.stderr[-3000:]}")
@@ -206,13 +211,15 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     ap.add_argument("--ratio", action="append", choices=list(RATIOS), help="only this ratio (repeatable)")
     ap.add_argument("--method", action="append", choices=list(METHODS), help="only this method (repeatable)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every configuration, e.g. data.num_workers=1 (repeatable)")  # fmt: skip
     args = ap.parse_args()
     if args.steps < 6:
         ap.error("--steps must be at least 6 (the first epoch of 4 steps is not measured)")
-    rows = run(args.steps, max(1, args.repeats), args.ratio, args.method)
+    rows = run(args.steps, max(1, args.repeats), args.ratio, args.method, args.override)
     text = render(rows, args.steps)
     print(text)
-    if args.ratio or args.method:
+    if args.ratio or args.method or args.override:
         print("[bench] a partial run: bench/RESULTS.md left alone", file=sys.stderr)
     elif not args.no_write:
         write_results(text, args.steps, max(1, args.repeats))
