@@ -243,6 +243,10 @@ class SpeedConfig(_Strict):
     # A directory shared by the probe and training processes (features persist there: ~19 MB per
     # 2.7k-token screenshot on a 7B model). None: memory only, reused across epochs within a process.
     vision_cache_dir: str | None = None
+    # With the vision cache and the loader in the training process (data.num_workers: 0): a batch whose
+    # every image's features are cached skips the image processor and carries no pixels. Exact (same
+    # tokens, same features); with loader processes it does nothing (they cannot see the cache).
+    vision_cache_skip_processor: bool = True
     # Run the vision tower and every decoder layer below the lowest adapted one under no_grad, so no
     # configuration (gradient checkpointing's input grads, a peft wrapper) can make the backward go there.
     no_grad_below_adapters: bool = True

@@ -11,7 +11,7 @@ from torch import nn
 from imagelora_dist.config import RunConfig
 from imagelora_dist.models.grad_scope import no_grad_below
 from imagelora_dist.models.prefix_cache import PrefixCache, attach_prefix_cache
-from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision_cache
+from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision_cache, image_key
 
 
 def model_fingerprint(cfg: RunConfig, dtype: str) -> str:
@@ -28,6 +28,8 @@ class SpeedHandles:
 
     vision: VisionFeatureCache | None = None
     prefix: PrefixCache | None = None
+    # pixel digest -> whether the vision cache holds that image's features under this model
+    features_cached: Callable[[str], bool] | None = None
     _undo: list[Callable[[], None]] = field(default_factory=list)
 
     def undo(self) -> None:
@@ -42,7 +44,10 @@ def apply_speed_flags(model: nn.Module, cfg: RunConfig, *, lowest_layer: int, dt
     handles = SpeedHandles()
     if cfg.speed.vision_cache:
         handles.vision = VisionFeatureCache(cfg.speed.vision_cache_mb << 20, cfg.speed.vision_cache_dir)
-        handles._undo.append(attach_vision_cache(model, handles.vision, model_fingerprint(cfg, dtype)))
+        fingerprint = model_fingerprint(cfg, dtype)
+        handles._undo.append(attach_vision_cache(model, handles.vision, fingerprint))
+        vision = handles.vision
+        handles.features_cached = lambda digest: vision.contains(image_key(fingerprint, digest))
     if cfg.speed.no_grad_below_adapters:
         handles._undo.append(no_grad_below(model, lowest_layer))
     # With the lowest adapter in layer 0 (LoRA, or a selection reaching it) nothing lies below to skip.

@@ -102,3 +102,64 @@ def test_too_long_samples_are_skipped_not_truncated(tiny):
     assert none["inputs"] is None and none["too_long"] == 3 and none["num_samples"] == 0
     empty = BatchCollator(processor, spec.visual_token_ids)([])
     assert empty["inputs"] is None and empty["num_samples"] == 0
+
+
+def _digest_collator(processor, spec, **kw):
+    return BatchCollator(processor, spec.visual_token_ids, image_digests=True, sample_digests=True, **kw)
+
+
+def test_a_batch_of_cached_images_skips_the_processor_and_gives_its_tokens_bit_for_bit(monkeypatch):
+    from imagelora_dist import build_tiny_vlm
+    from imagelora_dist.data import collate as collate_module
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    spec = resolve_model(model)
+    decoded = _decoded(3, size=224)
+    decoded[1]["record"]["text_only"] = True  # a row without image among image rows
+    reference = _digest_collator(processor, spec)(decoded)
+
+    cached: set[str] = set()
+    collator = _digest_collator(processor, spec)
+    collator.features_cached = cached.__contains__
+    first = collator(decoded)  # nothing cached yet: the processor runs, the collator learns the images
+    assert collator.skipped_batches == 0 and first["inputs"]["pixel_values"].stride()[0] > 0
+    cached.update(first["image_digests"])
+
+    def must_not_process(*a, **k):
+        raise AssertionError("the image processor ran for a batch whose features are all cached")
+
+    monkeypatch.setattr(processor, "image_processor", _NoCall(processor.image_processor, must_not_process))
+    out = collator(decoded)
+    assert collator.skipped_batches == 1
+    ref, got = reference["inputs"], out["inputs"]
+    assert set(got) == set(ref)
+    for key in ref:
+        if key != "pixel_values":
+            assert torch.equal(got[key], ref[key]), key
+    pixels = got["pixel_values"]
+    assert pixels.shape == ref["pixel_values"].shape and pixels.dtype == ref["pixel_values"].dtype
+    assert pixels.stride() == (0, 0) and not pixels.any()  # no memory behind it, and never read
+    for key in ("image_digests", "sample_digests", "visual_tokens", "text_tokens", "records"):
+        assert out[key] == reference[key], key
+    on_device = collate_module.move_to_device(got, "cpu")["pixel_values"]
+    assert on_device.stride() == (0, 0) and on_device.shape == pixels.shape
+
+    # One image's features gone from the cache: the whole batch goes through the processor again.
+    monkeypatch.undo()
+    cached.discard(first["image_digests"][0])
+    again = collator(decoded)
+    assert collator.skipped_batches == 1
+    assert torch.equal(again["inputs"]["pixel_values"], ref["pixel_values"])
+
+
+class _NoCall:
+    """Wraps an image processor: attributes pass through, calling it fails the test."""
+
+    def __init__(self, inner, on_call):
+        self._inner, self._on_call = inner, on_call
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __call__(self, *a, **k):
+        return self._on_call(*a, **k)

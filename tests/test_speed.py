@@ -194,10 +194,12 @@ for name, flags in variants.items():
     seen = []
     adapted, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / name, log=lambda m: None,
                               report=lambda m, tag: seen.append([m.get("vision_cache_hit_rate"),
-                                                                 m.get("prefix_cache_hit_rate")]))
+                                                                 m.get("prefix_cache_hit_rate"),
+                                                                 m.get("image_processor_skipped_batches")]))
     states[name], rates[name] = adapted.adapter_state(), seen
-a, b = states.values()
-print("RESULT", json.dumps({"maxdiff": max(float((a[k] - b[k]).abs().max()) for k in a), "rates": rates}))
+first = next(iter(states.values()))
+maxdiff = {name: max(float((first[k] - s[k]).abs().max()) for k in first) for name, s in states.items()}
+print("RESULT", json.dumps({"maxdiff": maxdiff, "rates": rates}))
 """
 
 
@@ -222,22 +224,33 @@ def _train_twice(tmp_path, method, variants):
 
 def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(tmp_path):
     # 4 samples, micro-batch 2: epoch 1 = steps 1-2 (4 misses), epoch 2 = steps 3-4 (4 hits).
-    result = _train_twice(tmp_path, "image_lora_all", {"off": [], "on": ["speed.vision_cache=true"]})
+    on = ["speed.vision_cache=true"]
+    variants = {"off": [], "processor": [*on, "speed.vision_cache_skip_processor=false"], "on": on}
+    result = _train_twice(tmp_path, "image_lora_all", variants)
     assert [r[0] for r in result["rates"]["off"]] == [None] * 4
-    assert [r[0] for r in result["rates"]["on"]] == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])  # hits / lookups
-    # Cached features are the very tensors the tower produced for those images: same adapter.
-    assert result["maxdiff"] <= 1e-6
+    for name in ("processor", "on"):
+        hit_rates = [r[0] for r in result["rates"][name]]
+        assert hit_rates == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])  # hits / lookups
+    # Epoch 2's batches are all cached: by default they skip the image processor and carry no pixels.
+    assert [r[2] for r in result["rates"]["processor"]] == [0, 0, 0, 0]
+    assert [r[2] for r in result["rates"]["on"]] == [0, 0, 1, 2]
+    # Cached features are the very tensors the tower produced for those images: same adapter; and the
+    # tokens of a batch sent without pixels are the processor's, to the bit.
+    assert result["maxdiff"]["processor"] <= 1e-6
+    assert result["maxdiff"]["on"] == result["maxdiff"]["processor"]
 
 
 def test_training_with_the_prefix_cache_matches_and_skips_the_tower_in_the_second_epoch(tmp_path):
     flags = ["speed.prefix_cache=true", "speed.vision_cache=true"]
     result = _train_twice(tmp_path, "image_lora", {"off": [], "on": flags})  # adapters in layers 3 and 5
-    assert result["rates"]["off"] == [[None, None]] * 4
-    vision, prefix = zip(*result["rates"]["on"], strict=True)
+    assert result["rates"]["off"] == [[None, None, None]] * 4
+    vision, prefix, skipped = zip(*result["rates"]["on"], strict=True)
     assert list(prefix) == pytest.approx([0.0, 0.0, 2 / 6, 4 / 8])
-    # Epoch 2 is served at layer 3: the vision cache is not even asked (2 lookups per batch, all in epoch 1).
+    # Epoch 2 is served at layer 3: the vision cache is not even asked (2 lookups per batch, all in epoch 1),
+    # yet it holds epoch 1's features, so epoch 2's batches come without pixels.
     assert list(vision) == pytest.approx([0.0, 0.0, 0.0, 0.0])
-    assert result["maxdiff"] <= 1e-6
+    assert list(skipped) == [0, 0, 1, 2]
+    assert result["maxdiff"]["on"] <= 1e-6
 
 
 def _keys(batch, images_per_row=1):
@@ -377,3 +390,17 @@ def test_prefix_cache_with_gradient_checkpointing_recomputes_from_the_cached_sta
         torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
         for k in ref_grads:
             torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
+    from imagelora_dist.models.vision_cache import pixel_digests, pixel_stand_in
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    cache = VisionFeatureCache()
+    attach_vision_cache(model, cache, "fp")
+    batch = image_batch(processor, n=2)
+    digests = pixel_digests(batch["pixel_values"], batch["image_grid_thw"])
+    batch["pixel_values"] = pixel_stand_in(*batch["pixel_values"].shape, torch.float32)
+    cache.expect(digests)
+    with torch.no_grad(), pytest.raises(ImageLoRAError, match="2 of its images are no longer cached"):
+        model(**batch)

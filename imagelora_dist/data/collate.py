@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -10,7 +11,7 @@ from PIL import Image
 
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.prefix_cache import sample_digests
-from imagelora_dist.models.vision_cache import pixel_digests
+from imagelora_dist.models.vision_cache import is_pixel_stand_in, pixel_digests, pixel_stand_in
 
 IGNORE_INDEX = -100
 
@@ -32,12 +33,52 @@ def _messages(sample: Sample) -> list[dict]:
     return msgs
 
 
+@dataclass(frozen=True)
+class KnownImages:
+    """A batch's images as the (Qwen) image processor described them before, for a batch sent without pixels."""
+
+    grids: torch.Tensor  # (images, 3) int64: the image_grid_thw rows, in batch order
+    digests: tuple[str, ...]  # their pixel digests (models/vision_cache.py)
+    patch_dim: int
+    dtype: torch.dtype
+    mm_token_type_ids: bool  # the processor also returns mm_token_type_ids
+
+
+def _encode_known_images(processor: object, texts: list[str], known: KnownImages) -> dict[str, torch.Tensor]:
+    """What the processor returns for `texts` with images of `known` grids, pixels replaced by a stand-in."""
+    token = processor.image_token
+    counts = (known.grids.prod(-1) // processor.image_processor.merge_size**2).tolist()
+    expanded = []
+    for text in texts:
+        head, *rest = text.split(token)
+        if len(rest) > len(counts):
+            raise ImageLoRAError("collate: more image placeholders in the text than known images")
+        expanded.append(head + "".join(token * counts.pop(0) + part for part in rest))
+    if counts:
+        raise ImageLoRAError("collate: fewer image placeholders in the text than known images")
+    # The processor itself would refuse image tokens without images: its tokenizer is what it calls.
+    batch = dict(processor.tokenizer(expanded, padding=True, return_tensors="pt"))
+    if known.mm_token_type_ids:
+        batch["mm_token_type_ids"] = torch.tensor(
+            processor.create_mm_token_type_ids(batch["input_ids"].tolist())
+        )
+    patches = int(known.grids.prod(-1).sum())
+    batch["pixel_values"] = pixel_stand_in(patches, known.patch_dim, known.dtype)
+    batch["image_grid_thw"] = known.grids
+    return batch
+
+
 def collate(
-    processor: object, samples: Sequence[Sample], **processor_kwargs: object
+    processor: object,
+    samples: Sequence[Sample],
+    *,
+    known_images: KnownImages | None = None,
+    **processor_kwargs: object,
 ) -> dict[str, torch.Tensor]:
     """Chat template + processor; labels are the answer tokens (and the end-of-turn after them).
 
-    `processor_kwargs` go to the processor call (e.g. an image-processor `size` pixel budget).
+    `processor_kwargs` go to the processor call (e.g. an image-processor `size` pixel budget). With
+    `known_images` the image processor does not run: see `BatchCollator.features_cached`.
     """
     if not samples:
         raise ImageLoRAError("collate got no samples")
@@ -56,7 +97,10 @@ def collate(
     if any(images):
         # Per-sample lists: a text-only sample (an empty list) may share a batch with image samples.
         kwargs["images"] = images
-    batch = dict(processor(**kwargs))
+    if known_images is not None:
+        batch = _encode_known_images(processor, texts, known_images)
+    else:
+        batch = dict(processor(**kwargs))
     ids = batch["input_ids"]
     mask = batch.get("attention_mask", torch.ones_like(ids))
     labels = torch.full_like(ids, IGNORE_INDEX)
@@ -131,6 +175,15 @@ class BatchCollator:
             # Dynamic-resolution (Qwen) processors resize to their own pixel range: make it ours.
             min_pixels = min(max_pixels, 56 * 56)
             self.processor_kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+        # Set by an in-process training loop with the vision cache: does the cache hold the features of
+        # the image with this pixel digest? A batch whose every image it holds skips the image processor
+        # (resize, normalize, patchify: ~20 ms per 896x672 screenshot on a CPU core) and carries a
+        # zero-stride stand-in for pixel_values, which the cached tower never reads.
+        self.features_cached: Callable[[str], bool] | None = None
+        self.skipped_batches = 0
+        # image content hash -> (pixel digest, grid row), learnt when the processor first ran on the image
+        self._seen: dict[str, tuple[str, torch.Tensor]] = {}
+        self._pixel_format: tuple[int, torch.dtype, bool] | None = None  # patch_dim, dtype, mm_token_type_ids
 
     def samples(self, decoded: Sequence[dict]) -> list[Sample]:
         """Chat samples from decoded records (`instruction`, `answer`) and their fitted images."""
@@ -148,11 +201,16 @@ class BatchCollator:
         samples = self.samples(decoded)
         records = [d["record"] for d in decoded]
         too_long = 0
-        inputs = None
+        inputs = known = None
+        contents: list[str] = []
         while samples:
             filler = self.vision_every_batch and not any(s.images for s in samples)
             rows = samples + [_filler_sample()] if filler else samples
-            inputs = collate(self.processor, rows, **self.processor_kwargs)
+            contents = (
+                [image_content_digest(im) for s in rows for im in s.images] if self.features_cached else []
+            )
+            known = self._known_images(contents)
+            inputs = collate(self.processor, rows, known_images=known, **self.processor_kwargs)
             if self.max_length is None:
                 break
             lengths = inputs["attention_mask"].sum(dim=1).tolist()[: len(samples)]
@@ -173,10 +231,18 @@ class BatchCollator:
         if (self.image_digests or self.sample_digests) and inputs is not None:
             # Here, in a loader worker, rather than in the training step: see models/vision_cache.py.
             has_images = "image_grid_thw" in inputs
-            digests = pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"]) if has_images else []
+            if known is not None:
+                digests = list(known.digests)
+            else:
+                digests = (
+                    pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"]) if has_images else []
+                )
+                if contents and has_images:
+                    self._remember(contents, digests, inputs)
             if self.sample_digests:
                 per_row = [len(s.images) for s in rows]
                 keys = sample_digests(inputs["input_ids"], inputs["attention_mask"], per_row, digests)
+        self.skipped_batches += known is not None and inputs is not None
         return {
             "inputs": inputs,
             "image_digests": (digests or None) if self.image_digests else None,
@@ -187,6 +253,48 @@ class BatchCollator:
             "text_tokens": text,
             "too_long": too_long,
         }
+
+    def _known_images(self, contents: list[str]) -> KnownImages | None:
+        """The batch's images as seen before, if every one was and the cache holds its features; else None."""
+        if not contents or self._pixel_format is None or self.features_cached is None:
+            return None
+        seen = [self._seen.get(c) for c in contents]
+        if any(s is None or not self.features_cached(s[0]) for s in seen):
+            return None
+        patch_dim, dtype, mm_types = self._pixel_format
+        return KnownImages(
+            grids=torch.stack([s[1] for s in seen]),
+            digests=tuple(s[0] for s in seen),
+            patch_dim=patch_dim,
+            dtype=dtype,
+            mm_token_type_ids=mm_types,
+        )
+
+    def _remember(self, contents: list[str], digests: list[str], inputs: dict) -> None:
+        pixels = inputs["pixel_values"]
+        if is_pixel_stand_in(pixels) or len(contents) != len(digests):
+            return
+        self._pixel_format = (pixels.shape[1], pixels.dtype, "mm_token_type_ids" in inputs)
+        for content, digest, grid in zip(contents, digests, inputs["image_grid_thw"], strict=True):
+            self._seen[content] = (digest, grid.clone())
+
+
+def image_content_digest(image: Image.Image) -> str:
+    """Hash of a decoded image: mode, size and pixel bytes (what the image processor's output depends on)."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{image.mode}|{image.width}x{image.height}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def move_to_device(inputs: dict, device: torch.device | str) -> dict:
+    """A batch's tensors on `device`; a pixel stand-in is re-made there instead of copied (it has no bytes)."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and is_pixel_stand_in(v):
+            v = pixel_stand_in(v.shape[0], v.shape[1], v.dtype, device)
+        out[k] = v.to(device) if isinstance(v, torch.Tensor) else v
+    return out
 
 
 def _filler_sample() -> Sample:

@@ -10,6 +10,8 @@ A key is `hash(model fingerprint, pixel digest)`. The training loop's collator c
 in the data-loader workers, on the CPU tensors, and hands them over with the batch (`expect`): the
 training process then never copies pixels back from the device or hashes them on its critical path. The
 probe (no digests handed over) hashes in the hook; both give the same keys, so a shared directory serves both.
+With the loader in the training process, a batch whose every image is cached skips the image processor and
+carries a `pixel_stand_in` (data/collate.py); the hook never reads its pixels, and refuses it on a miss.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ class TensorStore:
                 self._remember(key, tensor)
                 return tensor
         return None
+
+    def contains(self, key: str) -> bool:
+        """Whether `get(key)` would find a tensor (in memory or on disk), without loading it."""
+        if key in self._items:
+            return True
+        return self.directory is not None and (self.directory / f"{key}.safetensors").is_file()
 
     def put(self, key: str, features: torch.Tensor) -> None:
         """Store a detached copy; written to disk atomically when a directory is set."""
@@ -107,6 +115,16 @@ def pixel_digests(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> l
     return [pixel_digest(c, g) for c, g in zip(chunks, image_grid_thw, strict=True)]
 
 
+def pixel_stand_in(patches: int, patch_dim: int, dtype: torch.dtype, device: Any = "cpu") -> torch.Tensor:
+    """Zeros of pixel_values' shape in no memory (stride 0): for images whose tower output is cached."""
+    return torch.zeros((), dtype=dtype, device=device).expand(patches, patch_dim)
+
+
+def is_pixel_stand_in(pixel_values: torch.Tensor) -> bool:
+    """Whether `pixel_values` is a `pixel_stand_in` (every stride 0) rather than real patches."""
+    return pixel_values.dim() == 2 and pixel_values.shape[0] > 1 and pixel_values.stride() == (0, 0)
+
+
 def image_key(fingerprint: str, digest: str) -> str:
     """The cache key of an image (its `pixel_digest`) under one model (its fingerprint)."""
     return hashlib.blake2b(f"{fingerprint}\0{digest}".encode(), digest_size=20).hexdigest()
@@ -144,6 +162,11 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
         missing = [i for i, f in enumerate(found) if f is None]
         cache.hits += len(keys) - len(missing)
         cache.misses += len(missing)
+        if missing and is_pixel_stand_in(pixel_values):
+            raise ImageLoRAError(
+                "vision cache: a batch came without pixels (its features were cached when it was collated) "
+                f"but {len(missing)} of its images are no longer cached; set speed.vision_cache_skip_processor=false"
+            )
         if missing:
             with torch.no_grad():  # frozen: no graph, and nothing to keep for a backward
                 out = original(torch.cat([chunks[i] for i in missing]), image_grid_thw[missing], **kwargs)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from imagelora_dist.config import RunConfig
-from imagelora_dist.data.collate import BatchCollator
+from imagelora_dist.data.collate import BatchCollator, move_to_device
 from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import crash_if
@@ -223,6 +223,8 @@ def train_worker(
         vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
         image_digests=vcache is not None, sample_digests=pcache is not None,
     )  # fmt: skip
+    if vcache is not None and cfg.speed.vision_cache_skip_processor and cfg.data.num_workers == 0:
+        collator.features_cached = speed.features_cached  # the loader runs here: it can ask the cache
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
     )
@@ -260,7 +262,7 @@ def train_worker(
             # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
             if vcache is not None and (pcache is None or pcache.mode != "hit"):
                 vcache.expect(digests)
-            inputs = {k: v.to(ctx.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            inputs = move_to_device(inputs, ctx.device)
             loss = engine(**inputs).loss
             if _nan_drill(ctx.rank, step + 1):
                 loss = loss * float("nan")
@@ -296,6 +298,7 @@ def train_worker(
                 metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             if vcache is not None:
                 metrics["vision_cache_hit_rate"] = vcache.hits / max(1, vcache.hits + vcache.misses)
+                metrics["image_processor_skipped_batches"] = float(collator.skipped_batches)
             if pcache is not None:
                 metrics["prefix_cache_hit_rate"] = pcache.hits / max(1, pcache.hits + pcache.misses)
             tokens = visual = 0
