@@ -239,9 +239,11 @@ def _with_chance_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A `chance (image-blind)` row ahead of each ratio whose cells logged the baselines of their questions."""
     out: list[dict[str, Any]] = []
     for s in summary:
-        first_of_ratio = not out or out[-1]["ratio"] != s["ratio"]
+        if out and out[-1]["ratio"] == s["ratio"]:
+            out.append(s)
+            continue
         cells = [c for c in summary if c["ratio"] == s["ratio"]]
-        if first_of_ratio and any(c.get("chance_acc") or c.get("chance_ref") for c in cells):
+        if any(c.get("chance_acc") or c.get("chance_ref") for c in cells):
             chance: dict[str, Any] = {"ratio": s["ratio"], "method": CHANCE_METHOD, "seeds": "-"}
             chance.update({col: None for col in (*REPORT_METRICS, *LOSS_COLUMNS)})
             for col, source in CHANCE_COLUMNS.items():
@@ -269,11 +271,9 @@ def _fmt_dist(ms: tuple[float, float] | None) -> str:
 
 
 def _fmt_parts(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
-    return (
-        "-"
-        if a is None and b is None
-        else " / ".join("-" if m is None else f"{100 * m[0]:.0f}" for m in (a, b))
-    )
+    if a is None and b is None:
+        return "-"
+    return " / ".join("-" if m is None else f"{100 * m[0]:.0f}" for m in (a, b))
 
 
 def render_study_md(summary: list[dict[str, Any]], experiment: str, plots: Sequence[str]) -> str:
