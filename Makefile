@@ -48,7 +48,7 @@ study: pretrain-base-shapes-fmt  # the fidelity study (shapes screens, format-aw
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-fmt --out reports
 
-study-long: pretrain-base-shapes-fmt  # the study's image-heavy and balanced rows trained 4x longer (~1 h), then reports/study-long/study.md
+study-long: pretrain-base-shapes-fmt  # the study's trained cells at 4x the steps (~2 h), then reports/study-long/study.md
 	$(PY) -m imagelora_dist.study configs/study/shapes_fmt_long.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-fmt-long --out reports/study-long
