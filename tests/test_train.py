@@ -60,11 +60,21 @@ def reference(local_ray, shards, tmp_path_factory):
     return _train(tmp_path_factory.mktemp("ref"), shards, **{"train.workers": 1, "train.grad_accum": 2})
 
 
+@pytest.fixture(scope="module")
+def two_workers(local_ray, shards, tmp_path_factory):
+    """Two workers with the default config (ZeRO-2): its output directory and adapter."""
+    out = tmp_path_factory.mktemp("two-workers")
+    return out, _train(out, shards, **{"train.workers": 2})
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_path, stage):
-    got = _train(
-        tmp_path, shards, **{"train.workers": 2, "train.deepspeed": f"configs/deepspeed/zero{stage}.json"}
-    )
+def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_path, stage, request):
+    if stage == 2:  # the default: the run the resume test compares with too
+        tmp_path, got = request.getfixturevalue("two_workers")
+        assert _cfg(tmp_path, shards).train.deepspeed == "configs/deepspeed/zero2.json"
+    else:
+        deepspeed = f"configs/deepspeed/zero{stage}.json"
+        got = _train(tmp_path, shards, **{"train.workers": 2, "train.deepspeed": deepspeed})
     assert got.keys() == reference.keys()
     assert any(t.abs().sum() > 0 for k, t in got.items() if k.endswith(".B")), "training must move B off zero"
     for key in reference:
@@ -86,8 +96,8 @@ def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_pa
     assert sorted(p.name for p in ckpt.parent.glob("step-*")) == ["step-000002", "step-000003"]
 
 
-def test_killed_worker_resumes_from_last_checkpoint(reference, shards, tmp_path, monkeypatch):
-    clean = _train(tmp_path / "clean", shards, **{"train.workers": 2})
+def test_killed_worker_resumes_from_last_checkpoint(two_workers, shards, tmp_path, monkeypatch):
+    _, clean = two_workers
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(FAULT_ENV, "1:2")  # rank 1 dies right after step 2 (checkpointed)
     monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
