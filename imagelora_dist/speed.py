@@ -37,6 +37,7 @@ class SpeedHandles:
         for fn in reversed(self._undo):
             fn()
         self._undo.clear()
+        self.features_cached = None
 
 
 def apply_speed_flags(model: nn.Module, cfg: RunConfig, *, lowest_layer: int, dtype: str) -> SpeedHandles:

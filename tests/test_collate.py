@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import image_batch
 from PIL import Image
@@ -108,29 +109,49 @@ def _digest_collator(processor, spec, **kw):
     return BatchCollator(processor, spec.visual_token_ids, image_digests=True, sample_digests=True, **kw)
 
 
-def test_a_batch_of_cached_images_skips_the_processor_and_gives_its_tokens_bit_for_bit(monkeypatch):
+@pytest.mark.parametrize(
+    "family, padding_side, drop_longest",
+    [("qwen2_5_vl", "right", False), ("qwen2_5_vl", "left", True), ("qwen2_vl", "right", True)],
+)
+def test_a_batch_of_cached_images_skips_the_processor_and_gives_its_tokens_bit_for_bit(
+    monkeypatch, family, padding_side, drop_longest
+):
     from imagelora_dist import build_tiny_vlm
     from imagelora_dist.data import collate as collate_module
 
-    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    model, processor = build_tiny_vlm(family, seed=0)
+    processor.tokenizer.padding_side = padding_side
     spec = resolve_model(model)
-    decoded = _decoded(3, size=224)
+    decoded = _decoded(4, size=224)
     decoded[1]["record"]["text_only"] = True  # a row without image among image rows
-    reference = _digest_collator(processor, spec)(decoded)
+    max_length = None
+    if drop_longest:  # the last sample is too long: dropped, the rest re-collated
+        lengths = _digest_collator(processor, spec)(decoded)["inputs"]["attention_mask"].sum(1).tolist()
+        max_length = max(lengths) - 1
+        assert sorted(lengths)[-2] <= max_length
+    reference = _digest_collator(processor, spec, max_length=max_length)(decoded)
+    assert reference["too_long"] == int(drop_longest)
 
     cached: set[str] = set()
-    collator = _digest_collator(processor, spec)
+    collator = _digest_collator(processor, spec, max_length=max_length)
     collator.features_cached = cached.__contains__
     first = collator(decoded)  # nothing cached yet: the processor runs, the collator learns the images
     assert collator.skipped_batches == 0 and first["inputs"]["pixel_values"].stride()[0] > 0
     cached.update(first["image_digests"])
 
-    def must_not_process(*a, **k):
-        raise AssertionError("the image processor ran for a batch whose features are all cached")
+    calls = []
+    real = processor.image_processor
 
-    monkeypatch.setattr(processor, "image_processor", _NoCall(processor.image_processor, must_not_process))
+    def count_and_process(images, **k):
+        # Only the first attempt, which still holds the too-long sample's never-cached image, may process.
+        assert drop_longest and len(images) == 4, "the image processor ran for an all-cached batch"
+        calls.append(1)
+        return real(images, **k)
+
+    monkeypatch.setattr(processor, "image_processor", _NoCall(real, count_and_process))
     out = collator(decoded)
-    assert collator.skipped_batches == 1
+    assert len(calls) == int(drop_longest)
+    assert collator.skipped_batches == 1 and out["without_pixels"] and not reference["without_pixels"]
     ref, got = reference["inputs"], out["inputs"]
     assert set(got) == set(ref)
     for key in ref:
@@ -139,7 +160,7 @@ def test_a_batch_of_cached_images_skips_the_processor_and_gives_its_tokens_bit_f
     pixels = got["pixel_values"]
     assert pixels.shape == ref["pixel_values"].shape and pixels.dtype == ref["pixel_values"].dtype
     assert pixels.stride() == (0, 0) and not pixels.any()  # no memory behind it, and never read
-    for key in ("image_digests", "sample_digests", "visual_tokens", "text_tokens", "records"):
+    for key in ("image_digests", "sample_digests", "visual_tokens", "text_tokens", "records", "too_long"):
         assert out[key] == reference[key], key
     on_device = collate_module.move_to_device(got, "cpu")["pixel_values"]
     assert on_device.stride() == (0, 0) and on_device.shape == pixels.shape

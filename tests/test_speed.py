@@ -401,7 +401,14 @@ def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
     attach_vision_cache(model, cache, "fp")
     batch = image_batch(processor, n=2)
     digests = pixel_digests(batch["pixel_values"], batch["image_grid_thw"])
-    batch["pixel_values"] = pixel_stand_in(*batch["pixel_values"].shape, torch.float32)
+    zeros = torch.zeros_like(batch["pixel_values"])
+    batch["pixel_values"] = pixel_stand_in(*zeros.shape, torch.float32)
     cache.expect(digests)
     with torch.no_grad(), pytest.raises(ImageLoRAError, match="2 of its images are no longer cached"):
         model(**batch)
+    # Told by the loop, not only seen in the strides: a stand-in made dense on the way is refused too.
+    batch["pixel_values"] = zeros
+    cache.expect(digests, without_pixels=True)
+    with torch.no_grad(), pytest.raises(ImageLoRAError, match="2 of its images are no longer cached"):
+        model(**batch)
+    assert not cache._items  # nothing computed from zeros was stored

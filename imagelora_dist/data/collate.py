@@ -137,6 +137,8 @@ def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
 
 # The image of the label-free filler row that `vision_every_batch` adds to a batch without images.
 FILLER_SIZE = 56
+# Images whose processor output the collator remembers for `features_cached` (~0.3 KB each).
+SEEN_IMAGES_CAP = 200_000
 
 
 class BatchCollator:
@@ -181,8 +183,9 @@ class BatchCollator:
         # zero-stride stand-in for pixel_values, which the cached tower never reads.
         self.features_cached: Callable[[str], bool] | None = None
         self.skipped_batches = 0
-        # image content hash -> (pixel digest, grid row), learnt when the processor first ran on the image
-        self._seen: dict[str, tuple[str, torch.Tensor]] = {}
+        # image content hash -> (pixel digest, grid), learnt when the processor first ran on the image;
+        # oldest first, capped (~0.3 KB an entry), as the cache behind it is
+        self._seen: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._pixel_format: tuple[int, torch.dtype, bool] | None = None  # patch_dim, dtype, mm_token_type_ids
 
     def samples(self, decoded: Sequence[dict]) -> list[Sample]:
@@ -197,18 +200,22 @@ class BatchCollator:
         ]
 
     def __call__(self, decoded: Sequence[dict]) -> dict:
-        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "sample_digests" (with `sample_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long"}."""
+        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "sample_digests" (with `sample_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long", "without_pixels"}."""
         samples = self.samples(decoded)
         records = [d["record"] for d in decoded]
         too_long = 0
         inputs = known = None
+        # per sample, hashed once (a too-long sample is dropped, the rest re-collated)
+        hashed = (
+            [[image_content_digest(im) for im in s.images] for s in samples] if self.features_cached else []
+        )
         contents: list[str] = []
         while samples:
             filler = self.vision_every_batch and not any(s.images for s in samples)
             rows = samples + [_filler_sample()] if filler else samples
-            contents = (
-                [image_content_digest(im) for s in rows for im in s.images] if self.features_cached else []
-            )
+            if self.features_cached:
+                extra = [image_content_digest(im) for im in rows[-1].images] if filler else []
+                contents = [c for h in hashed for c in h] + extra
             known = self._known_images(contents)
             inputs = collate(self.processor, rows, known_images=known, **self.processor_kwargs)
             if self.max_length is None:
@@ -220,6 +227,7 @@ class BatchCollator:
             too_long += len(samples) - len(keep)
             samples = [samples[i] for i in keep]
             records = [records[i] for i in keep]
+            hashed = [hashed[i] for i in keep] if hashed else hashed
             inputs = None
         visual = text = 0
         if inputs is not None:
@@ -252,6 +260,7 @@ class BatchCollator:
             "visual_tokens": visual,
             "text_tokens": text,
             "too_long": too_long,
+            "without_pixels": known is not None and inputs is not None,
         }
 
     def _known_images(self, contents: list[str]) -> KnownImages | None:
@@ -263,7 +272,7 @@ class BatchCollator:
             return None
         patch_dim, dtype, mm_types = self._pixel_format
         return KnownImages(
-            grids=torch.stack([s[1] for s in seen]),
+            grids=torch.tensor([s[1] for s in seen], dtype=torch.int64),
             digests=tuple(s[0] for s in seen),
             patch_dim=patch_dim,
             dtype=dtype,
@@ -275,8 +284,10 @@ class BatchCollator:
         if is_pixel_stand_in(pixels) or len(contents) != len(digests):
             return
         self._pixel_format = (pixels.shape[1], pixels.dtype, "mm_token_type_ids" in inputs)
-        for content, digest, grid in zip(contents, digests, inputs["image_grid_thw"], strict=True):
-            self._seen[content] = (digest, grid.clone())
+        for content, digest, grid in zip(contents, digests, inputs["image_grid_thw"].tolist(), strict=True):
+            self._seen[content] = (digest, tuple(grid))
+        while len(self._seen) > SEEN_IMAGES_CAP:
+            del self._seen[next(iter(self._seen))]
 
 
 def image_content_digest(image: Image.Image) -> str:

@@ -89,10 +89,18 @@ class VisionFeatureCache(TensorStore):
         super().__init__(max_bytes, directory)
         self.hits = self.misses = 0
         self._expected: list[str] | None = None
+        self._without_pixels = False
 
-    def expect(self, digests: list[str] | None) -> None:
-        """The pixel digests of the images of the next forward (from the collator), or None to hash there."""
+    def expect(self, digests: list[str] | None, without_pixels: bool = False) -> None:
+        """The pixel digests of the images of the next forward (from the collator), or None to hash there;
+        `without_pixels`: its pixel_values are a stand-in (the collator found every image cached)."""
         self._expected = list(digests) if digests else None
+        self._without_pixels = without_pixels
+
+    def take_without_pixels(self) -> bool:
+        """Whether the forward `expect` announced came without pixels; once."""
+        flag, self._without_pixels = self._without_pixels, False
+        return flag
 
     def take_expected(self, count: int) -> list[str] | None:
         """The digests handed over by `expect`, once, if they are for `count` images; else None."""
@@ -155,6 +163,7 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
         patches = image_grid_thw.prod(-1).tolist()
         chunks = torch.split(pixel_values, patches)
         digests = cache.take_expected(len(chunks))
+        without_pixels = cache.take_without_pixels() or is_pixel_stand_in(pixel_values)
         if digests is None:  # no digests from the loader (the probe, eval): hash here
             digests = pixel_digests(pixel_values, image_grid_thw)
         keys = [image_key(fingerprint, d) for d in digests]
@@ -162,7 +171,7 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
         missing = [i for i, f in enumerate(found) if f is None]
         cache.hits += len(keys) - len(missing)
         cache.misses += len(missing)
-        if missing and is_pixel_stand_in(pixel_values):
+        if missing and without_pixels:
             raise ImageLoRAError(
                 "vision cache: a batch came without pixels (its features were cached when it was collated) "
                 f"but {len(missing)} of its images are no longer cached; set speed.vision_cache_skip_processor=false"

@@ -223,8 +223,12 @@ def train_worker(
         vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
         image_digests=vcache is not None, sample_digests=pcache is not None,
     )  # fmt: skip
-    if vcache is not None and cfg.speed.vision_cache_skip_processor and cfg.data.num_workers == 0:
-        collator.features_cached = speed.features_cached  # the loader runs here: it can ask the cache
+    if vcache is not None and cfg.speed.vision_cache_skip_processor:
+        if cfg.data.num_workers == 0:
+            collator.features_cached = speed.features_cached  # the loader runs here: it can ask the cache
+        elif ctx.rank == 0:
+            log("[train] speed.vision_cache_skip_processor is inactive: loader processes "
+                f"(data.num_workers: {cfg.data.num_workers}) cannot see the cache; every batch is processed")  # fmt: skip
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
     )
@@ -244,6 +248,7 @@ def train_worker(
     metrics: dict[str, float] = {}
     micro = 0
     last_inputs = last_digests = last_keys = None
+    last_without_pixels = False
     tokens = visual = 0
     t_step = time.perf_counter()
     while step < cfg.train.steps:
@@ -251,17 +256,18 @@ def train_worker(
                              collate_fn=collator, cursor=cursor)  # fmt: skip
         for batch in loader:
             inputs, digests, weight = batch["inputs"], batch["image_digests"], 1.0
-            keys = batch["sample_digests"]
+            keys, without_pixels = batch["sample_digests"], batch["without_pixels"]
             if inputs is None:  # every sample was dropped: step anyway (ranks stay in step), contributing 0
                 inputs, digests, keys, weight = last_inputs, last_digests, last_keys, 0.0
+                without_pixels = last_without_pixels
                 if inputs is None:
                     raise ImageLoRAError("the first batch of the run has no usable sample")
-            last_inputs, last_digests, last_keys = inputs, digests, keys
+            last_inputs, last_digests, last_keys, last_without_pixels = inputs, digests, keys, without_pixels
             if pcache is not None:
                 pcache.expect(keys)
             # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
             if vcache is not None and (pcache is None or pcache.mode != "hit"):
-                vcache.expect(digests)
+                vcache.expect(digests, without_pixels=without_pixels)
             inputs = move_to_device(inputs, ctx.device)
             loss = engine(**inputs).loss
             if _nan_drill(ctx.rank, step + 1):
