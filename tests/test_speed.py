@@ -412,3 +412,29 @@ def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
     with torch.no_grad(), pytest.raises(ImageLoRAError, match="2 of its images are no longer cached"):
         model(**batch)
     assert not cache._items  # nothing computed from zeros was stored
+
+
+def test_caches_with_zero3_on_several_workers_are_refused_before_any_worker_starts(tmp_path):
+    from imagelora_dist.train.loop import load_deepspeed_template
+
+    def cfg(*overrides):
+        return load_config(None, [f"output_dir={tmp_path}", "train.deepspeed=configs/deepspeed/zero3.json",
+                                  "train.workers=2", *overrides])  # fmt: skip
+
+    for flag in ("speed.vision_cache=true", "speed.prefix_cache=true"):
+        with pytest.raises(
+            ImageLoRAError, match=rf"{flag.split('=')[0]} with ZeRO-3 .* train.workers 2: .*hang"
+        ):
+            load_deepspeed_template(cfg(flag))
+    # One worker has no other rank to fall out of step with; ZeRO-2 keeps whole weights on every rank;
+    # `full` trains the tower, so its caches are off anyway.
+    for fine in (
+        ["train.workers=1"],
+        ["train.deepspeed=configs/deepspeed/zero2.json"],
+        ["train.method=full"],
+    ):
+        load_deepspeed_template(cfg("speed.vision_cache=true", "speed.prefix_cache=true", *fine))
+    bad = tmp_path / "ds.json"
+    bad.write_text("{not json")
+    with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*ds.json is not valid JSON"):
+        load_deepspeed_template(cfg(f"train.deepspeed={bad}"))

@@ -73,6 +73,14 @@ def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
     stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
     if stage not in (0, 1, 2, 3):
         raise ImageLoRAError(f"train.deepspeed: {path} has no zero_optimization.stage in 0..3")
+    caches = [f"speed.{name}" for name in ("vision_cache", "prefix_cache") if getattr(cfg.speed, name)]
+    if stage == 3 and caches and cfg.train.workers > 1 and cfg.train.method != "full":
+        # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs:
+        # a rank whose batch is cached would skip modules the other ranks run, and they would all hang.
+        raise ImageLoRAError(
+            f"{caches[0]} with ZeRO-3 ({path}) and train.workers {cfg.train.workers}: ranks would run "
+            "different modules of the sharded frozen model and hang; use ZeRO-1/2 (the adapter is small)"
+        )
     return ds
 
 
