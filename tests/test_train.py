@@ -166,15 +166,30 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
     assert diff == 0.0
 
 
+def _lora_cfg(out, shards, stage):
+    return _cfg(out, shards, **{"train.method": "lora", "train.workers": 2, "train.steps": 2,
+                                "train.deepspeed": f"configs/deepspeed/zero{stage}.json",
+                                "eval.num_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_zero2(local_ray, shards, tmp_path_factory):
+    """The peft LoRA baseline trained by two ZeRO-2 workers: its config (output_dir holds the adapter)."""
+    cfg = _lora_cfg(tmp_path_factory.mktemp("lora-zero2"), shards, 2)
+    assert run_training(cfg, shards).error is None
+    return cfg
+
+
 @pytest.mark.parametrize("stage", [2, 3])
-def test_lora_baseline_trains_saves_and_changes_text(local_ray, shards, tmp_path, stage):
+def test_lora_baseline_trains_saves_and_changes_text(local_ray, shards, tmp_path, stage, request):
     """The peft LoRA baseline in the same trainer (ZeRO-3 gathers its weights to save them)."""
     from peft import PeftModel
 
-    out = tmp_path / "lora"
-    cfg = _cfg(out, shards, **{"train.method": "lora", "train.workers": 2, "train.steps": 2,
-                               "train.deepspeed": f"configs/deepspeed/zero{stage}.json"})  # fmt: skip
-    assert run_training(cfg, shards).error is None
+    if stage == 2:
+        out = Path(request.getfixturevalue("lora_zero2").output_dir)
+    else:
+        out = tmp_path / "lora"
+        assert run_training(_lora_cfg(out, shards, stage), shards).error is None
     tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     assert tensors and all(t.numel() > 0 for t in tensors.values())
     assert any("lora_B" in k and t.abs().sum() > 0 for k, t in tensors.items())
@@ -186,16 +201,14 @@ def test_lora_baseline_trains_saves_and_changes_text(local_ray, shards, tmp_path
     assert not torch.equal(adapted, base), "standard LoRA changes text-only outputs"
 
 
-def test_eval_stage_reports_lora_text_change(local_ray, shards, tmp_path):
+def test_eval_stage_reports_lora_text_change(lora_zero2):
     """The eval stage end to end for the LoRA baseline: accuracy keys, and a measured non-zero text change."""
     import json
 
     from imagelora_dist.pipeline import run_eval
 
-    out = tmp_path / "lora-eval"
-    cfg = _cfg(out, shards, **{"train.method": "lora", "train.workers": 1, "train.steps": 2,
-                               "eval.num_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
-    assert run_training(cfg, shards).error is None
+    cfg = lora_zero2
+    out = Path(cfg.output_dir)
     result = run_eval(cfg, log=lambda m: None)
     report = json.loads((out / "eval_report.json").read_text())
     assert result.output == out / "eval_report.json"
