@@ -43,20 +43,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards, out = Path(tmp, "data"), Path(tmp, "run")
         out.mkdir()
-        subprocess.run([sys.executable, "-m", "imagelora_dist", "synth", "--out", str(shards),
-                        "data.synth.num_samples=16", "data.synth.samples_per_shard=8", *suite.RATIOS["image-heavy"]],
-                       check=True, capture_output=True)  # fmt: skip
-        cfg = load_config(None, [f"output_dir={out}", f"data.train={shards}", "train.steps=12",
-                                 "train.checkpoint_every=100000", "train.micro_batch_size=4",
-                                 "tracking.enabled=false", "data.max_pixels=1000000", *overrides])  # fmt: skip
-        if selection == "one_per_layer":
-            HeadSelection({layer: [layer % 4] for layer in range(6)}, hkv=4, num_layers=6).to_json(
-                out / "head_selection.json"
-            )
-        elif selection == "upper":
-            HeadSelection({layer: [0, 1, 2, 3] for layer in range(3, 6)}, hkv=4, num_layers=6).to_json(
-                out / "head_selection.json"
-            )
+        subprocess.run([sys.executable, "-m", "imagelora_dist", "synth", "--out", str(shards), *suite.SYNTH,
+                        *suite.RATIOS["image-heavy"]], check=True, capture_output=True)  # fmt: skip
+        cfg = load_config(None, [f"output_dir={out}", f"data.train={shards}", "train.steps=12", *suite.COMMON,
+                                 *overrides])  # fmt: skip
+        if selection in suite.HEADS:
+            HeadSelection(suite.HEADS[selection], hkv=4, num_layers=6).to_json(out / "head_selection.json")
         torch.set_num_threads(2)
         prof = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=6, warmup=1, active=4))
         prof.start()

@@ -46,13 +46,10 @@ from imagelora_dist.pipeline import method_costs
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.train.loop import WorkerContext, train_worker
 out, shards, steps, warm = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-selection = sys.argv[5]
-overrides = [f"output_dir={out}", f"data.train={shards}", f"train.steps={steps}", "train.checkpoint_every=100000",
-             "train.micro_batch_size=4", "tracking.enabled=false", "data.max_pixels=1000000"] + sys.argv[6:]
-cfg = load_config(None, overrides)
-heads = {"upper": {l: [0, 1, 2, 3] for l in range(3, 6)}, "one_per_layer": {l: [l % 4] for l in range(6)}}
-if selection != "-":  # a fixed selection instead of the probe's (the timing must not depend on a probe run)
-    HeadSelection(heads[selection], hkv=4, num_layers=6).to_json(out / "head_selection.json")
+heads = json.loads(sys.argv[5])  # layer -> KV heads, or null for the method's own
+cfg = load_config(None, [f"output_dir={out}", f"data.train={shards}", f"train.steps={steps}"] + sys.argv[6:])
+if heads:  # a fixed selection instead of the probe's (the timing must not depend on a probe run)
+    HeadSelection({int(l): h for l, h in heads.items()}, hkv=4, num_layers=6).to_json(out / "head_selection.json")
 torch.set_num_threads(2)
 times, tok, vis = [], [], []
 def report(m, tag):
@@ -64,6 +61,15 @@ print("RESULT", json.dumps({"step_s": statistics.median(times[warm:]), "tok_s": 
                             "visual_fraction": statistics.mean(vis), "peak_mb": peak, **costs}))
 """
 
+# The data of every configuration (16 samples: 4 steps an epoch at micro-batch 4) and its shared overrides.
+SYNTH = ["data.synth.num_samples=16", "data.synth.samples_per_shard=8"]
+COMMON = ["train.checkpoint_every=100000", "train.micro_batch_size=4", "tracking.enabled=false",
+          "data.max_pixels=1000000"]  # fmt: skip
+# The fixed selections of the tiny model (6 layers, 4 KV heads): layer -> KV heads.
+HEADS = {
+    "upper": {layer: [0, 1, 2, 3] for layer in range(3, 6)},
+    "one_per_layer": {layer: [layer % 4] for layer in range(6)},
+}
 # (name, synth overrides): image-heavy uses bigger screenshots (more visual tokens) and no extra text.
 RATIOS = {
     "text-heavy": ["data.synth.instruction_words=[200,200]"],
@@ -122,7 +128,7 @@ def run(
             synth = RATIOS[ratio]
             data[ratio] = os.path.join(tmp, ratio)
             subprocess.run([sys.executable, "-m", "imagelora_dist", "synth", "--out", data[ratio],
-                            "data.synth.num_samples=16", "data.synth.samples_per_shard=8", *synth],
+                            *SYNTH, *synth],
                            check=True, env=env, capture_output=True)  # fmt: skip
         for round_ in range(repeats):
             for ratio in ratios:
@@ -136,7 +142,8 @@ def run(
                     out = os.path.join(tmp, f"{round_}-{ratio}-{method}")
                     os.makedirs(out)
                     proc = subprocess.run([sys.executable, "-c", WORKER, out, data[ratio], str(steps),
-                                           str(samples_per_epoch_steps), selection, *overrides, *(extra or [])],
+                                           str(samples_per_epoch_steps), json.dumps(HEADS.get(selection)),
+                                           *COMMON, *overrides, *(extra or [])],
                                           env=env, capture_output=True, text=True)  # fmt: skip
                     if proc.returncode:
                         sys.exit(f"{ratio} {method} failed:\n{proc.stderr[-3000:]}")

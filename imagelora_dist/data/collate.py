@@ -46,16 +46,15 @@ class KnownImages:
 
 def _encode_known_images(processor: object, texts: list[str], known: KnownImages) -> dict[str, torch.Tensor]:
     """What the processor returns for `texts` with images of `known` grids, pixels replaced by a stand-in."""
-    token = processor.image_token
-    counts = (known.grids.prod(-1) // processor.image_processor.merge_size**2).tolist()
-    expanded = []
-    for text in texts:
-        head, *rest = text.split(token)
-        if len(rest) > len(counts):
-            raise ImageLoRAError("collate: more image placeholders in the text than known images")
-        expanded.append(head + "".join(token * counts.pop(0) + part for part in rest))
-    if counts:
-        raise ImageLoRAError("collate: fewer image placeholders in the text than known images")
+    placeholders = sum(text.count(processor.image_token) for text in texts)
+    if placeholders != len(known.grids):
+        raise ImageLoRAError(
+            f"collate: {placeholders} image placeholders in the text, {len(known.grids)} known images"
+        )
+    # The processor's own expansion of each placeholder, from the grids it reported for these images.
+    grids = {"image_grid_thw": known.grids}
+    replacements = [processor.replace_image_token(grids, i) for i in range(len(known.grids))]
+    expanded, _ = processor.get_text_with_replacements(list(texts), replacements)
     # The processor itself would refuse image tokens without images: its tokenizer is what it calls.
     batch = dict(processor.tokenizer(expanded, padding=True, return_tensors="pt"))
     if known.mm_token_type_ids:
@@ -137,7 +136,7 @@ def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
 
 # The image of the label-free filler row that `vision_every_batch` adds to a batch without images.
 FILLER_SIZE = 56
-# Images whose processor output the collator remembers for `features_cached` (~0.3 KB each).
+# Images whose processor output the collator remembers for `features_cached` (two short hashes and a grid each).
 SEEN_IMAGES_CAP = 200_000
 
 
@@ -179,12 +178,12 @@ class BatchCollator:
             self.processor_kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         # Set by an in-process training loop with the vision cache: does the cache hold the features of
         # the image with this pixel digest? A batch whose every image it holds skips the image processor
-        # (resize, normalize, patchify: ~20 ms per 896x672 screenshot on a CPU core) and carries a
+        # (resize, normalize, patchify; bench/suite.py's `-noskip` row measures it) and carries a
         # zero-stride stand-in for pixel_values, which the cached tower never reads.
         self.features_cached: Callable[[str], bool] | None = None
         self.skipped_batches = 0
         # image content hash -> (pixel digest, grid), learnt when the processor first ran on the image;
-        # oldest first, capped (~0.3 KB an entry), as the cache behind it is
+        # oldest first, capped at SEEN_IMAGES_CAP entries
         self._seen: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._pixel_format: tuple[int, torch.dtype, bool] | None = None  # patch_dim, dtype, mm_token_type_ids
 
