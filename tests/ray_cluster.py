@@ -83,6 +83,8 @@ def client_env() -> dict[str, str]:
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
+        # as conftest.py sets it for the in-process Ray (finished training runs are seen sooner)
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"),
     )
     return env
 

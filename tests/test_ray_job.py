@@ -42,6 +42,12 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
         "data.synth.workers=1",
         "probe.num_examples=4",
         "ray.num_workers=1",
+        # What this test checks is the submit path (launch scripts, job logs, MLflow from inside the job);
+        # the stages themselves are tested elsewhere, so they run at their smallest.
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "eval.num_samples=4",
+        "eval.text_task_problems=4",
     ]
     cmd = ["bash", str(LAUNCH / "submit.sh"), "--address", address, "--submission-id", submission_id]
     cmd += ["--no-wait", "--", "--config", "configs/tiny.yaml", *overrides]
