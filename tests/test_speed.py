@@ -414,27 +414,73 @@ def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
     assert not cache._items  # nothing computed from zeros was stored
 
 
-def test_caches_with_zero3_on_several_workers_are_refused_before_any_worker_starts(tmp_path):
+def test_caches_follow_the_other_ranks_where_ranks_must_run_the_same_modules():
+    # Under ZeRO-3 (tests/test_train.py runs it) each cache asks `agree` whether every rank found its
+    # data; a rank that found everything but is outvoted runs the same modules as the others.
+    from imagelora_dist.models.prefix_cache import PrefixCache
+    from imagelora_dist.models.vision_cache import pixel_digests, pixel_stand_in
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {1: [0], 4: [2, 3]}, rank=4)
+    _randomize(handle)
+    batch = image_batch(processor, n=2)
+    ref_loss, ref_grads = _adapter_grads(model, handle, batch)
+    tower = []
+    model.model.visual.register_forward_hook(lambda m, args, out: tower.append(args[0].shape[0]))
+    cache = VisionFeatureCache()
+    attach_vision_cache(model, cache, "fp")
+    asked, others_found = [], [True]
+    cache.agree = lambda found: asked.append(found) or (found and others_found[0])
+
+    _adapter_grads(model, handle, batch)  # a miss here: the tower runs on both images, as everywhere
+    assert asked == [False] and len(tower) == 1 and cache.forced_runs == 0
+    digests = pixel_digests(batch["pixel_values"], batch["image_grid_thw"])
+    one_image = int(batch["image_grid_thw"][0].prod())
+    for others, pixels, runs in ((True, "real", 0), (False, "real", 1), (False, "stand-in", 1)):
+        others_found[0], before = others, len(tower)
+        if pixels == "stand-in":
+            batch["pixel_values"] = pixel_stand_in(*batch["pixel_values"].shape, torch.float32)
+        cache.expect(digests, without_pixels=pixels == "stand-in")
+        loss, grads = _adapter_grads(model, handle, batch)
+        # All hits here: the tower runs only when another rank runs it, on this rank's first image
+        # (zeros for a stand-in), and its output is not used.
+        assert asked[-1] is True and tower[before:] == [one_image] * runs
+        assert torch.equal(loss, ref_loss)
+        for k in ref_grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+    assert len(tower) == 3 and cache.forced_runs == 2 and cache.misses == 2 and cache.hits == 6
+
+    prefix = PrefixCache()
+    prefix.agree = cache.agree
+    keys = _keys(image_batch(processor, n=2))
+    others_found[0] = True
+    prefix.expect(keys)
+    assert prefix.mode == "record" and asked[-1] is False
+    prefix.store.put(prefix._store_key(keys[0]), torch.zeros(1))
+    prefix.store.put(prefix._store_key(keys[1]), torch.zeros(1))
+    others_found[0] = False
+    prefix.expect(keys)  # everything here, but another rank computes: so does this one (and re-records)
+    assert prefix.mode == "record" and asked[-1] is True
+    others_found[0] = True
+    prefix.expect(keys)
+    assert prefix.mode == "hit"
+    prefix.expect(None)  # no keys: this forward runs unchanged, but the ranks still vote (in step)
+    assert prefix.mode is None and asked[-1] is False and len(asked) == 8
+
+
+def test_deepspeed_template_errors_name_the_file(tmp_path):
     from imagelora_dist.train.loop import load_deepspeed_template
 
-    def cfg(*overrides):
-        return load_config(None, [f"output_dir={tmp_path}", "train.deepspeed=configs/deepspeed/zero3.json",
-                                  "train.workers=2", *overrides])  # fmt: skip
+    def load(path):
+        return load_deepspeed_template(load_config(None, [f"train.deepspeed={path}"]))
 
-    for flag in ("speed.vision_cache=true", "speed.prefix_cache=true"):
-        with pytest.raises(
-            ImageLoRAError, match=rf"{flag.split('=')[0]} with ZeRO-3 .* train.workers 2: .*hang"
-        ):
-            load_deepspeed_template(cfg(flag))
-    # One worker has no other rank to fall out of step with; ZeRO-2 keeps whole weights on every rank;
-    # `full` trains the tower, so its caches are off anyway.
-    for fine in (
-        ["train.workers=1"],
-        ["train.deepspeed=configs/deepspeed/zero2.json"],
-        ["train.method=full"],
-    ):
-        load_deepspeed_template(cfg("speed.vision_cache=true", "speed.prefix_cache=true", *fine))
+    assert load("configs/deepspeed/zero3.json")["zero_optimization"]["stage"] == 3
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")
     with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*ds.json is not valid JSON"):
-        load_deepspeed_template(cfg(f"train.deepspeed={bad}"))
+        load(bad)
+    bad.write_text('{"zero_optimization": {}}')
+    with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*ds.json has no zero_optimization.stage"):
+        load(bad)
+    with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*nowhere.json not found"):
+        load(tmp_path / "nowhere.json")

@@ -107,6 +107,62 @@ def test_killed_worker_resumes_from_last_checkpoint(two_workers, shards, tmp_pat
         torch.testing.assert_close(killed[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
+def _dataset(directory, shard_files, text_only=()):
+    """A shard directory of copies of `shard_files`; the samples of those at positions `text_only` become
+    text-only records (the collator drops their images, as for a pure-text task mixed into the data)."""
+    import json
+    import shutil
+
+    from imagelora_dist.data.shards import ShardIndex, read_shard_raw, write_shard
+
+    directory.mkdir(parents=True)
+    infos = []
+    for i, source in enumerate(shard_files):
+        if i in text_only:
+            samples = read_shard_raw(source)
+            for sample in samples:
+                sample["json"] = {**json.loads(sample["json"]), "text_only": True}
+            infos.append(write_shard(directory / Path(source).name, samples))
+        else:
+            shutil.copy(source, directory / Path(source).name)
+            info = ShardIndex.read(Path(source).parent).shards[i]
+            infos.append(info)
+    ShardIndex(infos).write(directory)
+    return str(directory)
+
+
+def test_zero3_ranks_stay_in_step_with_text_only_batches_and_partly_cached_steps(local_ray, shards, tmp_path):
+    # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: a
+    # rank that skips a module another rank runs breaks the gathers (NCCL hangs, gloo dies). Here rank
+    # A's first batch is fully cached (its images' features and its samples' prefix states were stored by
+    # an earlier run in the shared directories) while rank B's is text-only and never met; each rank
+    # gets one shard (of 2 samples) per epoch. Without the filler image and the ranks' agreement on cache
+    # hits this run dies in its first step; with them it gives the adapter of one uncached worker.
+    from imagelora_dist.data.shards import ShardIndex
+    from imagelora_dist.selection import HeadSelection
+
+    files = ShardIndex.read(shards).urls(shards)
+    assert len(files) == 2
+    mixed = _dataset(tmp_path / "mixed", files, text_only={1})
+    image_only = _dataset(tmp_path / "image-only", files[:1])
+    caches = {"speed.vision_cache": "true", "speed.prefix_cache": "true",
+              "speed.vision_cache_dir": tmp_path / "vision", "speed.prefix_cache_dir": tmp_path / "prefix"}  # fmt: skip
+    method = {"train.method": "image_lora"}  # adapters in layers 3 and 5: the prefix cache serves layer 3
+    for name in ("prefill", "reference", "zero3"):
+        (tmp_path / name).mkdir()
+        HeadSelection({3: [0, 1], 5: [2]}, hkv=4, num_layers=6).to_json(
+            tmp_path / name / "head_selection.json"
+        )
+    _train(tmp_path / "prefill", image_only, **method, **caches, **{"train.workers": 1, "train.steps": 1})
+    assert len(list((tmp_path / "vision").glob("*.safetensors"))) == 2  # shard A's two images
+    reference = _train(tmp_path / "reference", mixed, **method, **{"train.workers": 1, "train.grad_accum": 2})
+    got = _train(tmp_path / "zero3", mixed, **method, **caches,
+                 **{"train.workers": 2, "train.deepspeed": "configs/deepspeed/zero3.json"})  # fmt: skip
+    assert got.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
 def test_divergence_on_one_rank_stops_every_rank_without_restarts(local_ray, shards, tmp_path, monkeypatch):
     # Rank 1's loss reads NaN from step 2 on, in every attempt: a restart would diverge again, so the
     # run must end with TrainingDiverged at once instead of spending max_failures on restarts (which

@@ -149,7 +149,8 @@ class BatchCollator:
     becomes a sample without image (its shard member is a placeholder). With `vision_every_batch`, a batch
     whose samples all lack images gets one extra row (a blank image, no labels) so the vision tower runs
     in every step: when it is trained (method `full`), every rank must produce the same gradients in the
-    same order, or ZeRO's bucketed reduction would mix them up.
+    same order, or ZeRO's bucketed reduction would mix them up; under ZeRO-3 on several ranks the frozen
+    tower is sharded too, and a rank that skipped it would break the others' collective weight gathers.
     """
 
     def __init__(

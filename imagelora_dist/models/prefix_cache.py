@@ -65,14 +65,19 @@ class PrefixCache:
         self.hits = self.misses = 0
         self._keys: list[str] | None = None
         self.mode: str | None = None  # "hit" or "record" for the forward in flight, else None
+        # Set where ranks must run the same modules (ZeRO-3): given whether this rank's batch is all cached,
+        # whether every rank's is. Called at every `expect`, so every rank must call `expect` every step.
+        self.agree: Callable[[bool], bool] | None = None
 
     def expect(self, keys: Sequence[str] | None) -> None:
         """The sample keys of the next forward (from the loader), or None: that forward runs unchanged."""
         self._keys = [self._store_key(k) for k in keys] if keys else None
+        found = self._keys is not None and all(self.store.contains(k) for k in self._keys)
+        if self.agree is not None:
+            found = self.agree(found)  # a rank that could hit computes (and re-records) with the others
         if self._keys is None:
             self.mode = None
             return
-        found = all(self.store.get(k) is not None for k in self._keys)
         self.mode = "hit" if found else "record"
         if found:
             self.hits += len(self._keys)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,10 @@ class VisionFeatureCache(TensorStore):
         self.hits = self.misses = 0
         self._expected: list[str] | None = None
         self._without_pixels = False
+        # Set where ranks must run the same modules (ZeRO-3): given whether this rank's forward found all
+        # its images, whether every rank's did. Called once per forward that reaches the tower.
+        self.agree: Callable[[bool], bool] | None = None
+        self.forced_runs = 0  # forwards that ran the tower only because another rank missed
 
     def expect(self, digests: list[str] | None, without_pixels: bool = False) -> None:
         """The pixel digests of the images of the next forward (from the collator), or None to hash there;
@@ -176,6 +181,14 @@ def attach_vision_cache(model: nn.Module, cache: VisionFeatureCache, fingerprint
                 "vision cache: a batch came without pixels (its features were cached when it was collated) "
                 f"but {len(missing)} of its images are no longer cached; set speed.vision_cache_skip_processor=false"
             )
+        if not missing and cache.agree is not None and not cache.agree(True):
+            # Another rank runs the tower: run it too (on one image, result unused) so the sharded
+            # weights are gathered in the same order everywhere. A stand-in is made dense for it.
+            cache.forced_runs += 1
+            with torch.no_grad():
+                original(chunks[0].contiguous(), image_grid_thw[:1], **kwargs)
+        elif missing and cache.agree is not None:
+            cache.agree(False)
         if missing:
             with torch.no_grad():  # frozen: no graph, and nothing to keep for a backward
                 out = original(torch.cat([chunks[i] for i in missing]), image_grid_thw[missing], **kwargs)

@@ -8,6 +8,7 @@ checkpoint also carries the adapter in its inference format (`<tag>/adapter`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -73,14 +74,6 @@ def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
     stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
     if stage not in (0, 1, 2, 3):
         raise ImageLoRAError(f"train.deepspeed: {path} has no zero_optimization.stage in 0..3")
-    caches = [f"speed.{name}" for name in ("vision_cache", "prefix_cache") if getattr(cfg.speed, name)]
-    if stage == 3 and caches and cfg.train.workers > 1 and cfg.train.method != "full":
-        # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs:
-        # a rank whose batch is cached would skip modules the other ranks run, and they would all hang.
-        raise ImageLoRAError(
-            f"{caches[0]} with ZeRO-3 ({path}) and train.workers {cfg.train.workers}: ranks would run "
-            "different modules of the sharded frozen model and hang; use ZeRO-1/2 (the adapter is small)"
-        )
     return ds
 
 
@@ -126,12 +119,23 @@ def _nan_drill(rank: int, step: int) -> bool:
     return int(r) == rank and step >= int(s)
 
 
+def zero_stage(template: dict[str, Any] | None, cfg: RunConfig) -> int:
+    """The ZeRO stage of this run's DeepSpeed JSON (the template the driver read, else the file)."""
+    ds = template if template is not None else load_deepspeed_template(cfg)
+    return int(ds["zero_optimization"]["stage"])
+
+
+def on_every_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on all ranks (a collective: every rank must call it at the same point)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def finite_on_every_rank(loss: torch.Tensor, world_size: int) -> bool:
     """Whether the loss is finite on all ranks: they stop together, none is left waiting in a collective."""
-    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
-    if world_size > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
+    finite = bool(torch.isfinite(loss.detach()).all())
+    return on_every_rank(finite, loss.device) if world_size > 1 else finite
 
 
 def load_selection(cfg: RunConfig) -> HeadSelection | None:
@@ -213,6 +217,14 @@ def train_worker(
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
     speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg))
     vcache, pcache = speed.vision, speed.prefix
+    # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: every
+    # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So
+    # a batch without images gets a filler image (the tower runs everywhere), and a cache serves a step
+    # only where it serves every rank (one small all-reduce per cache and micro-batch).
+    lockstep = ctx.world_size > 1 and zero_stage(ds_template, cfg) == 3
+    for cache in (vcache, pcache) if lockstep else ():
+        if cache is not None:
+            cache.agree = functools.partial(on_every_rank, device=ctx.device)
     adapted.model.train()
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
@@ -228,7 +240,8 @@ def train_worker(
     plan = reader.epoch_plan(0, ctx.rank, ctx.world_size)
     collator = BatchCollator(
         processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
-        vision_every_batch=cfg.train.method == "full",  # a trained vision tower must run on every rank
+        # a trained vision tower, or ZeRO-3's gathers, need the tower to run on every rank
+        vision_every_batch=cfg.train.method == "full" or lockstep,
         image_digests=vcache is not None, sample_digests=pcache is not None,
     )  # fmt: skip
     if vcache is not None and cfg.speed.vision_cache_skip_processor:
