@@ -41,6 +41,9 @@ class ModelConfig(_Strict):
     # Scale the tiny model (pre-training a bigger base on a GPU); a checkpoint at `path` has its own size.
     # exclude_if: left out of dumps when unset, so the stage hashes of configs without it stay as they were.
     size: ModelSizeConfig | None = Field(None, exclude_if=lambda v: v is None)
+    # Tiny models' offline tokenizer: numbers split into single digits, as Qwen's own tokenizers do (off:
+    # the digit merges the bases recorded in bench/RESULTS.md were trained with). Unset: left out of dumps.
+    split_digits: bool = Field(False, exclude_if=lambda v: v is False)
     # auto: bf16 on GPU, fp32 on CPU (a 7B checkpoint in fp32 would not fit most GPUs).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # Attention kernel: auto = transformers' default (SDPA, fused on GPU); flash_attention_2 needs the
@@ -56,6 +59,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _size_fits(self) -> ModelConfig:
+        if self.split_digits and self.path is not None:
+            raise ValueError(f"split_digits: the checkpoint at path={self.path!r} has its own tokenizer")
         if self.size is None:
             return self
         if self.path is not None:

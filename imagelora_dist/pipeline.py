@@ -82,7 +82,12 @@ def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     if cfg.model.path:
         model, processor = load_vlm(cfg.model.path, dtype=dtype)
     else:
-        model, processor = build_tiny_vlm(cfg.model.family, seed=cfg.model.seed, size=cfg.model.tiny_size())
+        model, processor = build_tiny_vlm(
+            cfg.model.family,
+            seed=cfg.model.seed,
+            size=cfg.model.tiny_size(),
+            split_digits=cfg.model.split_digits,
+        )
         model = model.to(dtype)
     if cfg.model.attn_implementation != "auto":
         try:
@@ -204,7 +209,12 @@ def driver_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
     """Model skeleton and processor for the driver, which only collates and counts: a real checkpoint is
     built on the meta device (no weights loaded); the tiny model is cheap to build for real."""
     if not cfg.model.path:
-        return build_tiny_vlm(cfg.model.family, seed=cfg.model.seed, size=cfg.model.tiny_size())
+        return build_tiny_vlm(
+            cfg.model.family,
+            seed=cfg.model.seed,
+            size=cfg.model.tiny_size(),
+            split_digits=cfg.model.split_digits,
+        )
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from imagelora_dist.models.tiny import load_processor

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from PIL import Image
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator, Sample, collate, fit_pixels
-from imagelora_dist.data.pretrain_tasks import TEXT_ONLY_TASKS, PretrainSpec, synthesize_pretrain
+from imagelora_dist.data.pretrain_tasks import POINT, TEXT_ONLY_TASKS, PretrainSpec, synthesize_pretrain
 from imagelora_dist.data.reader import ShardReader, ShardStream
 from imagelora_dist.data.shards import INDEX_NAME, atomic_write_bytes
+from imagelora_dist.data.tasks import GROUNDING
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.generate import (
     eval_mode,
@@ -36,6 +38,7 @@ from imagelora_dist.eval.generate import (
     padding_side,
     to_model,
 )
+from imagelora_dist.eval.metrics import chance_baselines, click_distance, grounding_hit
 from imagelora_dist.selection import config_hash
 
 Log = Callable[[str], None]
@@ -203,6 +206,10 @@ def evaluate_base(
         )
         stats["count"] += 1
         stats["correct"] += int(answer == rec["answer"].strip())
+        if rec["task"] == POINT and rec.get("bbox"):  # an exact click is luck: score it as grounding is
+            stats["hits"] = stats.get("hits", 0) + grounding_hit(answer, rec)
+            stats.setdefault("dists", []).append(click_distance(answer, rec))
+            stats.setdefault("points", []).append(rec)
         stats["loss_sum"] += loss
         stats["blank_sum"] += blank_loss
         shown = examples.setdefault(rec["task"], [])
@@ -215,6 +222,7 @@ def evaluate_base(
             "answer_loss": s["loss_sum"] / s["count"],
             # answer loss on a blank screen minus on the real one: > 0 when the answer uses the image
             "image_gain": (s["blank_sum"] - s["loss_sum"]) / s["count"],
+            **(_click_stats(s) if "points" in s else {}),
         }
         for task, s in sorted(per_task.items())
     }
@@ -224,6 +232,18 @@ def evaluate_base(
         "answer_loss": sum(losses) / len(losses),
         "tasks": tasks,
         "examples": examples,
+    }
+
+
+def _click_stats(stats: dict[str, Any]) -> dict[str, float]:
+    """A pointing task scored as grounding: hit rate and median click distance, beside a random click's
+    hit rate and the centre click's distance on the same questions."""
+    chance = chance_baselines([{**r, "task": GROUNDING} for r in stats["points"]])
+    return {
+        "click_hit_rate": stats["hits"] / len(stats["points"]),
+        "random_click_hit_rate": chance["grounding_chance"],
+        "median_click_dist": statistics.median(stats["dists"]),
+        "centre_click_median_dist": chance["grounding_median_dist_centre"],
     }
 
 
@@ -339,6 +359,11 @@ def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> P
                     **{f"heldout_accuracy_{k}": v["accuracy"] for k, v in scores["tasks"].items()},
                     **{f"heldout_answer_loss_{k}": v["answer_loss"] for k, v in scores["tasks"].items()},
                     **{f"heldout_image_gain_{k}": v["image_gain"] for k, v in scores["tasks"].items()},
+                    **{
+                        f"heldout_click_hit_rate_{k}": v["click_hit_rate"]
+                        for k, v in scores["tasks"].items()
+                        if "click_hit_rate" in v
+                    },  # fmt: skip
                 }
                 tracker.log_metrics(metrics)
                 tracker.log_artifact(report_path, "pretrain")
@@ -356,6 +381,11 @@ def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> P
     )
     log(f"[pretrain] held-out exact match: {scores['accuracy']:.3f} overall; {tasks}")
     log(f"[pretrain] answer loss saved by the image (blank screen minus real): {gains}")
+    for k, v in scores["tasks"].items():
+        if "click_hit_rate" in v:
+            log(f"[pretrain] {k} scored as grounding: {v['click_hit_rate']:.3f} of clicks hit (a random "
+                f"click: {v['random_click_hit_rate']:.3f}); median distance {v['median_click_dist']:.0f} "
+                f"(the centre: {v['centre_click_median_dist']:.0f}, in 1/1000 of the screen)")  # fmt: skip
     log(f"[pretrain] wrote {base} ({report['parameters']:,} parameters) and {report_path}")
     log(f"[pretrain] use it: imagelora-dist run --config configs/tiny.yaml model.path={base}")
     return PretrainResult(base, report)

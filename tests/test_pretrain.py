@@ -365,3 +365,40 @@ def test_pretrain_base_without_ray_needs_neither_ray_nor_mlflow_installed(tmp_pa
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "out" / "base" / "model.safetensors").stat().st_size > 0
+
+
+def test_pretrain_eval_scores_the_point_task_as_grounding(tmp_path, monkeypatch):
+    # An exact click is luck, so `point` is also scored as the downstream grounding is: inside the bbox.
+    # The answers are chosen here (the target's centre for every other sample, no point for the rest).
+    import statistics
+
+    from imagelora_dist import pretrain
+    from imagelora_dist.data.pretrain_tasks import POINT, PretrainSpec, synthesize_pretrain
+    from imagelora_dist.data.tasks import box_center, normalize_point
+
+    spec = PretrainSpec(num_samples=8, samples_per_shard=4, width=336, height=252, min_elements=1,
+                        max_elements=4, tasks=(POINT,), seed=3, style="shapes")  # fmt: skip
+    synthesize_pretrain(spec, tmp_path / "d", workers=1)
+    seen = []
+
+    def answers(model, processor, decoded, **kwargs):
+        out = []
+        for d in decoded:
+            rec = d["record"]
+            centre = normalize_point(*box_center(rec["bbox"]), rec["width"], rec["height"])
+            out.append(f"({centre[0]}, {centre[1]})" if len(seen) % 2 == 0 else "somewhere")
+            seen.append(rec)
+        return out
+
+    monkeypatch.setattr(pretrain, "answer_samples", answers)
+    model, processor = build_tiny_vlm("qwen3_vl", seed=0)
+    point = pretrain.evaluate_base(model, processor, str(tmp_path / "d"), num_samples=8, batch_size=4)[
+        "tasks"
+    ][POINT]
+    assert len(seen) == 8 and point["count"] == 8
+    assert point["click_hit_rate"] == 0.5 and point["accuracy"] == 0.5  # the centre is the reference answer
+    areas = [(r["bbox"][2] - r["bbox"][0]) * (r["bbox"][3] - r["bbox"][1]) / (336 * 252) for r in seen]
+    assert point["random_click_hit_rate"] == pytest.approx(statistics.fmean(areas))
+    assert point["median_click_dist"] == pytest.approx(
+        (0.0 + 1000 * 2**0.5) / 2, abs=1.0
+    )  # 4 x ~0, 4 x no point

@@ -378,3 +378,32 @@ def test_model_size_reaches_the_pipeline_and_stays_out_of_unsized_hashes():
         assert model.config.get_text_config().num_hidden_layers == 2 and model.config.vision_config.depth == 1
     # Stage hashes dump the model config: an unset size must not appear (earlier runs stay valid).
     assert "size" not in load_config(None, []).model.model_dump()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_split_digits_spells_numbers_digit_by_digit_and_stays_out_of_default_hashes(family, tmp_path):
+    from imagelora_dist.config import load_config
+    from imagelora_dist.errors import ImageLoRAError
+    from imagelora_dist.pipeline import build_model, driver_model
+
+    text = "Give the coordinates: (183, 458) and 1024 = 100."
+    digits = [c for c in text if c.isdigit()]
+
+    def numbers(tokenizer):
+        pieces = [tokenizer.decode([i]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+        assert "".join(pieces) == text  # nothing lost or added
+        return [p.strip() for p in pieces if any(c.isdigit() for c in p)]
+
+    merged = build_tiny_vlm(family, seed=0)[1].tokenizer
+    assert numbers(merged) != digits  # the default keeps the digit merges its recorded bases were made with
+    cfg = load_config(None, [f"model.family={family}", "model.split_digits=true"])
+    for _, processor in (build_model(cfg), driver_model(cfg)):
+        assert numbers(processor.tokenizer) == digits  # one token per digit, no space glued to a digit
+        assert len(processor.tokenizer) == len(merged)  # same vocabulary size: same model shapes
+    processor.save_pretrained(tmp_path)  # a base trained with it keeps it: the tokenizer travels along
+    assert numbers(type(processor).from_pretrained(tmp_path).tokenizer) == digits
+    assert "split_digits" not in load_config(None, []).model.model_dump()
+    with pytest.raises(
+        ImageLoRAError, match="split_digits: the checkpoint at path='x' has its own tokenizer"
+    ):
+        load_config(None, ["model.path=x", "model.split_digits=true"])

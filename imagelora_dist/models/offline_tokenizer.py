@@ -59,12 +59,16 @@ _CORPUS_LINES: tuple[str, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def _trained_base_json() -> str:
-    """Train the shared base BPE once per process and return it serialised."""
+@functools.lru_cache(maxsize=2)
+def _trained_base_json(split_digits: bool = False) -> str:
+    """Train the shared base BPE once per process (and digit rule) and return it serialised."""
     tok = Tokenizer(models.BPE())
     # add_prefix_space=False: leading spaces are meaningful in chat templates, like GPT-2/Qwen/Llama-3
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Qwen's pre-tokenizer isolates every digit, so "(183, 458)" is ( 1 8 3 , ␣ 4 5 8 ): numbers get a
+    # regular spelling that coordinates and arithmetic can be learnt over.
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([digits, byte_level]) if split_digits else byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=BASE_VOCAB_SIZE,
@@ -87,9 +91,11 @@ def build_offline_tokenizer(
     unk_token: str | None = None,
     named_tokens: dict[str, str] | None = None,
     add_bos: bool = False,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
-    """Return a deterministic byte-level BPE tokenizer with `special_tokens` appended as single added tokens."""
-    tok = Tokenizer.from_str(_trained_base_json())
+    """Return a deterministic byte-level BPE tokenizer with `special_tokens` appended as single added tokens
+    (`split_digits`: every digit a token of its own, as in Qwen's tokenizers)."""
+    tok = Tokenizer.from_str(_trained_base_json(split_digits))
     # normalized=False so the tokens are matched verbatim, as in the real checkpoints' tokenizer.json.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
     if add_bos:

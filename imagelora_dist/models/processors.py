@@ -225,11 +225,13 @@ GEMMA3_SPECIAL_TOKENS = (
 )
 
 
-def build_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """Build the offline tokenizer carrying `family`'s special tokens."""
+def build_family_tokenizer(family: str, split_digits: bool = False) -> PreTrainedTokenizerFast:
+    """Build the offline tokenizer carrying `family`'s special tokens (`split_digits`: one token per digit)."""
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         # Qwen has no BOS; <|im_end|> ends a chat turn, <|endoftext|> pads.
-        return build_offline_tokenizer(QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        return build_offline_tokenizer(
+            QWEN_SPECIAL_TOKENS, eos_token="<|im_end|>", pad_token="<|endoftext|>", split_digits=split_digits
+        )
     if family == "llava":
         return build_offline_tokenizer(
             LLAVA_SPECIAL_TOKENS,
@@ -238,6 +240,7 @@ def build_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
             pad_token="<pad>",
             unk_token="<unk>",
             add_bos=True,
+            split_digits=split_digits,
         )
     if family == "idefics3":
         return build_offline_tokenizer(
@@ -246,6 +249,7 @@ def build_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
             eos_token="<end_of_utterance>",
             pad_token="<pad>",
             add_bos=True,
+            split_digits=split_digits,
         )
     if family == "gemma3":
         return build_offline_tokenizer(
@@ -261,6 +265,7 @@ def build_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
                 "image_token": "<image_soft_token>",
             },
             add_bos=True,
+            split_digits=split_digits,
         )
     raise ValueError(f"no offline tokenizer for family {family!r}")
 
@@ -281,9 +286,9 @@ GEMMA3_PATCH = 14
 GEMMA3_MM_TOKENS = 64
 
 
-def build_family_processor(family: str) -> ProcessorMixin:
+def build_family_processor(family: str, split_digits: bool = False) -> ProcessorMixin:
     """Build the real transformers processor for `family` around an offline tokenizer."""
-    tokenizer = build_family_tokenizer(family)
+    tokenizer = build_family_tokenizer(family, split_digits)
     if family in ("qwen2_vl", "qwen2_5_vl"):
         # max_pixels = 224*224: a 224x224 screenshot becomes a 16x16 patch grid = 64 visual tokens
         image_processor = Qwen2VLImageProcessorPil(

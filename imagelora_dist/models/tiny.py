@@ -354,17 +354,17 @@ _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
 
 
 def build_tiny_vlm(
-    family: str, seed: int = 0, size: TinySize | None = None
+    family: str, seed: int = 0, size: TinySize | None = None, split_digits: bool = False
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build a tiny random-weight model of `family`'s real class (at `size`, default the tiny one) plus its
-    offline processor."""
+    offline processor (`split_digits`: its tokenizer spells numbers digit by digit, as Qwen's do)."""
     if family not in TINY_FAMILIES:
         raise UnsupportedModelError(
             f"unknown tiny VLM family {family!r}; supported: {', '.join(TINY_FAMILIES)}"
         )
     if size is not None:
         size.check(family)
-    processor = P.build_family_processor(family)
+    processor = P.build_family_processor(family, split_digits)
     config = _config(family, processor.tokenizer, size)
     # fork_rng: seeding must not disturb the caller's global RNG stream
     with torch.random.fork_rng(devices=[]):
