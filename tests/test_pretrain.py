@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,6 +268,29 @@ def test_pretrain_base_writes_a_transformers_checkpoint_and_a_report(pretrained,
     assert main(args) == 0
     assert "skipping" in capsys.readouterr().out
     assert (base / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_eval_base_script_rescores_a_saved_base_as_pretraining_did(pretrained, tmp_path, capsys):
+    import importlib.util
+
+    tmp, args = pretrained
+    spec = importlib.util.spec_from_file_location(
+        "eval_base", Path(__file__).parent.parent / "bench" / "eval_base.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    overrides = [a for a in args[1:] if "=" in a and not a.startswith("--")]
+    out = tmp_path / "scores.json"
+    assert script.main(["--config", "configs/pretrain_base.yaml", "--out", str(out), *overrides]) == 0
+    report = json.loads((tmp / "out" / "pretrain_report.json").read_text())
+    scores = json.loads(out.read_text())
+    # the same held-out samples, the same greedy answers: the same figures as the report written in training
+    assert scores["tasks"] == report["tasks"] and scores["examples"] == report["examples"]
+    printed = capsys.readouterr().out
+    assert all(f"\n{task:<14} n " in printed for task in report["tasks"])
+    missing = [f"output_dir={tmp_path / 'nothing'}"]
+    assert script.main(["--config", "configs/pretrain_base.yaml", *overrides, *missing]) == 2
+    assert "no trained base here" in capsys.readouterr().err
 
 
 def test_pretrained_base_loads_from_its_path_and_runs_the_pipeline(pretrained):
