@@ -108,7 +108,6 @@ def test_shipped_config_equals_embedded_default():
         "pretrain_base_gpu.yaml",
         "pretrain_base_shapes.yaml",
         "pretrain_base_shapes_fmt.yaml",
-        "pretrain_base_shapes_fmt_digits.yaml",
         "qwen2_5_vl_7b.yaml",
         "study/finetune.yaml",
     ],
@@ -122,18 +121,9 @@ def test_every_shipped_run_config_loads(name):
         assert cfg.model.family == "qwen3_vl" and cfg.model.tiny_size().layers == 6 and cfg.train.workers == 1
     if name == "pretrain_base_shapes.yaml":  # runs with --no-ray (make pretrain-base-shapes): one worker
         assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
-    if name == "pretrain_base_shapes_fmt_digits.yaml":  # the format-aware base but for the tokenizer
-        fmt = load_config(str(path.with_name("pretrain_base_shapes_fmt.yaml")), []).model_dump(mode="json")
-        digits = cfg.model_dump(mode="json")
-        assert digits["model"].pop("split_digits") is True and "split_digits" not in fmt["model"]
-        for c in (fmt, digits):
-            c.pop("name"), c.pop("output_dir")
-        assert digits == fmt
 
 
-@pytest.mark.parametrize(
-    "name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml", "shapes_fmt_digits.yaml"]
-)
+@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml"])
 def test_every_shipped_study_cell_loads(name):
     from pathlib import Path
 
@@ -149,30 +139,6 @@ def test_every_shipped_study_cell_loads(name):
                 assert cfg.model.path.endswith(
                     f"{name.removesuffix('_long.yaml').removesuffix('.yaml').replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
                 )
-
-
-def test_the_digits_study_is_the_image_heavy_study_on_the_digits_base():
-    from pathlib import Path
-
-    from imagelora_dist.study import cell_config, load_spec
-
-    root = Path(__file__).resolve().parents[1] / "configs" / "study"
-    main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
-    spec, spec_dir = load_spec(root / "shapes_fmt_digits.yaml")
-    assert (
-        list(spec.ratios) == ["image-heavy"]
-        and spec.seeds == [0]
-        and set(spec.methods) < set(main_spec.methods)
-    )
-    for method in spec.methods:
-        a = cell_config(main_spec, main_dir, "image-heavy", method, 0).model_dump(mode="json")
-        b = cell_config(spec, spec_dir, "image-heavy", method, 0).model_dump(mode="json")
-        assert b["model"].pop("path").endswith("pretrain-base-shapes-fmt-digits/base")
-        a["model"].pop("path")
-        for cfg in (a, b):
-            for key in ("name", "output_dir", "labels", "tracking"):
-                cfg.pop(key)
-        assert a == b, method
 
 
 def test_the_long_study_is_the_study_trained_longer():
