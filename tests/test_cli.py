@@ -108,6 +108,7 @@ def test_shipped_config_equals_embedded_default():
         "pretrain_base_gpu.yaml",
         "pretrain_base_shapes.yaml",
         "pretrain_base_shapes_fmt.yaml",
+        "pretrain_base_shapes_fmt_digits.yaml",
         "qwen2_5_vl_7b.yaml",
         "study/finetune.yaml",
     ],
@@ -121,6 +122,13 @@ def test_every_shipped_run_config_loads(name):
         assert cfg.model.family == "qwen3_vl" and cfg.model.tiny_size().layers == 6 and cfg.train.workers == 1
     if name == "pretrain_base_shapes.yaml":  # runs with --no-ray (make pretrain-base-shapes): one worker
         assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
+    if name == "pretrain_base_shapes_fmt_digits.yaml":  # the format-aware base but for the tokenizer
+        fmt = load_config(str(path.with_name("pretrain_base_shapes_fmt.yaml")), []).model_dump(mode="json")
+        digits = cfg.model_dump(mode="json")
+        assert digits["model"].pop("split_digits") is True and "split_digits" not in fmt["model"]
+        for c in (fmt, digits):
+            c.pop("name"), c.pop("output_dir")
+        assert digits == fmt
 
 
 @pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml"])
