@@ -163,6 +163,33 @@ def test_zero3_ranks_stay_in_step_with_text_only_batches_and_partly_cached_steps
         torch.testing.assert_close(got[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"train.workers": 1}, "train.workers=2, now 1"),
+        ({"train.micro_batch_size": 1}, "train.micro_batch_size=2, now 1"),
+    ],
+)
+def test_resume_with_another_data_layout_is_refused_before_any_worker_starts(
+    two_workers, shards, change, message
+):
+    # The data order and DeepSpeed's optimizer partitions depend on them: the workers would all fail on
+    # it, after Ray had retried the group train.max_failures times. The driver reads the cursor file.
+    import json
+
+    from imagelora_dist.errors import ImageLoRAError
+
+    out, _ = two_workers
+    step = out / "train" / "tiny-default-train" / "step-000003"
+    assert json.loads((step / "cursor.json").read_text())["world_size"] == 2
+    cfg = _cfg(out, shards, **{"train.workers": 2, **change})
+    with pytest.raises(
+        ImageLoRAError, match=rf"cannot resume: the checkpoint .*step-000003 was written with {message}"
+    ):
+        run_training(cfg, shards, resume=True)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()  # the finished run is left as it was
+
+
 def test_divergence_on_one_rank_stops_every_rank_without_restarts(local_ray, shards, tmp_path, monkeypatch):
     # Rank 1's loss reads NaN from step 2 on, in every attempt: a restart would diverge again, so the
     # run must end with TrainingDiverged at once instead of spending max_failures on restarts (which

@@ -155,6 +155,35 @@ def speed_config(cfg: RunConfig) -> RunConfig:
     return cfg.model_copy(update={"speed": speed})
 
 
+CURSOR_FILE = "cursor.json"
+
+
+def write_cursor_file(checkpoint: Path, cursor: Cursor) -> None:
+    """The data cursor in plain JSON beside DeepSpeed's files (which the driver does not unpickle)."""
+    path = checkpoint / CURSOR_FILE
+    tmp = path.with_name(f".{CURSOR_FILE}.tmp")
+    tmp.write_text(json.dumps(cursor.to_dict()))
+    os.replace(tmp, path)
+
+
+def check_resume_layout(saved: dict[str, Any], cfg: RunConfig, where: str) -> None:
+    """Refuse a resume whose workers, loader processes or micro-batch differ from the checkpoint's: they
+    fix the data order and DeepSpeed's optimizer partitions."""
+    now = {"world_size": cfg.train.workers, "num_workers": cfg.data.num_workers,
+           "batch_size": cfg.train.micro_batch_size}  # fmt: skip
+    names = {
+        "world_size": "train.workers",
+        "num_workers": "data.num_workers",
+        "batch_size": "train.micro_batch_size",
+    }
+    for key, value in now.items():
+        if key in saved and int(saved[key]) != value:
+            raise ImageLoRAError(
+                f"cannot resume: {where} was written with {names[key]}={saved[key]}, now {value}; "
+                f"resume with {names[key]}={saved[key]}, or start a fresh run"
+            )
+
+
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
     """The tag DeepSpeed marked as latest in `ckpt_dir`, if any."""
     latest = ckpt_dir / "latest"
@@ -339,6 +368,8 @@ def train_worker(
                 engine.save_checkpoint(
                     str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
                 )
+                if ctx.rank == 0:  # for the driver: a resume with another layout is refused before it starts
+                    write_cursor_file(ckpt_dir / saved, cursor)
                 if step == cfg.train.steps:
                     save_final_adapter(adapted, cfg.train.method, ckpt_dir / saved, ctx.rank)
             if report is not None:

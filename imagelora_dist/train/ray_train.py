@@ -12,6 +12,7 @@ The final checkpoint holds the adapter in its inference format, which the driver
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -30,10 +31,12 @@ from imagelora_dist.config import RunConfig
 from imagelora_dist.errors import ImageLoRAError, TrainingFailed
 from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.train.loop import (
+    CURSOR_FILE,
     FAULT_ENV,
     NAN_FAULT_ENV,
     TrainingDiverged,
     WorkerContext,
+    check_resume_layout,
     load_deepspeed_template,
     train_worker,
 )
@@ -74,6 +77,23 @@ def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(storage)
     except (OSError, ValueError) as exc:  # unknown scheme, missing bucket name, no S3 support ...
         raise ImageLoRAError(f"train.storage: cannot open {storage!r}: {exc}") from None
+
+
+def check_stored_layout(cfg: RunConfig, storage: str, name: str) -> None:
+    """Before any worker starts: the newest stored checkpoint's data layout must match this run's (else
+    every worker would fail on it, and Ray would retry the group train.max_failures times first)."""
+    fs, root = storage_filesystem(storage)
+    found = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
+    steps = sorted((i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step-")),
+                   reverse=True)  # fmt: skip
+    for step in steps:
+        try:
+            with fs.open_input_stream(f"{step}/{CURSOR_FILE}") as f:
+                saved = json.loads(f.read())
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            continue  # written before cursor files, or incomplete: the workers check it themselves
+        check_resume_layout(saved, cfg, f"the checkpoint {step}")
+        return
 
 
 def clear_run(storage: str, name: str) -> None:
@@ -194,8 +214,10 @@ def run_training(
     storage, name = train_storage(cfg), run_name(cfg)
     if not resume:
         clear_run(storage, name)
-    elif "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    else:
+        check_stored_layout(cfg, storage, name)
+        if "://" not in storage:
+            Path(storage).mkdir(parents=True, exist_ok=True)
     gpus = cfg.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
