@@ -18,7 +18,7 @@ from pathlib import Path
 from imagelora_dist.config import load_config
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import load_vlm
-from imagelora_dist.pretrain import BASE_DIR, evaluate_base
+from imagelora_dist.pretrain import BASE_DIR, held_out_shards, score_base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,13 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         base = Path(cfg.output_dir) / BASE_DIR
-        held_out = cfg.eval.shards or str(Path(cfg.output_dir) / "data" / "pretrain-eval")
         if not (base / "config.json").is_file():
             raise ImageLoRAError(f"{base}: no trained base here (run pretrain-base with this config first)")
         model, processor = load_vlm(base)
-        scores = evaluate_base(model, processor, held_out, num_samples=cfg.eval.num_samples,
-                               max_new_tokens=cfg.eval.max_new_tokens, max_pixels=cfg.data.max_pixels,
-                               batch_size=cfg.eval.batch_size, trust_index_urls=cfg.data.trust_index_urls)  # fmt: skip
+        scores = score_base(cfg, model, processor, held_out_shards(cfg))
     except ImageLoRAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

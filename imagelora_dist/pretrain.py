@@ -85,6 +85,11 @@ def pretrain_spec(cfg: RunConfig, *, held_out: bool = False) -> PretrainSpec:
     )
 
 
+def held_out_shards(cfg: RunConfig) -> str:
+    """Where the held-out set of a pre-training run is: `eval.shards`, else <output_dir>/data/pretrain-eval."""
+    return cfg.eval.shards or str(Path(cfg.output_dir) / "data" / "pretrain-eval")
+
+
 def ensure_pretrain_shards(cfg: RunConfig, log: Log = print) -> tuple[str, str]:
     """(training shards, held-out shards), synthesized on first use under <output_dir>/data."""
     data = Path(cfg.output_dir) / "data"
@@ -95,7 +100,7 @@ def ensure_pretrain_shards(cfg: RunConfig, log: Log = print) -> tuple[str, str]:
         spec = pretrain_spec(cfg)
         log(f"[pretrain] synthesizing {spec.num_samples} pre-training samples into {train}")
         synthesize_pretrain(spec, train, workers=cfg.data.synth.workers, progress=log)
-    held_out = cfg.eval.shards or str(data / "pretrain-eval")
+    held_out = held_out_shards(cfg)
     if "://" not in held_out and not (Path(held_out) / INDEX_NAME).exists():
         if cfg.eval.shards is not None:
             raise ImageLoRAError(f"eval.shards: no {INDEX_NAME} at {held_out}")
@@ -235,6 +240,13 @@ def evaluate_base(
     }
 
 
+def score_base(cfg: RunConfig, model: torch.nn.Module, processor: Any, held_out: str) -> dict[str, Any]:
+    """`evaluate_base` with the run's evaluation settings (what pretrain-base reports at its end)."""
+    return evaluate_base(model, processor, held_out, num_samples=cfg.eval.num_samples,
+                         max_new_tokens=cfg.eval.max_new_tokens, max_pixels=cfg.data.max_pixels,
+                         batch_size=cfg.eval.batch_size, trust_index_urls=cfg.data.trust_index_urls)  # fmt: skip
+
+
 def _click_stats(stats: dict[str, Any]) -> dict[str, float]:
     """A pointing task scored as grounding: hit rate and median click distance, beside a random click's
     hit rate and the centre click's distance on the same questions."""
@@ -332,11 +344,7 @@ def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> P
                 model, processor = load_vlm(base)
                 if torch.cuda.is_available():
                     model = model.to("cuda")
-                scores = evaluate_base(
-                    model, processor, held_out, num_samples=cfg.eval.num_samples,
-                    max_new_tokens=cfg.eval.max_new_tokens, max_pixels=cfg.data.max_pixels,
-                    batch_size=cfg.eval.batch_size, trust_index_urls=cfg.data.trust_index_urls,
-                )  # fmt: skip
+                scores = score_base(cfg, model, processor, held_out)
                 report = {
                     "base": str(base),
                     "family": processor_family(base),

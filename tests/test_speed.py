@@ -27,6 +27,21 @@ def _adapter_grads(model, handle, batch):
     }
 
 
+def _assert_identical(got, ref):
+    """(loss, grads) of `_adapter_grads` equal to the reference, bit for bit."""
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=0)
+    for k in ref[1]:
+        torch.testing.assert_close(got[1][k], ref[1][k], rtol=0, atol=0, msg=k)
+
+
+def _adapted_qwen(n):
+    """The tiny Qwen2.5-VL with nonzero Image-LoRA adapters in layers 1 and 4, and a batch of n samples."""
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {1: [0], 4: [2, 3]}, rank=4)
+    _randomize(handle)
+    return model, processor, handle, image_batch(processor, n=n)
+
+
 def _randomize(handle):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -35,10 +50,7 @@ def _randomize(handle):
 
 
 def test_vision_cache_gives_identical_loss_and_grads_and_skips_the_tower(tmp_path):
-    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
-    handle = attach_image_lora(model, {1: [0], 4: [2, 3]}, rank=4)
-    _randomize(handle)
-    batch = image_batch(processor, n=3)
+    model, processor, handle, batch = _adapted_qwen(n=3)
     ref_loss, ref_grads = _adapter_grads(model, handle, batch)
 
     calls = []
@@ -48,9 +60,7 @@ def test_vision_cache_gives_identical_loss_and_grads_and_skips_the_tower(tmp_pat
     for expected_calls, expected_hits in ((1, 0), (1, 3)):  # first pass fills, second pass only hits
         loss, grads = _adapter_grads(model, handle, batch)
         assert len(calls) == expected_calls and cache.hits == expected_hits
-        assert torch.equal(loss, ref_loss)
-        for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+        _assert_identical((loss, grads), (ref_loss, ref_grads))
     assert len(list((tmp_path / "vc").glob("*.safetensors"))) == 3
 
     # A fresh process-level cache on the same directory serves from disk; another model never does.
@@ -146,9 +156,7 @@ def test_no_grad_below_stops_the_backward_at_the_lowest_adapter():
     undo = no_grad_below(model, lowest_layer=3)
     loss, grads = _adapter_grads(model, handle, batch)
     assert [records[i] for i in range(len(layers))] == [False, False, False, True, True, True]
-    assert torch.equal(loss, ref_loss)
-    for k in ref_grads:
-        torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+    _assert_identical((loss, grads), (ref_loss, ref_grads))
     undo()
     _adapter_grads(model, handle, batch)
     assert records[0], "undo restores the original forwards"
@@ -293,9 +301,7 @@ def test_prefix_cache_gives_the_same_loss_and_grads_and_skips_everything_below(f
         loss, grads = _adapter_grads(model, handle, batch)
         assert cache.mode is None  # consumed: a forward without keys runs the model unchanged
         assert (ran["tower"], ran["below"]) == (tower, below), mode
-        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-        for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+        _assert_identical((loss, grads), (ref_loss, ref_grads))
     assert ran["lowest"] == 3 and (cache.hits, cache.misses) == (3, 3)
 
 
@@ -388,9 +394,7 @@ def test_prefix_cache_with_gradient_checkpointing_recomputes_from_the_cached_sta
         cache.expect(_keys(batch))
         assert cache.mode == mode
         loss, grads = _adapter_grads(model, handle, batch)
-        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=0)
-        for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+        _assert_identical((loss, grads), (ref_loss, ref_grads))
 
 
 def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
@@ -420,10 +424,7 @@ def test_caches_follow_the_other_ranks_where_ranks_must_run_the_same_modules():
     from imagelora_dist.models.prefix_cache import PrefixCache
     from imagelora_dist.models.vision_cache import pixel_digests, pixel_stand_in
 
-    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
-    handle = attach_image_lora(model, {1: [0], 4: [2, 3]}, rank=4)
-    _randomize(handle)
-    batch = image_batch(processor, n=2)
+    model, processor, handle, batch = _adapted_qwen(n=2)
     ref_loss, ref_grads = _adapter_grads(model, handle, batch)
     tower = []
     model.model.visual.register_forward_hook(lambda m, args, out: tower.append(args[0].shape[0]))
@@ -445,9 +446,7 @@ def test_caches_follow_the_other_ranks_where_ranks_must_run_the_same_modules():
         # All hits here: the tower runs only when another rank runs it, on this rank's first image
         # (zeros for a stand-in), and its output is not used.
         assert asked[-1] is True and tower[before:] == [one_image] * runs
-        assert torch.equal(loss, ref_loss)
-        for k in ref_grads:
-            torch.testing.assert_close(grads[k], ref_grads[k], rtol=0, atol=0, msg=k)
+        _assert_identical((loss, grads), (ref_loss, ref_grads))
     assert len(tower) == 3 and cache.forced_runs == 2 and cache.misses == 2 and cache.hits == 6
 
     prefix = PrefixCache()
