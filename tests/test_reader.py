@@ -114,6 +114,55 @@ def test_cursor_round_trips_through_a_checkpoint(tmp_path):
         make_loader(reader, rank=1, world_size=2, num_workers=0, cursor=resumed)
 
 
+def _read_layout(path, cursors, batch, workers, stop=None):
+    """Every rank's batches from its cursor (the rest of the epoch, or `stop` batches); ids per rank."""
+    reader = ShardReader.from_path(path, batch, shuffle_buffer=8)
+    world, out = len(cursors), []
+    for rank, cursor in enumerate(cursors):
+        ids = []
+        loader = make_loader(reader, rank=rank, world_size=world, num_workers=workers, cursor=cursor)
+        for b in loader:
+            ids += [s["record"]["id"] for s in b["samples"]]
+            cursor.advance(len(b["samples"]), len(loader))
+            if stop is not None and cursor.batches >= stop:
+                break
+        out.append(ids)
+    return out
+
+
+def test_resume_on_another_layout_reads_the_rest_of_the_epoch_once(tmp_path):
+    # 2 ranks x 2 loader workers x batches of 4 read 3 batches each; then the run resumes on 3 ranks with
+    # batches of 3 (in-process loading), which read 2 batches each; then 1 rank with 2 workers and
+    # batches of 2 finishes the epoch. Checked on the samples actually read from the shards (not on the
+    # plan's positions): none twice, and here (58 = 24 + 18 + 8 x 2) every one of the epoch once.
+    path = make_dataset(tmp_path, [13, 7, 11, 9, 8, 10])
+    first = [Cursor(world_size=2, num_workers=2, batch_size=4) for _ in range(2)]
+    seen = sum(_read_layout(path, first, 4, 2, stop=3), [])
+    saved = [json.loads(json.dumps(c.to_dict())) for c in first]  # through a checkpoint
+    second = [Cursor.from_dict(saved[0]).relayout(3, 0, 3) for _ in range(3)]
+    assert second[0].history == [{"world_size": 2, "num_workers": 2, "batch_size": 4, "batches": 3}]
+    seen += sum(_read_layout(path, second, 3, 0, stop=2), [])
+    third = [Cursor.from_dict(second[0].to_dict()).relayout(1, 2, 2)]
+    assert len(third[0].history) == 2
+    rest = sum(_read_layout(path, third, 2, 2), [])
+    assert (len(seen), len(rest)) == (24 + 18, 16)
+    everything = seen + rest
+    assert sorted(everything) == sorted(f"s{i}" for i in range(58))
+    assert third[0].epoch == 1 and third[0].history == []  # the next epoch is a plain one again
+    nxt = _read_layout(path, [Cursor.from_dict(third[0].to_dict())], 2, 2)[0]
+    assert sorted(nxt) == sorted(f"s{i}" for i in range(58))
+
+
+def test_a_resumed_epoch_with_too_little_left_for_every_rank_is_simply_over(tmp_path):
+    path = make_dataset(tmp_path, [8, 8])  # 16 samples: 1 rank x 4 batches of 4
+    cursor = Cursor(world_size=1, num_workers=0, batch_size=4)
+    _read_layout(path, [cursor], 4, 0, stop=3)  # 4 samples left
+    late = [cursor.relayout(3, 0, 2) for _ in range(3)]  # 3 ranks x 2 would need 6
+    reader = ShardReader.from_path(path, 2, shuffle_buffer=8)
+    assert reader.epoch_plan(0, 0, 3, late[0].history).batches_per_rank == 0
+    assert _read_layout(path, late, 2, 0) == [[], [], []]
+
+
 def _truncate_member(tar_path):
     """Cut the tar inside the 4th member's data: the rest of the shard is unreadable."""
     with tarfile.open(tar_path) as tar:

@@ -3,6 +3,7 @@ and exact text preservation of the trained Image-LoRA."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -170,24 +171,61 @@ def test_zero3_ranks_stay_in_step_with_text_only_batches_and_partly_cached_steps
         ({"train.micro_batch_size": 1}, "train.micro_batch_size=2, now 1"),
     ],
 )
-def test_resume_with_another_data_layout_is_refused_before_any_worker_starts(
-    two_workers, shards, change, message
+def test_resume_on_another_layout_without_portable_state_is_refused_before_any_worker_starts(
+    two_workers, shards, tmp_path, change, message
 ):
-    # The data order and DeepSpeed's optimizer partitions depend on them: the workers would all fail on
-    # it, after Ray had retried the group train.max_failures times. The driver reads the cursor file.
+    # A checkpoint of an older version has only DeepSpeed's files, cut for its world size: the workers
+    # would all fail on it, after Ray had retried the group train.max_failures times. The driver reads
+    # the cursor file and looks for the portable state.
     import json
+    import shutil
 
     from imagelora_dist.errors import ImageLoRAError
 
-    out, _ = two_workers
+    out = tmp_path / "old"
+    shutil.copytree(two_workers[0], out)
     step = out / "train" / "tiny-default-train" / "step-000003"
     assert json.loads((step / "cursor.json").read_text())["world_size"] == 2
+    (step / "portable_state.safetensors").unlink()
     cfg = _cfg(out, shards, **{"train.workers": 2, **change})
     with pytest.raises(
-        ImageLoRAError, match=rf"cannot resume: the checkpoint .*step-000003 was written with {message}"
+        ImageLoRAError,
+        match=rf"cannot resume: the checkpoint .*step-000003 was written with {message}, and has no portable",
     ):
         run_training(cfg, shards, resume=True)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()  # the finished run is left as it was
+
+
+@pytest.mark.parametrize("before,after,stage", [(2, 1, 2), (1, 2, 3)])
+def test_resume_on_another_worker_count_ends_where_the_uninterrupted_run_ends(
+    reference, shards, tmp_path, monkeypatch, capsys, before, after, stage
+):
+    # One worker accumulating two micro-batches and two workers with one each see the same samples in
+    # every step here (one step is one epoch), so a run that dies after step 2 on `before` workers and
+    # is resumed on `after` must end at the uninterrupted reference: only if the weights, the Adam
+    # moments and their step count, and the lr schedule were carried over from the portable state.
+    from imagelora_dist.errors import TrainingFailed
+
+    def cfg(workers):
+        return _cfg(tmp_path, shards, **{"train.workers": workers, "train.grad_accum": 3 - workers,
+                                         "train.deepspeed": f"configs/deepspeed/zero{stage}.json",
+                                         "train.max_failures": 0})  # fmt: skip
+
+    monkeypatch.setenv(FAULT_ENV, f"{before - 1}:2")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed-once"))
+    with pytest.raises(TrainingFailed):
+        run_training(cfg(before), shards)
+    monkeypatch.delenv(FAULT_ENV)
+    capsys.readouterr()
+    run_training(cfg(after), shards, resume=True)
+    assert (
+        f"resuming step-000002 on another layout (train.workers {before} -> {after})"
+        in capsys.readouterr().out
+    )
+    got = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert got.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(got[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
 def test_divergence_on_one_rank_stops_every_rank_without_restarts(local_ray, shards, tmp_path, monkeypatch):
@@ -237,6 +275,19 @@ train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "b", stop_after=2, log
 resumed, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "b", resume=True, log=quiet)
 a, b = full.adapter_state(), resumed.adapter_state()
 print("MAXDIFF", max(float((a[k] - b[k]).abs().max()) for k in a))
+# DeepSpeed's files are an optimisation only: without them the portable state resumes the same run.
+train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "c", stop_after=2, log=quiet)
+gone = [f.unlink() for f in (out / "c" / "step-000002").glob("*_states.pt")]
+assert len(gone) == 2, gone
+portable, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "c", resume=True, log=print)
+c = portable.adapter_state()
+print("PORTABLEDIFF", max(float((a[k] - c[k]).abs().max()) for k in a))
+# Another micro-batch mid-epoch: 1 of 4 batches of 1 read, so the rest (3 samples) gives 1 batch of 2.
+one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": 1})})
+train_worker(one, WorkerContext(), shards, ckpt_dir=out / "d", stop_after=1, log=quiet)
+train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "d", resume=True, log=print)
+import json
+print("CURSORS", json.dumps([json.loads((out / "d" / f"step-00000{i}" / "cursor.json").read_text()) for i in (1, 2, 4)]))
 """
 
 
@@ -247,6 +298,14 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     diff = float(proc.stdout.split("MAXDIFF")[1].split()[0])
     assert diff == 0.0
+    assert "from portable_state.safetensors: DeepSpeed's files are missing" in proc.stdout
+    assert float(proc.stdout.split("PORTABLEDIFF")[1].split()[0]) == 0.0
+    first, second, last = json.loads(proc.stdout.split("CURSORS")[1].splitlines()[0])
+    assert (first["epoch"], first["batches"], first["batch_size"]) == (0, 1, 1)
+    assert "the rest of epoch 0 is split anew over 1 worker(s)" in proc.stdout
+    # step 2 read the rest of epoch 0 (one batch of 2), steps 3-4 the two batches of epoch 1
+    assert (second["epoch"], second["batches"], second["history"]) == (1, 0, [])
+    assert (last["epoch"], last["batches"], last["batch_size"]) == (2, 0, 2)
 
 
 def _lora_cfg(out, shards, stage):

@@ -11,7 +11,10 @@ them to other positions in the next epoch.
 
 Batches come out of the DataLoader round-robin over workers: rank batch g is worker g % W's batch
 g // W. The cursor (epoch, batches consumed) therefore says exactly which batches each worker has
-already delivered; on resume each worker skips those without decoding them.
+already delivered; on resume each worker skips those without decoding them. A resume with another
+layout (ranks, loader workers, batch size) replays the earlier layouts' plans and buffer shuffles on
+sample positions, so it knows exactly which samples were consumed, and splits the rest of the epoch
+anew: the positions become a list with holes, and each worker reads past the holes in its shards.
 
 Shards are untrusted: only image members (png/jpg/jpeg/webp, decoded by PIL) and `json` are read;
 everything else (`.pyd`, `.pth`, `.pickle`, ...) is never even extracted, let alone unpickled.
@@ -24,7 +27,7 @@ import json
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +48,8 @@ class Cursor:
     """Where a rank is in the stream: the epoch and how many of its batches were consumed in it.
 
     The training loop calls `advance(batch)` once per batch it consumed (not per batch prefetched).
+    `history` lists the layouts the epoch was read with before this one (a resume on another worker
+    count or micro-batch): the samples they consumed are left out of the rest of the epoch.
     """
 
     epoch: int = 0
@@ -53,22 +58,43 @@ class Cursor:
     world_size: int = 1
     num_workers: int = 0
     batch_size: int = 1
+    history: list[dict[str, int]] = field(default_factory=list)
 
     def advance(self, num_samples: int, batches_per_epoch: int) -> None:
         """Count one consumed batch; roll over to the next epoch after its last batch."""
         self.batches += 1
         self.samples += int(num_samples)
         if self.batches >= batches_per_epoch:
-            self.epoch, self.batches, self.samples = self.epoch + 1, 0, 0
+            self.finish_epoch()
 
-    def to_dict(self) -> dict[str, int]:
+    def finish_epoch(self) -> None:
+        """Move to the start of the next epoch (a plain one: read with this layout from its start)."""
+        self.epoch, self.batches, self.samples, self.history = self.epoch + 1, 0, 0, []
+
+    def layout(self) -> dict[str, int]:
+        """The layout that fixes the order of the epoch's samples."""
+        return {"world_size": self.world_size, "num_workers": self.num_workers, "batch_size": self.batch_size}
+
+    def relayout(self, world_size: int, num_workers: int, batch_size: int) -> Cursor:
+        """The cursor for reading the rest of this epoch with another layout (itself if it is the same)."""
+        new = {"world_size": world_size, "num_workers": num_workers, "batch_size": batch_size}
+        if new == self.layout():
+            return self
+        history = [dict(h) for h in self.history]
+        if self.batches:
+            history.append({**self.layout(), "batches": self.batches})
+        return Cursor(epoch=self.epoch, history=history, **new)
+
+    def to_dict(self) -> dict[str, Any]:
         """For a checkpoint (plain JSON, no pickle)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cursor:
         """Inverse of `to_dict`."""
-        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
+        fields = {k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__ and k != "history"}
+        history = [{k: int(v) for k, v in h.items()} for h in data.get("history") or []]
+        return cls(**fields, history=history)
 
 
 @dataclass
@@ -95,11 +121,12 @@ class Counters:
 
 @dataclass
 class ShardSpan:
-    """Read samples [start, stop) of one shard (positions in tar order)."""
+    """Read samples [start, stop) of one shard (positions in tar order), except those in `skip`."""
 
     url: str
     start: int
     stop: int
+    skip: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -111,6 +138,7 @@ class WorkerPlan:
     first_position: int
     worker: int
     shuffle_seed: int
+    positions: Sequence[int] = ()
 
 
 @dataclass
@@ -124,6 +152,9 @@ class EpochPlan:
     batches_per_rank: int
     samples_per_rank: int
     shard_order: list[int] = field(default_factory=list)
+    # The epoch's positions this plan splits: all of them, or what earlier layouts left (`Cursor.history`)
+    universe: Sequence[int] = ()
+    segment: int = 0
 
 
 def open_url(url: str) -> io.BufferedIOBase:
@@ -182,17 +213,50 @@ class ShardReader:
             random.Random(f"shards/{self.seed}/{epoch}").shuffle(order)
         return order
 
-    def epoch_plan(self, epoch: int, rank: int, world_size: int) -> EpochPlan:
-        """How many batches every rank gets this epoch (the same for all)."""
+    def epoch_plan(
+        self, epoch: int, rank: int, world_size: int, history: Sequence[dict[str, int]] = ()
+    ) -> EpochPlan:
+        """How many batches every rank gets this epoch (the same for all), after what `history` consumed."""
+        universe: Sequence[int] = range(sum(self.counts))
+        for segment, layout in enumerate(history):
+            universe = self._left_after(epoch, universe, segment, layout)
+        return self._plan(epoch, rank, world_size, self.batch_size, universe, len(history))
+
+    def _plan(
+        self, epoch: int, rank: int, world_size: int, batch_size: int, universe: Sequence[int], segment: int
+    ) -> EpochPlan:
         if not 0 <= rank < world_size:
             raise ImageLoRAError(f"rank {rank} outside world size {world_size}")
-        per_rank = sum(self.counts) // world_size
-        batches = per_rank // self.batch_size
-        if batches == 0:
+        per_rank = len(universe) // world_size
+        batches = per_rank // batch_size
+        if batches == 0 and segment == 0:
             raise ImageLoRAError(
-                f"{sum(self.counts)} samples cannot give every one of {world_size} ranks a batch of {self.batch_size}"
+                f"{len(universe)} samples cannot give every one of {world_size} ranks a batch of {batch_size}"
             )
-        return EpochPlan(epoch, rank, world_size, self.batch_size, batches, per_rank, self.shard_order(epoch))
+        # (a resumed epoch's rest may be too small for a batch on every rank: it is then simply over)
+        return EpochPlan(epoch, rank, world_size, batch_size, batches, per_rank, self.shard_order(epoch),
+                         universe, segment)  # fmt: skip
+
+    def _left_after(
+        self, epoch: int, universe: Sequence[int], segment: int, layout: dict[str, int]
+    ) -> list[int]:
+        """The positions of `universe` not consumed by a layout's first `layout["batches"]` batches per rank:
+        the same replay of shard spans and buffer shuffles that its readers ran, on positions instead of
+        samples (a shuffle's permutation depends only on the count). What that layout would have left
+        out at the epoch's end stays in: the rest of the epoch is split anew anyway."""
+        world, workers, bsz, done = (
+            layout[k] for k in ("world_size", "num_workers", "batch_size", "batches")
+        )
+        n_roles = max(1, workers)
+        consumed: set[int] = set()
+        for rank in range(world):
+            plan = self._plan(epoch, rank, world, bsz, universe, segment)
+            for role in range(n_roles):
+                wplan = self.worker_plan(plan, role, workers)
+                taken = max(0, -(-(done - role) // n_roles)) * bsz
+                order = shuffled(iter(wplan.positions), self.shuffle_buffer, wplan.shuffle_seed)
+                consumed.update(p for _, p in zip(range(taken), order, strict=False))
+        return [p for p in universe if p not in consumed]
 
     def worker_plan(self, plan: EpochPlan, worker: int, num_workers: int) -> WorkerPlan:
         """The block of the rank's batches that `worker` of `num_workers` reads, as shard spans."""
@@ -200,19 +264,28 @@ class ShardReader:
         base, extra = divmod(plan.batches_per_rank, w_count)
         n_batches = base + (1 if worker < extra else 0)
         first_batch = worker * base + min(worker, extra)
+        universe = plan.universe
         lo = plan.rank * plan.samples_per_rank + first_batch * plan.batch_size
-        hi = lo + n_batches * plan.batch_size
+        positions = universe[lo : lo + n_batches * plan.batch_size]
         spans, pos = [], 0
+        wanted = set(positions) if not isinstance(positions, range) else None
+        first, last = (positions[0], positions[-1] + 1) if len(positions) else (0, 0)
         for shard in plan.shard_order:
             count = self.counts[shard]
-            a, b = max(lo, pos), min(hi, pos + count)
+            a, b = max(first, pos), min(last, pos + count)
             if a < b:
-                spans.append(ShardSpan(self.urls[shard], a - pos, b - pos))
+                # A resumed epoch's rest has holes (what was consumed before): read past them.
+                skip = (
+                    frozenset()
+                    if wanted is None
+                    else frozenset(p - pos for p in range(a, b) if p not in wanted)
+                )
+                spans.append(ShardSpan(self.urls[shard], a - pos, b - pos, skip))
             pos += count
-            if pos >= hi:
+            if pos >= last:
                 break
-        seed = hash_seed(self.seed, plan.epoch, plan.rank, worker)
-        return WorkerPlan(spans, n_batches, lo, worker, seed)
+        parts = (self.seed, plan.epoch, plan.rank, worker) + ((plan.segment,) if plan.segment else ())
+        return WorkerPlan(spans, n_batches, first, worker, hash_seed(*parts), positions)
 
     def raw_samples(self, wplan: WorkerPlan, counters: dict[str, int]) -> Iterator[dict[str, Any]]:
         """Undecoded samples of the worker's spans; a shard that breaks off is counted, not fatal."""
@@ -228,14 +301,15 @@ class ShardReader:
                     for sample in tar_samples(stream):
                         if seen >= span.stop:
                             break
-                        if seen >= span.start:
+                        if seen >= span.start and seen not in span.skip:
                             yield sample
                         seen += 1
                 except (tarfile.TarError, OSError, EOFError):
                     pass  # a broken tar stream cannot be resynchronised: the rest of the span is counted
             if seen < span.stop:
                 # Short shard (truncated tar, or fewer samples than the index says).
-                counters["corrupt"] += span.stop - max(seen, span.start)
+                lost = range(max(seen, span.start), span.stop)
+                counters["corrupt"] += len(lost) - sum(1 for p in span.skip if p in lost)
 
 
 # Per-member size limits, checked from the tar header before anything is read: a tiny shard must not be
@@ -342,6 +416,7 @@ class ShardStream(IterableDataset):
         skip_batches: int = 0,
         num_workers: int = 0,
         collate_fn: BatchFn | None = None,
+        history: Sequence[dict[str, int]] = (),
     ) -> None:
         super().__init__()
         self.reader = reader
@@ -350,7 +425,7 @@ class ShardStream(IterableDataset):
         self.skip_batches = skip_batches
         self.num_workers = num_workers
         self.collate_fn = collate_fn
-        self.plan = reader.epoch_plan(epoch, rank, world_size)
+        self.plan = reader.epoch_plan(epoch, rank, world_size, history)
 
     def __len__(self) -> int:
         return self.plan.batches_per_rank
@@ -411,12 +486,14 @@ def make_loader(
     """A DataLoader yielding this rank's batches of the epoch in a deterministic order.
 
     With `cursor` (from a checkpoint) the epoch and the batches to skip come from it; it must have been
-    made with the same world size, worker count and batch size, since those fix the order.
+    made with the same world size, worker count and batch size, since those fix the order (for another
+    layout, `Cursor.relayout` it first: the rest of the epoch is then split anew).
     """
     if rank is None or world_size is None:
         env_rank, env_world = dist_rank_world()
         rank = env_rank if rank is None else rank
         world_size = env_world if world_size is None else world_size
+    history: Sequence[dict[str, int]] = ()
     if cursor is not None:
         expected = {"world_size": world_size, "num_workers": num_workers, "batch_size": reader.batch_size}
         for key, value in expected.items():
@@ -424,7 +501,7 @@ def make_loader(
                 raise ImageLoRAError(
                     f"cannot resume: the data cursor was saved with {key}={getattr(cursor, key)}, now {value}"
                 )
-        epoch, skip_batches = cursor.epoch, cursor.batches
+        epoch, skip_batches, history = cursor.epoch, cursor.batches, cursor.history
     ds = ShardStream(
         reader,
         rank=rank,
@@ -433,6 +510,7 @@ def make_loader(
         skip_batches=skip_batches,
         num_workers=num_workers,
         collate_fn=collate_fn,
+        history=history,
     )
     extra = {} if num_workers == 0 else {"prefetch_factor": prefetch_factor or 2, "persistent_workers": False}
     return DataLoader(ds, batch_size=None, num_workers=num_workers, **extra)

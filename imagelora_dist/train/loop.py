@@ -30,6 +30,7 @@ from imagelora_dist.models.registry import resolve_model
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.speed import apply_speed_flags
 from imagelora_dist.train.methods import Adapted, attach_method
+from imagelora_dist.train.portable_state import PORTABLE_FILE, load_portable_state, save_portable_state
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -158,30 +159,44 @@ def speed_config(cfg: RunConfig) -> RunConfig:
 CURSOR_FILE = "cursor.json"
 
 
-def write_cursor_file(checkpoint: Path, cursor: Cursor) -> None:
-    """The data cursor in plain JSON beside DeepSpeed's files (which the driver does not unpickle)."""
+def write_cursor_file(checkpoint: Path, cursor: Cursor, **layout: int) -> None:
+    """The data cursor (and the ZeRO stage, global batch) in plain JSON beside DeepSpeed's files, for the
+    driver's check before a resume and the workers' choice of how to resume."""
     path = checkpoint / CURSOR_FILE
     tmp = path.with_name(f".{CURSOR_FILE}.tmp")
-    tmp.write_text(json.dumps(cursor.to_dict()))
+    tmp.write_text(json.dumps({**cursor.to_dict(), **layout}))
     os.replace(tmp, path)
 
 
-def check_resume_layout(saved: dict[str, Any], cfg: RunConfig, where: str) -> None:
-    """Refuse a resume whose workers, loader processes or micro-batch differ from the checkpoint's: they
-    fix the data order and DeepSpeed's optimizer partitions."""
+LAYOUT_NAMES = {
+    "world_size": "train.workers",
+    "num_workers": "data.num_workers",
+    "batch_size": "train.micro_batch_size",
+    "zero_stage": "zero_optimization.stage",
+}
+
+
+def layout_changes(saved: dict[str, Any], now: dict[str, int]) -> list[str]:
+    """`name old -> new` for every layout setting a checkpoint was written with that differs now."""
+    return [
+        f"{LAYOUT_NAMES[k]} {saved[k]} -> {v}" for k, v in now.items() if k in saved and int(saved[k]) != v
+    ]
+
+
+def check_resume_layout(saved: dict[str, Any], cfg: RunConfig, where: str, *, portable: bool) -> list[str]:
+    """The layout changes against the checkpoint (workers, loader processes, micro-batch, ZeRO stage);
+    refused unless the checkpoint has the world-size-independent state (older versions lack it)."""
     now = {"world_size": cfg.train.workers, "num_workers": cfg.data.num_workers,
-           "batch_size": cfg.train.micro_batch_size}  # fmt: skip
-    names = {
-        "world_size": "train.workers",
-        "num_workers": "data.num_workers",
-        "batch_size": "train.micro_batch_size",
-    }
-    for key, value in now.items():
-        if key in saved and int(saved[key]) != value:
-            raise ImageLoRAError(
-                f"cannot resume: {where} was written with {names[key]}={saved[key]}, now {value}; "
-                f"resume with {names[key]}={saved[key]}, or start a fresh run"
-            )
+           "batch_size": cfg.train.micro_batch_size, "zero_stage": zero_stage(None, cfg)}  # fmt: skip
+    changes = layout_changes(saved, now)
+    if changes and not portable:
+        key = next(k for k in now if k in saved and int(saved[k]) != now[k])
+        raise ImageLoRAError(
+            f"cannot resume: {where} was written with {LAYOUT_NAMES[key]}={saved[key]}, now {now[key]}, "
+            f"and has no {PORTABLE_FILE} (written before resume on another layout existed); "
+            f"resume with {LAYOUT_NAMES[key]}={saved[key]}, or start a fresh run"
+        )
+    return changes
 
 
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
@@ -200,6 +215,60 @@ def save_final_adapter(adapted: Adapted, method: str, tag_dir: Path, rank: int) 
     adapted.save(target, {"method": method})
     if rank != 0:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _resume(
+    engine: Any,
+    ckpt_dir: Path,
+    tag: str,
+    cursor: Cursor,
+    stage: int,
+    ctx: WorkerContext,
+    log: Callable[[str], None],
+) -> tuple[int, Cursor]:
+    """Restore a checkpoint: DeepSpeed's own files where they fit this run's layout (bit-exact), else the
+    world-size-independent state (another worker count, micro-batch, loader processes or ZeRO stage)."""
+    folder = ckpt_dir / tag
+    try:
+        saved = json.loads((folder / CURSOR_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}  # written before cursor files: only DeepSpeed's files can tell
+    now = {**cursor.layout(), "zero_stage": stage}
+    changes = layout_changes(saved, now)
+    if not changes and any(folder.glob("*optim_states.pt")):
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False)
+        cursor = Cursor.from_dict(client["cursor"])
+        if "torch_rng" in client:  # dropout-bearing models resume with the same random stream
+            torch.set_rng_state(client["torch_rng"])
+        if ctx.device.type == "cuda" and "cuda_rng" in client:
+            torch.cuda.set_rng_state(client["cuda_rng"], ctx.device)
+        how, step = "", int(client["step"])
+    elif (folder / PORTABLE_FILE).is_file():
+        state = load_portable_state(engine, folder / PORTABLE_FILE)
+        step = state.step
+        cursor = Cursor.from_dict(state.cursor).relayout(**cursor.layout())
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+        how = f", from {PORTABLE_FILE}: " + (", ".join(changes) or "DeepSpeed's files are missing")
+        if ctx.rank == 0 and cursor.history:
+            log(f"[train] the rest of epoch {cursor.epoch} is split anew over {ctx.world_size} worker(s): "
+                "no sample of it is read twice")  # fmt: skip
+        if (
+            ctx.rank == 0
+            and "global_batch" in saved
+            and int(saved["global_batch"]) != engine.train_batch_size()
+        ):
+            log(f"[train] note: the global batch is now {engine.train_batch_size()} samples per step, "
+                f"{saved['global_batch']} before (train.grad_accum keeps it)")  # fmt: skip
+    else:
+        raise ImageLoRAError(
+            f"cannot resume from {folder}: "
+            + (", ".join(changes) or "DeepSpeed's files are missing")
+            + f", and it has no {PORTABLE_FILE} (written before resume on another layout existed)"
+        )
+    log(f"[train] rank {ctx.rank}: resumed from {tag} (step {step}, epoch {cursor.epoch}, "
+        f"batch {cursor.batches}{how})")  # fmt: skip
+    return step, cursor
 
 
 def train_worker(
@@ -250,7 +319,8 @@ def train_worker(
     # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So
     # a batch without images gets a filler image (the tower runs everywhere), and a cache serves a step
     # only where it serves every rank (one small all-reduce per cache and micro-batch).
-    lockstep = ctx.world_size > 1 and zero_stage(ds_template, cfg) == 3
+    stage = zero_stage(ds_template, cfg)
+    lockstep = ctx.world_size > 1 and stage == 3
     for cache in (vcache, pcache) if lockstep else ():
         if cache is not None:
             cache.agree = functools.partial(on_every_rank, device=ctx.device)
@@ -266,7 +336,6 @@ def train_worker(
         shards, cfg.train.micro_batch_size, seed=cfg.data.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         trust_index_urls=cfg.data.trust_index_urls,
     )  # fmt: skip
-    plan = reader.epoch_plan(0, ctx.rank, ctx.world_size)
     collator = BatchCollator(
         processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
         # a trained vision tower, or ZeRO-3's gathers, need the tower to run on every rank
@@ -285,16 +354,7 @@ def train_worker(
     step = 0
     tag = latest_checkpoint(ckpt_dir) if resume else None
     if tag is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_module_strict=False)
-        step = int(client["step"])
-        cursor = Cursor.from_dict(client["cursor"])
-        if "torch_rng" in client:  # dropout-bearing models resume with the same random stream
-            torch.set_rng_state(client["torch_rng"])
-        if on_gpu and "cuda_rng" in client:
-            torch.cuda.set_rng_state(client["cuda_rng"], ctx.device)
-        log(
-            f"[train] rank {ctx.rank}: resumed from {tag} (step {step}, epoch {cursor.epoch}, batch {cursor.batches})"
-        )
+        step, cursor = _resume(engine, ckpt_dir, tag, cursor, stage, ctx, log)
     metrics: dict[str, float] = {}
     micro = 0
     last_inputs = last_digests = last_keys = None
@@ -304,6 +364,9 @@ def train_worker(
     while step < cfg.train.steps:
         loader = make_loader(reader, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                              collate_fn=collator, cursor=cursor)  # fmt: skip
+        batches_per_epoch = len(loader)  # this epoch's (a resume on another layout shortens its rest)
+        if batches_per_epoch == 0:
+            cursor.finish_epoch()
         for batch in loader:
             inputs, digests, weight = batch["inputs"], batch["image_digests"], 1.0
             keys, without_pixels = batch["sample_digests"], batch["without_pixels"]
@@ -329,7 +392,7 @@ def train_worker(
                 )
             engine.backward(loss * weight)
             engine.step()
-            cursor.advance(batch["num_samples"], plan.batches_per_rank)
+            cursor.advance(batch["num_samples"], batches_per_epoch)
             tokens += batch["visual_tokens"] + batch["text_tokens"]
             visual += batch["visual_tokens"]
             micro += 1
@@ -368,8 +431,13 @@ def train_worker(
                 engine.save_checkpoint(
                     str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
                 )
-                if ctx.rank == 0:  # for the driver: a resume with another layout is refused before it starts
-                    write_cursor_file(ckpt_dir / saved, cursor)
+                # every rank: the whole adapter and moments are gathered; rank 0 writes them
+                save_portable_state(
+                    engine, ckpt_dir / saved, rank=ctx.rank, step=step, cursor=cursor.to_dict()
+                )
+                if ctx.rank == 0:  # for the driver's check, and the workers' choice of how to resume
+                    write_cursor_file(ckpt_dir / saved, cursor, zero_stage=stage,
+                                      global_batch=engine.train_batch_size())  # fmt: skip
                 if step == cfg.train.steps:
                     save_final_adapter(adapted, cfg.train.method, ckpt_dir / saved, ctx.rank)
             if report is not None:

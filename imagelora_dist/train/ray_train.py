@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from imagelora_dist.train.loop import (
     load_deepspeed_template,
     train_worker,
 )
+from imagelora_dist.train.portable_state import PORTABLE_FILE
 
 
 @ray.remote(num_cpus=0)
@@ -79,9 +81,10 @@ def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
         raise ImageLoRAError(f"train.storage: cannot open {storage!r}: {exc}") from None
 
 
-def check_stored_layout(cfg: RunConfig, storage: str, name: str) -> None:
-    """Before any worker starts: the newest stored checkpoint's data layout must match this run's (else
-    every worker would fail on it, and Ray would retry the group train.max_failures times first)."""
+def check_stored_layout(cfg: RunConfig, storage: str, name: str, log: Callable[[str], None] = print) -> None:
+    """Before any worker starts: a resume on another data layout needs the newest stored checkpoint's
+    world-size-independent state (else every worker would fail on it, after Ray had retried the group
+    train.max_failures times)."""
     fs, root = storage_filesystem(storage)
     found = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
     steps = sorted((i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step-")),
@@ -92,7 +95,11 @@ def check_stored_layout(cfg: RunConfig, storage: str, name: str) -> None:
                 saved = json.loads(f.read())
         except (FileNotFoundError, OSError, json.JSONDecodeError):
             continue  # written before cursor files, or incomplete: the workers check it themselves
-        check_resume_layout(saved, cfg, f"the checkpoint {step}")
+        portable = fs.get_file_info(f"{step}/{PORTABLE_FILE}").type == pafs.FileType.File
+        changes = check_resume_layout(saved, cfg, f"the checkpoint {step}", portable=portable)
+        if changes:
+            log(f"[train] resuming {Path(step).name} on another layout ({', '.join(changes)}): "
+                f"from its {PORTABLE_FILE}")  # fmt: skip
         return
 
 
