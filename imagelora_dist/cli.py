@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the adapter (train.method) with DeepSpeed ZeRO on Ray Train")
     _add_config_args(p)
     p.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in train.storage"
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in train.storage (also on another "
+        "train.workers, micro-batch or ZeRO stage)",
     )
     p = sub.add_parser(
         "eval",
@@ -95,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the pipeline (probe -> train -> eval); no config: the embedded default"
     )
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue training from the latest checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue training from the latest checkpoint (also on another train.workers)",
+    )
     p = sub.add_parser(
         "pretrain-base",
         help="pre-train a small base VLM (all parameters) on generic screen tasks + text arithmetic",
