@@ -185,6 +185,10 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool = False
     checkpoint_every: int = Field(10, ge=1)
     workers: int = Field(2, ge=1)
+    # Elastic training: start once this many workers fit (Ray asks for `workers`), go on with fewer after a
+    # lost node, grow back when resources return; each change resumes from the latest checkpoint's
+    # world-size-independent state. None: exactly `workers`. Left out of dumps when unset (stage hashes).
+    min_workers: int | None = Field(None, ge=1, exclude_if=lambda v: v is None)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float | None = Field(None, ge=0)
     max_failures: int = Field(2, ge=0)
@@ -193,6 +197,17 @@ class TrainConfig(_Strict):
     storage: str | None = None
     keep_checkpoints: int = Field(2, ge=1)  # the newest N stay in the storage
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _elastic(self) -> TrainConfig:
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"min_workers {self.min_workers} > workers {self.workers} (the most it may use)")
+        return self
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Accumulation steps on `world_size` workers: the global batch of `workers` workers x `grad_accum`,
+        kept exactly where it divides, else the nearest (an elastic run below `workers`)."""
+        return max(1, round(self.grad_accum * self.workers / world_size))
 
 
 class EvalConfig(_Strict):

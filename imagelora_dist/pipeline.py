@@ -322,7 +322,8 @@ def train_hash(cfg: RunConfig, shards: str) -> str:
     """Hash of everything the trained adapter depends on (selection included for image_lora)."""
     parts = {k: getattr(cfg, k).model_dump() for k in ("model", "adapter", "train")}
     parts["data"] = selection_hash(cfg, shards)
-    parts["train"].pop("workers", None)  # the global batch, not the worker count, defines the run
+    for key in ("workers", "min_workers"):  # the global batch, not the worker count, defines the run
+        parts["train"].pop(key, None)
     if cfg.train.method == "image_lora":
         sel = Path(cfg.output_dir) / "head_selection.json"
         parts["selection"] = hashlib.sha256(sel.read_bytes()).hexdigest() if sel.exists() else None
@@ -360,8 +361,11 @@ def run_train(
     if cfg.train.method == "image_lora" and not (Path(cfg.output_dir) / "head_selection.json").exists():
         raise ImageLoRAError("train.method image_lora needs head_selection.json: run the probe stage first")
     (on_ray or (lambda: ensure_ray(cfg, log)))()
+    workers = (
+        cfg.train.workers if cfg.train.min_workers is None else f"{cfg.train.min_workers}-{cfg.train.workers}"
+    )
     log(
-        f"[train] {cfg.train.method}: {cfg.train.workers} workers, {Path(cfg.train.deepspeed).name}, "
+        f"[train] {cfg.train.method}: {workers} workers, {Path(cfg.train.deepspeed).name}, "
         f"{cfg.train.steps} steps of {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {cfg.train.workers}"
     )
     start = time.perf_counter()

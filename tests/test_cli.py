@@ -53,6 +53,7 @@ def test_run_writes_selection_then_skips(tmp_path, capsys):
         ("model.family=mllama", "mllama"),
         ("adapter.rank=zero", "adapter.rank"),
         ("nonsense", "key=value"),
+        ("train.min_workers=3", "min_workers 3 > workers 2"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(override, needle, capsys):
@@ -215,3 +216,12 @@ def test_eval_command_without_an_adapter_exits_2_naming_it(tmp_path, capsys):
     assert err == [
         f"imagelora-dist: error: no trained adapter at {tmp_path}/adapter: run the train stage first"
     ]
+
+
+def test_an_elastic_run_keeps_the_global_batch_where_it_divides():
+    from imagelora_dist.config import load_config
+
+    t = load_config(None, ["train.workers=4", "train.min_workers=1", "train.grad_accum=2"]).train
+    # 4 workers x 2: 8 micro-batches per step; 3 workers cannot make 8, the nearest is 9
+    assert [t.grad_accum_for(w) for w in (1, 2, 3, 4)] == [8, 4, 3, 2]
+    assert "min_workers" not in load_config(None, []).train.model_dump()  # stage hashes stay as they were

@@ -85,8 +85,8 @@ def deepspeed_config(
     ds = json.loads(json.dumps(template if template is not None else load_deepspeed_template(cfg)))
     t = cfg.train
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
-    ds["gradient_accumulation_steps"] = t.grad_accum
-    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum * world_size
+    ds["gradient_accumulation_steps"] = t.grad_accum_for(world_size)
+    ds["train_batch_size"] = t.micro_batch_size * t.grad_accum_for(world_size) * world_size
     ds["gradient_clipping"] = t.grad_clip
     ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
     ds["optimizer"].setdefault("params", {})["lr"] = t.lr
@@ -396,7 +396,7 @@ def train_worker(
             tokens += batch["visual_tokens"] + batch["text_tokens"]
             visual += batch["visual_tokens"]
             micro += 1
-            if micro % cfg.train.grad_accum:
+            if micro % engine.gradient_accumulation_steps():
                 continue
             step += 1
             elapsed = time.perf_counter() - t_step
@@ -412,6 +412,7 @@ def train_worker(
                 "visual_tokens_per_s": visual / elapsed,
                 "step_time_s": elapsed,
                 "step": float(step),
+                "workers": float(ctx.world_size),  # an elastic run's group size, step by step
             }
             if on_gpu:
                 metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30

@@ -52,10 +52,11 @@ def _is_sharded(param: torch.nn.Parameter) -> bool:
 
 
 def _optimizer_step(engine: Any) -> int:
-    for state in _basic_optimizer(engine).state.values():
+    basic = _basic_optimizer(engine)
+    for state in basic.state.values():
         if "step" in state:
             return int(float(state["step"]))
-    return 0
+    return int(basic.param_groups[0].get("step", 0)) if basic.param_groups else 0
 
 
 def gather_portable_state(engine: Any) -> dict[str, torch.Tensor]:
@@ -125,6 +126,12 @@ def _ensure_adam_state(engine: Any, optimizer_step: int) -> None:
         for p in getattr(engine.optimizer, "fp32_partitioned_groups_flat", [])
         if all(p is not q for q in flats)
     ]
+    # torch's Adam/AdamW keep the step as a tensor per parameter; DeepSpeed's FusedAdam as an int, also
+    # per parameter group
+    as_tensor = isinstance(basic, torch.optim.Adam | torch.optim.AdamW)
+    for group in basic.param_groups:
+        if "step" in group:
+            group["step"] = optimizer_step
     for flat in flats:
         state = basic.state[flat]
         for key in MOMENTS:
@@ -132,7 +139,9 @@ def _ensure_adam_state(engine: Any, optimizer_step: int) -> None:
         step = state.get("step")
         dtype = step.dtype if isinstance(step, torch.Tensor) else torch.float32
         device = step.device if isinstance(step, torch.Tensor) else torch.device("cpu")
-        state["step"] = torch.tensor(float(optimizer_step), dtype=dtype, device=device)
+        state["step"] = (
+            torch.tensor(float(optimizer_step), dtype=dtype, device=device) if as_tensor else optimizer_step
+        )
     # ZeRO-1/2 link each parameter to its slice of the moments after the first step; do it now.
     link = getattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:

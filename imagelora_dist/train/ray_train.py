@@ -66,6 +66,12 @@ def train_storage(cfg: RunConfig) -> str:
     return str(Path(storage or Path(cfg.output_dir) / "train").absolute())
 
 
+def worker_range(cfg: RunConfig) -> int | tuple[int, int]:
+    """Ray Train's `num_workers`: `train.workers`, or (min, max) for an elastic run (`train.min_workers`)."""
+    t = cfg.train
+    return t.workers if t.min_workers in (None, t.workers) else (t.min_workers, t.workers)
+
+
 def run_name(cfg: RunConfig) -> str:
     """Ray Train's run name: the directory under the storage that holds the checkpoints."""
     return f"{cfg.name}-train"
@@ -245,7 +251,7 @@ def run_training(
             },
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers, use_gpu=gpus > 0, resources_per_worker=resources
+            num_workers=worker_range(cfg), use_gpu=gpus > 0, resources_per_worker=resources
         ),
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         run_config=RayRunConfig(
