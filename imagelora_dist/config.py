@@ -205,8 +205,10 @@ class TrainConfig(_Strict):
         return self
 
     def grad_accum_for(self, world_size: int) -> int:
-        """Accumulation steps on `world_size` workers: the global batch of `workers` workers x `grad_accum`,
-        kept exactly where it divides, else the nearest (an elastic run below `workers`)."""
+        """Accumulation steps on `world_size` workers: in an elastic run the global batch of `workers`
+        workers x `grad_accum`, kept exactly where it divides, else the nearest; else `grad_accum`."""
+        if self.min_workers is None:
+            return self.grad_accum
         return max(1, round(self.grad_accum * self.workers / world_size))
 
 

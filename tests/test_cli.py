@@ -224,4 +224,6 @@ def test_an_elastic_run_keeps_the_global_batch_where_it_divides():
     t = load_config(None, ["train.workers=4", "train.min_workers=1", "train.grad_accum=2"]).train
     # 4 workers x 2: 8 micro-batches per step; 3 workers cannot make 8, the nearest is 9
     assert [t.grad_accum_for(w) for w in (1, 2, 3, 4)] == [8, 4, 3, 2]
-    assert "min_workers" not in load_config(None, []).train.model_dump()  # stage hashes stay as they were
+    fixed = load_config(None, ["train.workers=4", "train.grad_accum=2"]).train
+    assert fixed.grad_accum_for(1) == 2  # not elastic: as configured (a 1-process run of a 4-worker config)
+    assert "min_workers" not in fixed.model_dump()  # stage hashes stay as they were

@@ -1,8 +1,8 @@
 """Checkpoints in an object store: Ray's storage is an S3 bucket (moto's S3 server on 127.0.0.1).
 
-A run whose worker dies with no restarts left is continued with --resume from the bucket alone (each
-worker downloads the merged checkpoint to its own scratch dir) and ends with the adapter of an
-uninterrupted run on local storage.
+A 2-worker run whose worker dies with no restarts left is continued with --resume on 1 worker from the
+bucket alone (each worker downloads the merged checkpoint to its own scratch dir; the portable state
+re-partitions the optimizer) and ends with the adapter of an uninterrupted run on local storage.
 """
 
 from __future__ import annotations
@@ -84,13 +84,16 @@ def test_resume_from_object_store_matches_uninterrupted_run(s3_storage, shards, 
         assert stored.get(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", 0) > 0, sorted(stored)
 
     monkeypatch.delenv(FAULT_ENV)
-    run_training(cfg, shards, resume=True)
+    # Resumed on 1 worker accumulating the same 2 micro-batches per step: DeepSpeed's files are cut for 2
+    # ranks, so the run continues from the checkpoint's portable state, also read from the bucket.
+    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"workers": 1, "grad_accum": 2})})
+    run_training(one, shards, resume=True)
     resumed = load_file(str(tmp_path / "s3" / "adapter" / "adapter_model.safetensors"))
     final = f"{root}/{run_name(cfg)}/step-000003/adapter/adapter_model.safetensors"
     assert fs.get_file_info(final).size > 0, "the final adapter lives in the bucket too"
     assert resumed.keys() == clean.keys()
-    for key in clean:
-        torch.testing.assert_close(resumed[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
+    for key in clean:  # as close as 1 worker x 2 micro-batches is to 2 workers (test_train's stage test)
+        torch.testing.assert_close(resumed[key], clean[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
 def test_unknown_storage_scheme_is_one_clear_error():

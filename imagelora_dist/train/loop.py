@@ -332,6 +332,12 @@ def train_worker(
         model_parameters=adapted.parameters,
         config=deepspeed_config(cfg, ctx.world_size, on_gpu, ds_template),
     )
+    t = cfg.train
+    if ctx.rank == 0 and t.min_workers is not None and ctx.world_size != t.workers:  # elastic, below the most
+        wanted = t.micro_batch_size * t.grad_accum * t.workers
+        log(f"[train] {ctx.world_size} of {t.workers} workers: each accumulates {engine.gradient_accumulation_steps()} "
+            f"micro-batches of {t.micro_batch_size}, a global batch of {engine.train_batch_size()}"
+            + ("" if engine.train_batch_size() == wanted else f" (not the {wanted} of train.workers: it does not divide)"))  # fmt: skip
     reader = ShardReader.from_path(
         shards, cfg.train.micro_batch_size, seed=cfg.data.seed, shuffle_buffer=cfg.data.shuffle_buffer,
         trust_index_urls=cfg.data.trust_index_urls,
