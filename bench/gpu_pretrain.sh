@@ -6,7 +6,8 @@
 #   bash bench/gpu_pretrain.sh [KEY=VAL]  # there, with .whl carried; extra args are config overrides
 #
 # Writes $OUT (else bench/out): base.tar.part-* (the base, split into 15 MB pieces), pretrain_report.json,
-# gpu_pretrain.log, nvidia-smi.txt. Back here: mkdir -p runs/pretrain-base-gpu &&
+# gpu_pretrain.log, nvidia-smi.txt, resume/resume_check.json (the bf16 resume check, run first).
+# Back here: mkdir -p runs/pretrain-base-gpu &&
 # cat base.tar.part-* | tar -x -C runs/pretrain-base-gpu, then run the study from it:
 # python -m imagelora_dist.study configs/study/study.yaml model.path=runs/pretrain-base-gpu/base
 set -euo pipefail
@@ -22,6 +23,11 @@ if [[ -d .whl ]]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # run from the checkout, installed or not
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
+# First (about a minute, by estimate): does a resume in bf16 on the GPU end where the uninterrupted run does, from
+# DeepSpeed's files and from the portable state? (bench/resume_check.py; both differences should match
+# those of two uninterrupted runs: 0.0 where the kernels are deterministic.)
+timeout 120 "$PY" bench/resume_check.py --device cuda --out "$OUT_DIR/resume" 2>&1 | tail -3 \
+  | tee "$OUT_DIR/resume_check.log" || true
 RUN=/tmp/pretrain-base-gpu
 set +e
 timeout 480 "$PY" -m imagelora_dist pretrain-base --no-ray --config configs/pretrain_base_gpu.yaml \

@@ -95,6 +95,21 @@ def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_pa
     assert 0 < sum(files.values()) < 12 * adapter_bytes + 200_000
     # keep_checkpoints (2): older checkpoints were deleted from the storage.
     assert sorted(p.name for p in ckpt.parent.glob("step-*")) == ["step-000002", "step-000003"]
+    # The portable state gathered the partitions whole: its weights are the final adapter's (saved by
+    # another path, the adapter export, which keys B by KV head), and every B has Adam moments.
+    portable = load_file(str(ckpt / "portable_state.safetensors"))
+    for layer in sorted({int(k.split(".")[1]) for k in got}):
+        prefix = f"param/model.language_model.layers.{layer}.self_attn.image_lora"
+        heads = sorted(
+            (k for k in got if k.startswith(f"layers.{layer}.heads.")), key=lambda k: int(k.split(".")[3])
+        )
+        exported = {"A": got[f"layers.{layer}.A"], "gamma": got[f"layers.{layer}.gamma"],
+                    "B": torch.stack([got[k] for k in heads])}  # fmt: skip
+        for part, value in exported.items():
+            torch.testing.assert_close(
+                portable[f"{prefix}.{part}"], value, rtol=0, atol=0, msg=f"{layer}.{part}"
+            )
+        assert portable[f"exp_avg_sq/{prefix.removeprefix('param/')}.B"].abs().sum() > 0
 
 
 def test_killed_worker_resumes_from_last_checkpoint(two_workers, shards, tmp_path, monkeypatch):
@@ -260,50 +275,20 @@ def test_trained_image_lora_keeps_text_bit_identical(reference, tmp_path, shards
         assert torch.equal(model(**batch).logits, base)
 
 
-RESUME_SCRIPT = r"""
-import os, socket, sys
-os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0)); os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-from pathlib import Path
-import torch
-from imagelora_dist.config import load_config
-from imagelora_dist.train.loop import WorkerContext, train_worker
-out, shards = Path(sys.argv[1]), sys.argv[2]
-cfg = load_config(None, [f"output_dir={out}", f"data.train={shards}", "data.shuffle_buffer=0", "train.steps=4",
-     "train.method=image_lora_all", "train.checkpoint_every=1", "train.lr=0.01", "tracking.enabled=false"])
-quiet = lambda m: None
-full, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "a", log=quiet)
-train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "b", stop_after=2, log=quiet)
-resumed, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "b", resume=True, log=quiet)
-a, b = full.adapter_state(), resumed.adapter_state()
-print("MAXDIFF", max(float((a[k] - b[k]).abs().max()) for k in a))
-# DeepSpeed's files are an optimisation only: without them the portable state resumes the same run.
-train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "c", stop_after=2, log=quiet)
-gone = [f.unlink() for f in (out / "c" / "step-000002").glob("*_states.pt")]
-assert len(gone) == 2, gone
-portable, _ = train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "c", resume=True, log=print)
-c = portable.adapter_state()
-print("PORTABLEDIFF", max(float((a[k] - c[k]).abs().max()) for k in a))
-# Another micro-batch mid-epoch: 1 of 4 batches of 1 read, so the rest (3 samples) gives 1 batch of 2.
-one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": 1})})
-train_worker(one, WorkerContext(), shards, ckpt_dir=out / "d", stop_after=1, log=quiet)
-train_worker(cfg, WorkerContext(), shards, ckpt_dir=out / "d", resume=True, log=print)
-import json
-print("CURSORS", json.dumps([json.loads((out / "d" / f"step-00000{i}" / "cursor.json").read_text()) for i in (1, 2, 4)]))
-"""
-
-
 def test_resume_matches_uninterrupted_run(shards, tmp_path):
+    # bench/resume_check.py (also the GPU check): 4 steps vs 2 + resumed from DeepSpeed's files, vs 2 +
+    # resumed from the portable state alone, and a micro-batch change mid-epoch.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path), shards], capture_output=True,
-                          text=True, timeout=600, env=env)  # fmt: skip
+    script = Path(__file__).resolve().parent.parent / "bench" / "resume_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--shards", shards, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    diff = float(proc.stdout.split("MAXDIFF")[1].split()[0])
-    assert diff == 0.0
+    report = json.loads((tmp_path / "resume_check.json").read_text())
+    assert report["deepspeed_resume_max_diff"] == 0.0
+    assert len(report["deleted"]) == 2, report["deleted"]  # the model and the optimizer file
     assert "from portable_state.safetensors: DeepSpeed's files are missing" in proc.stdout
-    assert float(proc.stdout.split("PORTABLEDIFF")[1].split()[0]) == 0.0
-    first, second, last = json.loads(proc.stdout.split("CURSORS")[1].splitlines()[0])
+    assert report["portable_resume_max_diff"] == 0.0
+    first, second, last = report["cursors"]
     assert (first["epoch"], first["batches"], first["batch_size"]) == (0, 1, 1)
     assert "the rest of epoch 0 is split anew over 1 worker(s)" in proc.stdout
     # step 2 read the rest of epoch 0 (one batch of 2), steps 3-4 the two batches of epoch 1
