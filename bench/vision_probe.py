@@ -10,14 +10,20 @@ design (bench/RESULTS.md, "Can the tiny base see?"), not part of `make bench`.
 
 Tasks: `square` (one coloured square on a plain screen: "Where is the square?" -> a 3x3 grid name),
 `square_xy` (the same, "Click the square." -> its centre in tenths, `(x, y)` with x, y in 0..9),
+`square_click` (the same, answered as the study clicks: `(x, y)` in [0, 1000)), `shapes_point` (the
+pre-training task `point` on `shapes` screens of 1-4 shapes: "Give the coordinates of the red circle."),
 `element_at` (a synthetic GUI screen: the type of the element at a point), `read_label` (the text of the
-element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets).
+element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets). The two
+click tasks are also scored as grounding: the share of clicks inside the target, beside a random click's
+(the mean box area over the screen area), and the median click distance (1/1000 of the screen).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import random
+import statistics
 import time
 from typing import Any
 
@@ -26,13 +32,21 @@ from PIL import Image, ImageDraw
 
 from imagelora_dist.data import synth
 from imagelora_dist.data.collate import Sample, collate
-from imagelora_dist.data.pretrain_tasks import MAX_LABEL_CHARS, position_name
+from imagelora_dist.data.pretrain_tasks import (
+    MAX_LABEL_CHARS,
+    PretrainSpec,
+    make_pretrain_sample,
+    position_name,
+)
 from imagelora_dist.data.tasks import box_center, normalize_point
 from imagelora_dist.eval.generate import generate_for_samples
+from imagelora_dist.eval.metrics import click_distance, grounding_hit
 from imagelora_dist.models.tiny import TINY_FAMILIES, build_tiny_vlm
 
-TASKS = ("square", "square_xy", "element_at", "read_label")
-Item = tuple[str, Image.Image, str, str]  # task, image, instruction, answer
+TASKS = ("square", "square_xy", "square_click", "shapes_point", "element_at", "read_label")
+CLICK_TASKS = ("square_click", "shapes_point")
+# task, image, instruction, answer, and for the click tasks the record a click is scored against
+Item = tuple[str, Image.Image, str, str, dict[str, Any] | None]
 
 
 def square_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
@@ -42,9 +56,23 @@ def square_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
     x0, y0 = rng.randint(0, w - s), rng.randint(0, h - s)
     ImageDraw.Draw(img).rectangle([x0, y0, x0 + s, y0 + s], fill=rng.choice([(200, 30, 30), (30, 30, 200)]))
     if task == "square":
-        return task, img, "Where is the square?", position_name((x0, y0, x0 + s, y0 + s), w, h)
+        return task, img, "Where is the square?", position_name((x0, y0, x0 + s, y0 + s), w, h), None
     x, y = normalize_point(x0 + s / 2, y0 + s / 2, w, h)
-    return task, img, "Click the square.", f"({x // 100}, {y // 100})"
+    if task == "square_click":
+        record = {"bbox": [x0, y0, x0 + s, y0 + s], "width": w, "height": h}
+        return task, img, "Click the square.", f"({x}, {y})", record
+    return task, img, "Click the square.", f"({x // 100}, {y // 100})", None
+
+
+def shapes_point_sample(index: int, w: int, h: int) -> Item:
+    """The pre-training task `point` on a `shapes` screen, exactly as the pre-trained bases saw it."""
+    spec = PretrainSpec(num_samples=index + 1, width=w, height=h, min_elements=1, max_elements=4,
+                        tasks=("point",), style="shapes", seed=7)  # fmt: skip
+    raw = make_pretrain_sample(spec, index)
+    record = raw["json"]
+    with Image.open(io.BytesIO(raw["png"])) as im:
+        img = im.convert("RGB")
+    return "shapes_point", img, record["instruction"], record["answer"], record
 
 
 def gui_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
@@ -54,17 +82,19 @@ def gui_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
         if task == "element_at":
             el = rng.choice([e for e in elements if e.region == "content"] or elements)
             x, y = normalize_point(*box_center(el.box), w, h)
-            return task, img, f"What kind of element is at ({x}, {y})?", el.type
+            return task, img, f"What kind of element is at ({x}, {y})?", el.type, None
         pool = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
         if pool:
             el = rng.choice(pool)
             x, y = normalize_point(*box_center(el.box), w, h)
-            return task, img, f"What does the element at ({x}, {y}) say?", el.text
+            return task, img, f"What does the element at ({x}, {y}) say?", el.text, None
 
 
 def make_item(index: int, tasks: list[str], w: int, h: int) -> Item:
     """Sample `index`: the tasks in round-robin, each a pure function of the index."""
     rng, task = random.Random(index), tasks[index % len(tasks)]
+    if task == "shapes_point":
+        return shapes_point_sample(index, w, h)
     return square_sample(rng, task, w, h) if task.startswith("square") else gui_sample(rng, task, w, h)
 
 
@@ -110,15 +140,15 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
 
     def loss_of(items: list[Item]) -> torch.Tensor:
-        return model(**collate(processor, [Sample(q, a, [img]) for _, img, q, a in items])).loss
+        return model(**collate(processor, [Sample(q, a, [img]) for _, img, q, a, _ in items])).loss
 
     def evaluate(step: int) -> None:
         model.eval()
-        blank = [(t, Image.new("RGB", img.size, (200, 200, 200)), q, a) for t, img, q, a in held]
+        blank = [(t, Image.new("RGB", img.size, (200, 200, 200)), q, a, r) for t, img, q, a, r in held]
         with torch.no_grad():
             real = [float(loss_of([it])) for it in held]
             grey = [float(loss_of([it])) for it in blank]
-        prompts = [Sample(q, None, [img]) for _, img, q, _ in held]
+        prompts = [Sample(q, None, [img]) for _, img, q, _, _ in held]
         answers = generate_for_samples(model, processor, prompts, max_new_tokens=12, batch_size=16)
         model.train()
         for task in tasks:
@@ -126,10 +156,18 @@ def main() -> None:
             em = sum(answers[i].strip() == held[i][3] for i in idx) / len(idx)
             loss = sum(real[i] for i in idx) / len(idx)
             gain = sum(grey[i] - real[i] for i in idx) / len(idx)
-            print(
-                f"  step {step} {task:<11} exact {em:.2f}  loss {loss:.3f}  image_gain {gain:+.3f}",
-                flush=True,
-            )
+            line = f"  step {step} {task:<12} exact {em:.2f}  loss {loss:.3f}  image_gain {gain:+.3f}"
+            if task in CLICK_TASKS:
+                records = [held[i][4] for i in idx]
+                hits = sum(grounding_hit(answers[i], held[i][4]) for i in idx) / len(idx)
+                dist = statistics.median(click_distance(answers[i], held[i][4]) for i in idx)
+                chance = statistics.mean(
+                    (r["bbox"][2] - r["bbox"][0]) * (r["bbox"][3] - r["bbox"][1]) / (r["width"] * r["height"])
+                    for r in records
+                )
+                centre = statistics.median(click_distance("(500, 500)", r) for r in records)
+                line += f"  click hit {hits:.2f} (random {chance:.3f})  median dist {dist:.0f} (centre {centre:.0f})"
+            print(line, flush=True)
 
     t0 = time.perf_counter()
     for step in range(args.steps):
