@@ -1,6 +1,7 @@
 """Can a tiny VLM learn to use the pixels within a CPU budget? A single-process pre-training probe.
 
     python bench/vision_probe.py --family qwen3_vl --tasks square,square_xy --steps 400 --eval-every 100
+    python bench/vision_probe.py --tasks square_click --then shapes_point --switch 800 --steps 1600  (curriculum)
 
 Trains every parameter of a fresh tiny model of `--family` (AdamW, 50 warm-up steps, batch 8) on
 in-memory samples of the chosen tasks and, every `--eval-every` steps, prints per task the held-out exact
@@ -124,15 +125,21 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.0, help="GUI UI scale (0: derived from the screen size)")
     ap.add_argument("--held-out", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--then", default="", help="a curriculum: train on these tasks from step --switch on")
+    ap.add_argument("--switch", type=int, default=0, help="the step where --then takes over")
     args = ap.parse_args()
-    tasks = args.tasks.split(",")
-    if any(t not in TASKS for t in tasks):
-        ap.error(f"--tasks {args.tasks}: each must be one of {', '.join(TASKS)}")
+    first, then = args.tasks.split(","), [t for t in args.then.split(",") if t]
+    if any(t not in TASKS for t in first + then):
+        ap.error(f"--tasks {args.tasks} --then {args.then}: each must be one of {', '.join(TASKS)}")
+    if then and not 0 < args.switch < args.steps:
+        ap.error(f"--switch {args.switch}: with --then, a step in 1..{args.steps - 1}")
+    tasks = first + [t for t in then if t not in first]  # every one is evaluated
     torch.set_num_threads(args.threads)
     if args.scale:
         set_ui_scale(args.scale)
     w, h = args.width, args.height
-    train = [make_item(i, tasks, w, h) for i in range(args.steps * args.batch)]
+    cut = (args.switch if then else args.steps) * args.batch
+    train = [make_item(i, first if i < cut else then, w, h) for i in range(args.steps * args.batch)]
     held = [make_item(10_000_000 + i, tasks, w, h) for i in range(args.held_out)]
     model, processor = build_tiny_vlm(args.family, seed=0)
     model.train()
