@@ -198,6 +198,7 @@ def test_resume_on_another_layout_without_portable_state_is_refused_before_any_w
     import shutil
 
     from imagelora_dist.errors import ImageLoRAError
+    from imagelora_dist.train.loop import check_resume_layout
 
     out = tmp_path / "old"
     shutil.copytree(two_workers[0], out)
@@ -210,6 +211,10 @@ def test_resume_on_another_layout_without_portable_state_is_refused_before_any_w
         match=rf"cannot resume: the checkpoint .*step-000003 was written with {message}, and has no portable",
     ):
         run_training(cfg, shards, resume=True)
+    if "train.workers" in change:  # an elastic run's count is Ray's to decide: not refused up front
+        saved = json.loads((step / "cursor.json").read_text())
+        elastic = _cfg(out, shards, **{**change, "train.min_workers": 1})
+        assert check_resume_layout(saved, elastic, "x", portable=False) == []
     assert (out / "adapter" / "adapter_model.safetensors").is_file()  # the finished run is left as it was
 
 

@@ -188,6 +188,8 @@ def check_resume_layout(saved: dict[str, Any], cfg: RunConfig, where: str, *, po
     refused unless the checkpoint has the world-size-independent state (older versions lack it)."""
     now = {"world_size": cfg.train.workers, "num_workers": cfg.data.num_workers,
            "batch_size": cfg.train.micro_batch_size, "zero_stage": zero_stage(None, cfg)}  # fmt: skip
+    if cfg.train.min_workers is not None:
+        del now["world_size"]  # elastic: Ray decides the count when the group starts; the workers check it
     changes = layout_changes(saved, now)
     if changes and not portable:
         key = next(k for k in now if k in saved and int(saved[k]) != now[k])
