@@ -11,7 +11,9 @@ design (bench/RESULTS.md, "Can the tiny base see?"), not part of `make bench`.
 
 Tasks: `square` (one coloured square on a plain screen: "Where is the square?" -> a 3x3 grid name),
 `square_xy` (the same, "Click the square." -> its centre in tenths, `(x, y)` with x, y in 0..9),
-`square_click` (the same, answered as the study clicks: `(x, y)` in [0, 1000)), `shapes_point` (the
+`square_click` (the same, answered as the study clicks: `(x, y)` in [0, 1000)), `colour_click` (1-3
+squares, each its own colour: "Click the blue square." -> the study's click), `colour_grid` (the same
+screens: "Where is the blue square?" -> a 3x3 grid name), `shapes_point` (the
 pre-training task `point` on `shapes` screens of 1-4 shapes: "Give the coordinates of the red circle."),
 `element_at` (a synthetic GUI screen: the type of the element at a point), `read_label` (the text of the
 element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets). The two
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from imagelora_dist.data import synth
+from imagelora_dist.data import shapes, synth
 from imagelora_dist.data.collate import Sample, collate
 from imagelora_dist.data.pretrain_tasks import (
     MAX_LABEL_CHARS,
@@ -44,8 +46,17 @@ from imagelora_dist.eval.generate import generate_for_samples
 from imagelora_dist.eval.metrics import click_distance, grounding_hit
 from imagelora_dist.models.tiny import TINY_FAMILIES, build_tiny_vlm
 
-TASKS = ("square", "square_xy", "square_click", "shapes_point", "element_at", "read_label")
-CLICK_TASKS = ("square_click", "shapes_point")
+TASKS = (
+    "square",
+    "square_xy",
+    "square_click",
+    "colour_click",
+    "colour_grid",
+    "shapes_point",
+    "element_at",
+    "read_label",
+)
+CLICK_TASKS = ("square_click", "colour_click", "shapes_point")
 # task, image, instruction, answer, and for the click tasks the record a click is scored against
 Item = tuple[str, Image.Image, str, str, dict[str, Any] | None]
 
@@ -63,6 +74,32 @@ def square_sample(rng: random.Random, task: str, w: int, h: int) -> Item:
         record = {"bbox": [x0, y0, x0 + s, y0 + s], "width": w, "height": h}
         return task, img, "Click the square.", f"({x}, {y})", record
     return task, img, "Click the square.", f"({x // 100}, {y // 100})", None
+
+
+def colour_click_sample(rng: random.Random, w: int, h: int, task: str = "colour_click") -> Item:
+    """1-3 squares of 40-70 px, each its own colour; the target is named by its colour alone (clicked,
+    or for `colour_grid` placed on a 3x3 grid)."""
+    img = Image.new("RGB", (w, h), (240, 240, 240))
+    d, boxes = ImageDraw.Draw(img), []
+    colours = rng.sample(list(shapes.COLORS), rng.randint(1, 3))
+    for colour in colours:
+        while True:  # 1-3 squares of <= 70 px always fit a 336x252 screen
+            s = rng.randint(40, 70)
+            x0, y0 = rng.randint(0, w - s), rng.randint(0, h - s)
+            box = (x0, y0, x0 + s, y0 + s)
+            if all(
+                box[2] + 6 <= b[0] or b[2] + 6 <= x0 or box[3] + 6 <= b[1] or b[3] + 6 <= y0 for b in boxes
+            ):
+                break
+        d.rectangle([x0, y0, x0 + s, y0 + s], fill=shapes.COLORS[colour])
+        boxes.append(box)
+    i = rng.randrange(len(colours))
+    (x0, y0, x1, y1), colour = boxes[i], colours[i]
+    if task == "colour_grid":
+        return task, img, f"Where is the {colour} square?", position_name((x0, y0, x1, y1), w, h), None
+    x, y = normalize_point((x0 + x1) / 2, (y0 + y1) / 2, w, h)
+    record = {"bbox": [x0, y0, x1, y1], "width": w, "height": h}
+    return "colour_click", img, f"Click the {colour} square.", f"({x}, {y})", record
 
 
 def shapes_point_sample(index: int, w: int, h: int) -> Item:
@@ -96,6 +133,8 @@ def make_item(index: int, tasks: list[str], w: int, h: int) -> Item:
     rng, task = random.Random(index), tasks[index % len(tasks)]
     if task == "shapes_point":
         return shapes_point_sample(index, w, h)
+    if task.startswith("colour"):
+        return colour_click_sample(rng, w, h, task)
     return square_sample(rng, task, w, h) if task.startswith("square") else gui_sample(rng, task, w, h)
 
 
@@ -125,6 +164,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.0, help="GUI UI scale (0: derived from the screen size)")
     ap.add_argument("--held-out", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split-digits", action="store_true", help="the tokenizer spells numbers digit by digit")
     ap.add_argument("--then", default="", help="a curriculum: train on these tasks from step --switch on")
     ap.add_argument("--switch", type=int, default=0, help="the step where --then takes over")
     args = ap.parse_args()
@@ -139,9 +179,16 @@ def main() -> None:
         set_ui_scale(args.scale)
     w, h = args.width, args.height
     cut = (args.switch if then else args.steps) * args.batch
-    train = [make_item(i, first if i < cut else then, w, h) for i in range(args.steps * args.batch)]
+
+    def batch_at(step: int) -> list[Item]:
+        # made per step, not up front: a long run's screens would not fit in memory (48k ~ 12 GB)
+        return [
+            make_item(i, first if i < cut else then, w, h)
+            for i in range(step * args.batch, (step + 1) * args.batch)
+        ]
+
     held = [make_item(10_000_000 + i, tasks, w, h) for i in range(args.held_out)]
-    model, processor = build_tiny_vlm(args.family, seed=0)
+    model, processor = build_tiny_vlm(args.family, seed=0, split_digits=args.split_digits)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
@@ -178,7 +225,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     for step in range(args.steps):
-        loss = loss_of(train[step * args.batch : (step + 1) * args.batch])
+        loss = loss_of(batch_at(step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
