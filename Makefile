@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long clean
+.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long pretrain-base-shapes-point study-shapes-point clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,14 @@ study-shapes-fmt: study  # the same study under its descriptive name
 
 pretrain-base-shapes-fmt: $(STAMP)  # the study's base: sees shapes, knows the answer formats (runs/pretrain-base-shapes-fmt/base, ~30 min)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_fmt.yaml
+
+pretrain-base-shapes-point: $(STAMP)  # a shapes base that points: the study's tasks only, 4,000 steps (runs/pretrain-base-shapes-point/base, ~36 min)
+	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_point.yaml
+
+study-shapes-point: pretrain-base-shapes-point  # the study on the base that points (~1 h on 2 CPU cores), then reports/study-shapes-point/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_point.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-point --out reports/study-shapes-point
 
 pretrain-base-shapes: $(STAMP)  # a shapes base that has never written the answer formats (runs/pretrain-base-shapes/base)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes.yaml

@@ -110,6 +110,7 @@ def test_shipped_config_equals_embedded_default():
         "pretrain_base_shapes.yaml",
         "pretrain_base_shapes_fmt.yaml",
         "pretrain_base_shapes_fmt_digits.yaml",
+        "pretrain_base_shapes_point.yaml",
         "qwen2_5_vl_7b.yaml",
         "study/finetune.yaml",
     ],
@@ -130,9 +131,14 @@ def test_every_shipped_run_config_loads(name):
         for c in (fmt, digits):
             c.pop("name"), c.pop("output_dir")
         assert digits == fmt
+    if name == "pretrain_base_shapes_point.yaml":  # the format-aware base's recipe on the study's tasks only
+        assert cfg.data.pretrain_tasks == ("position", "point", "describe_at", "arithmetic")
+        assert cfg.train.steps == 4000 and cfg.data.synth.num_samples >= 4000 * cfg.train.micro_batch_size
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml"])
+@pytest.mark.parametrize(
+    "name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml", "shapes_point.yaml"]
+)
 def test_every_shipped_study_cell_loads(name):
     from pathlib import Path
 
@@ -167,6 +173,30 @@ def test_the_long_study_is_the_study_trained_longer():
         assert (a["train"]["steps"], b["train"]["steps"]) == (120, 480)
         for cfg in (a, b):  # what may differ: the length, where it is written, and its name
             cfg["train"].pop("steps"), cfg["train"].pop("checkpoint_every")
+            for key in ("name", "output_dir", "labels", "tracking"):
+                cfg.pop(key)
+        assert a == b, (ratio, method)
+
+
+def test_the_pointing_base_study_is_the_study_on_another_base():
+    import itertools
+    from pathlib import Path
+
+    from imagelora_dist.study import cell_config, load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
+    point_spec, point_dir = load_spec(root / "shapes_point.yaml")
+    assert point_spec.ratios == main_spec.ratios and point_spec.methods == main_spec.methods
+    assert point_spec.seeds == main_spec.seeds
+    for ratio, method in itertools.product(main_spec.ratios, main_spec.methods):
+        a = cell_config(main_spec, main_dir, ratio, method, 0).model_dump(mode="json")
+        b = cell_config(point_spec, point_dir, ratio, method, 0).model_dump(mode="json")
+        assert (a["model"].pop("path"), b["model"].pop("path")) == (
+            "runs/pretrain-base-shapes-fmt/base",
+            "runs/pretrain-base-shapes-point/base",
+        )
+        for cfg in (a, b):
             for key in ("name", "output_dir", "labels", "tracking"):
                 cfg.pop(key)
         assert a == b, (ratio, method)
