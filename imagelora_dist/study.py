@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from imagelora_dist.config import RunConfig, load_config
 from imagelora_dist.errors import ImageLoRAError
@@ -44,6 +44,14 @@ class StudySpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     ratios: dict[str, list[str]] = Field(min_length=1)
     methods: dict[str, list[str]] = Field(min_length=1)
+    # the spec file's own ratios and methods, in order: a `ratios=` / `methods=` override that narrows the
+    # grid must not renumber the cells' report order (two ratios would both be first and interleave)
+    _file_order: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+
+    def order_of(self, grid: str, key: str) -> int:
+        """Where `key` stands among the spec file's `grid` ("ratios"/"methods"); keys it lacks go after."""
+        listed = self._file_order.get(grid) or list(getattr(self, grid))
+        return listed.index(key) if key in listed else len(listed) + list(getattr(self, grid)).index(key)
 
 
 def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[StudySpec, Path]:
@@ -55,17 +63,20 @@ def load_spec(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[S
         raise ImageLoRAError(f"study spec {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ImageLoRAError(f"study spec {path}: expected a mapping at the top level")
+    file_order = {g: list(data[g]) for g in ("ratios", "methods") if isinstance(data.get(g), dict)}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ImageLoRAError(f"study override {item!r}: expected key=value")
         data[key.strip()] = yaml.safe_load(value)
     try:
-        return StudySpec.model_validate(data), path.parent
+        spec = StudySpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top)"
         raise ImageLoRAError(f"study spec {path}: {where}: {err['msg']}") from None
+    spec._file_order = file_order
+    return spec, path.parent
 
 
 def cell_config(spec: StudySpec, spec_dir: Path, ratio: str, method: str, seed: int) -> RunConfig:
@@ -83,7 +94,7 @@ def cell_config(spec: StudySpec, spec_dir: Path, ratio: str, method: str, seed: 
         f"tracking.experiment={spec.experiment or spec.name}",
         *(f"labels.{k}={v}" for k, v in zip(LABEL_KEYS, (spec.name, ratio, method, seed), strict=True)),
         # the spec's order of ratios and methods, so the report lists them as the study defines them
-        f"labels.order=r{list(spec.ratios).index(ratio):02d}m{list(spec.methods).index(method):02d}",
+        f"labels.order=r{spec.order_of('ratios', ratio):02d}m{spec.order_of('methods', method):02d}",
     ]
     return load_config(base, items)
 
@@ -222,8 +233,19 @@ def _mean_spread(values: list[float]) -> tuple[float, float] | None:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows grouped by (ratio, method) in the study's order: mean and spread (sample std) over seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # a ratio's rows stay together even where runs of an older narrowed study share an order number
+    first: dict[str, str] = {}
+    for r in rows:
+        first[r["ratio"]] = min(first.get(r["ratio"], "~"), str(r.get("order"))[:3])
     for row in sorted(
-        rows, key=lambda r: (str(r.get("order")), str(r["ratio"]), str(r["method"]), str(r["seed"]))
+        rows,
+        key=lambda r: (
+            first[r["ratio"]],
+            str(r["ratio"]),
+            str(r.get("order")),
+            str(r["method"]),
+            str(r["seed"]),
+        ),
     ):
         groups.setdefault((row["ratio"], row["method"]), []).append(row)
     out = []

@@ -11,7 +11,16 @@ from imagelora_dist.cli import main as cli_main
 from imagelora_dist.data.reader import ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval import chance_baselines
-from imagelora_dist.study import CHANCE_METHOD, cell_config, load_spec, run_study, study_rows, summarize
+from imagelora_dist.study import (
+    CHANCE_METHOD,
+    LOSS_COLUMNS,
+    REPORT_METRICS,
+    cell_config,
+    load_spec,
+    run_study,
+    study_rows,
+    summarize,
+)
 
 
 @pytest.fixture
@@ -121,6 +130,29 @@ def test_cell_config_labels_and_bad_spec(tmp_path, spec_file):
     assert cfg.tracking.experiment == "smoke-study" and cfg.name == "smoke-study-image-heavy-image_lora-4-s3"
     with pytest.raises(ImageLoRAError, match=r"study spec .*: methods: .*"):
         load_spec(spec_file, ["methods={}"])
+
+
+def test_a_narrowed_study_keeps_the_report_order_of_the_whole_one(tmp_path, spec_file):
+    # `ratios=` / `methods=` run part of a grid; its cells must land where the whole grid puts them
+    whole, spec_dir = load_spec(spec_file)
+    part, _ = load_spec(
+        spec_file,
+        ['ratios={image-heavy: ["data.synth.instruction_words=[0,0]"]}', "methods={lora-v_proj: []}"],
+    )
+    assert list(part.ratios) == ["image-heavy"] and list(part.methods) == ["lora-v_proj"]
+    order = cell_config(part, spec_dir, "image-heavy", "lora-v_proj", 0).labels["order"]
+    assert order == cell_config(whole, spec_dir, "image-heavy", "lora-v_proj", 0).labels["order"] == "r01m01"
+    extra, _ = load_spec(spec_file, ['ratios={mid: ["data.synth.instruction_words=[5,5]"]}'])
+    assert cell_config(extra, spec_dir, "mid", "zero-shot", 0).labels["order"] == "r02m00"  # after the file's
+    # runs logged by an older version under colliding numbers: each ratio's rows still stay together
+    metrics = {col: 1.0 for col in (*REPORT_METRICS, *LOSS_COLUMNS)}
+    rows = [
+        {"ratio": ratio, "method": method, "seed": 0, "order": f"r00m{m:02d}", **metrics}
+        for ratio in ("image-heavy", "balanced")
+        for m, method in enumerate(("lora", "image_lora"))
+    ]
+    ratios = [s["ratio"] for s in summarize(rows) if s["method"] != CHANCE_METHOD]
+    assert ratios[:2] == [ratios[0]] * 2 and ratios[2:] == [ratios[2]] * 2 and ratios[0] != ratios[2]
 
 
 def test_study_rows_count_the_newest_run_of_each_cell(tmp_path):
