@@ -16,7 +16,7 @@ squares, each its own colour: "Click the blue square." -> the study's click), `c
 screens: "Where is the blue square?" -> a 3x3 grid name), `shapes_point` (the
 pre-training task `point` on `shapes` screens of 1-4 shapes: "Give the coordinates of the red circle."),
 `element_at` (a synthetic GUI screen: the type of the element at a point), `read_label` (the text of the
-element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets). The two
+element at a point). `--scale` overrides the GUI screens' UI scale (bigger fonts and widgets). The three
 click tasks are also scored as grounding: the share of clicks inside the target, beside a random click's
 (the mean box area over the screen area), and the median click distance (1/1000 of the screen).
 """
