@@ -58,7 +58,7 @@ study-shapes-fmt: study  # the same study under its descriptive name
 pretrain-base-shapes-fmt: $(STAMP)  # the study's base: sees shapes, knows the answer formats (runs/pretrain-base-shapes-fmt/base, ~30 min)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_fmt.yaml
 
-pretrain-base-shapes-point: $(STAMP)  # a shapes base that points: the study's tasks only, 4,000 steps (runs/pretrain-base-shapes-point/base, ~36 min)
+pretrain-base-shapes-point: $(STAMP)  # a shapes base that points: the study's tasks only, 4,000 steps (runs/pretrain-base-shapes-point/base, ~54 min on 2 cores)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes_point.yaml
 
 study-shapes-point: pretrain-base-shapes-point  # the study on the base that points (~1 h on 2 CPU cores), then reports/study-shapes-point/study.md

@@ -164,7 +164,6 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.0, help="GUI UI scale (0: derived from the screen size)")
     ap.add_argument("--held-out", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--split-digits", action="store_true", help="the tokenizer spells numbers digit by digit")
     ap.add_argument("--then", default="", help="a curriculum: train on these tasks from step --switch on")
     ap.add_argument("--switch", type=int, default=0, help="the step where --then takes over")
     args = ap.parse_args()
@@ -188,7 +187,7 @@ def main() -> None:
         ]
 
     held = [make_item(10_000_000 + i, tasks, w, h) for i in range(args.held_out)]
-    model, processor = build_tiny_vlm(args.family, seed=0, split_digits=args.split_digits)
+    model, processor = build_tiny_vlm(args.family, seed=0)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
