@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long pretrain-base-shapes-point study-shapes-point clean
+.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long pretrain-base-shapes-point study-shapes-point study-shapes-point-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ study-shapes-point: pretrain-base-shapes-point  # the study on the base that poi
 	$(PY) -m imagelora_dist.study configs/study/shapes_point.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-point --out reports/study-shapes-point
+
+study-shapes-point-long: pretrain-base-shapes-point  # its trained cells at 4x the steps (image-heavy ~40 min), then reports/study-shapes-point-long/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_point_long.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-point-long --out reports/study-shapes-point-long
 
 pretrain-base-shapes: $(STAMP)  # a shapes base that has never written the answer formats (runs/pretrain-base-shapes/base)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes.yaml

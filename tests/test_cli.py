@@ -137,7 +137,15 @@ def test_every_shipped_run_config_loads(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["study.yaml", "shapes.yaml", "shapes_fmt.yaml", "shapes_fmt_long.yaml", "shapes_point.yaml"]
+    "name",
+    [
+        "study.yaml",
+        "shapes.yaml",
+        "shapes_fmt.yaml",
+        "shapes_fmt_long.yaml",
+        "shapes_point.yaml",
+        "shapes_point_long.yaml",
+    ],
 )
 def test_every_shipped_study_cell_loads(name):
     from pathlib import Path
@@ -156,15 +164,16 @@ def test_every_shipped_study_cell_loads(name):
                 )
 
 
-def test_the_long_study_is_the_study_trained_longer():
+@pytest.mark.parametrize("name", ["shapes_fmt", "shapes_point"])
+def test_the_long_study_is_the_study_trained_longer(name):
     import itertools
     from pathlib import Path
 
     from imagelora_dist.study import cell_config, load_spec
 
     root = Path(__file__).resolve().parents[1] / "configs" / "study"
-    main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
-    long_spec, long_dir = load_spec(root / "shapes_fmt_long.yaml")
+    main_spec, main_dir = load_spec(root / f"{name}.yaml")
+    long_spec, long_dir = load_spec(root / f"{name}_long.yaml")
     assert long_spec.ratios == main_spec.ratios and long_spec.seeds == main_spec.seeds
     assert set(long_spec.methods) == set(main_spec.methods) - {"zero-shot"}
     for ratio, method in itertools.product(long_spec.ratios, long_spec.methods):
