@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long pretrain-base-shapes-point study-shapes-point study-shapes-point-long clean
+.PHONY: install run test lint format bench pretrain-base study-gui pretrain-base-shapes study-shapes pretrain-base-shapes-fmt study study-shapes-fmt study-long pretrain-base-shapes-point study-shapes-point study-shapes-point-long study-shapes-point-known clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ study-shapes-point-long: pretrain-base-shapes-point  # its trained cells at 4x t
 	$(PY) -m imagelora_dist.study configs/study/shapes_point_long.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-point-long --out reports/study-shapes-point-long
+
+study-shapes-point-known: pretrain-base-shapes-point  # the same study asked in the pre-training's words (a task the base knows, as in the paper), then reports/study-shapes-point-known/study.md
+	$(PY) -m imagelora_dist.study configs/study/shapes_point_known.yaml
+	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
+		tracking.experiment=imagelora-study-shapes-point-known --out reports/study-shapes-point-known
 
 pretrain-base-shapes: $(STAMP)  # a shapes base that has never written the answer formats (runs/pretrain-base-shapes/base)
 	$(VENV)/bin/imagelora-dist pretrain-base --no-ray --config configs/pretrain_base_shapes.yaml

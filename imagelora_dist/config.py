@@ -94,6 +94,10 @@ class SynthConfig(_Strict):
     # `shapes`: coloured shapes instead of application windows (data/shapes.py), for a base too small to
     # read; left out of dumps at the default so existing stage hashes stay as they were.
     style: Literal["gui", "shapes"] = Field("gui", exclude_if=lambda v: v == "gui")
+    # `pretrain`: grounding and referring asked in the pre-training tasks' words ("Give the coordinates of
+    # the red circle.", "Describe the element at (x, y)."), a task a pre-trained base already knows, as in
+    # the paper (Qwen2.5-VL already grounds); `downstream` (default): a new instruction format.
+    phrasing: Literal["downstream", "pretrain"] = Field("downstream", exclude_if=lambda v: v == "downstream")
 
     @model_validator(mode="after")
     def _ranges(self) -> SynthConfig:

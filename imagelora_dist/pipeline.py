@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from imagelora_dist.adapter.io import load_adapter
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator
 from imagelora_dist.data.reader import ShardReader, ShardStream
+from imagelora_dist.data.shard_pool import spec_record
 from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_bytes
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
@@ -119,6 +120,7 @@ def synth_spec(cfg: RunConfig) -> SynthSpec:
         tasks=tuple(s.tasks),
         seed=s.seed,
         style=s.style,
+        phrasing=s.phrasing,
     )
 
 
@@ -141,7 +143,7 @@ def _synthesized(path: str | Path, spec: SynthSpec, cfg: RunConfig, log: Log, wh
     index = Path(path) / INDEX_NAME
     if index.exists():
         made_from = ShardIndex.read(path).meta.get("spec")
-        if made_from == json.loads(json.dumps(asdict(spec))):
+        if made_from == spec_record(spec):
             return str(path)
         log(f"[data] {path} was synthesized from another data.synth spec: synthesizing it again")
     else:

@@ -145,6 +145,7 @@ def test_every_shipped_run_config_loads(name):
         "shapes_fmt_long.yaml",
         "shapes_point.yaml",
         "shapes_point_long.yaml",
+        "shapes_point_known.yaml",
     ],
 )
 def test_every_shipped_study_cell_loads(name):
@@ -160,7 +161,7 @@ def test_every_shipped_study_cell_loads(name):
             if name.startswith("shapes"):
                 assert cfg.data.synth.style == "shapes"
                 assert cfg.model.path.endswith(
-                    f"{name.removesuffix('_long.yaml').removesuffix('.yaml').replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
+                    f"{name.removesuffix('_long.yaml').removesuffix('_known.yaml').removesuffix('.yaml').replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
                 )
 
 
@@ -205,6 +206,30 @@ def test_the_pointing_base_study_is_the_study_on_another_base():
             "runs/pretrain-base-shapes-fmt/base",
             "runs/pretrain-base-shapes-point/base",
         )
+        for cfg in (a, b):
+            for key in ("name", "output_dir", "labels", "tracking"):
+                cfg.pop(key)
+        assert a == b, (ratio, method)
+
+
+def test_the_known_task_study_is_the_pointing_study_in_the_pretraining_words():
+    import itertools
+    from pathlib import Path
+
+    from imagelora_dist.study import cell_config, load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    point_spec, point_dir = load_spec(root / "shapes_point.yaml")
+    known_spec, known_dir = load_spec(root / "shapes_point_known.yaml")
+    assert (known_spec.ratios, known_spec.methods, known_spec.seeds) == (
+        point_spec.ratios,
+        point_spec.methods,
+        point_spec.seeds,
+    )
+    for ratio, method in itertools.product(point_spec.ratios, point_spec.methods):
+        a = cell_config(point_spec, point_dir, ratio, method, 0).model_dump(mode="json")
+        b = cell_config(known_spec, known_dir, ratio, method, 0).model_dump(mode="json")
+        assert "phrasing" not in a["data"]["synth"] and b["data"]["synth"].pop("phrasing") == "pretrain"
         for cfg in (a, b):
             for key in ("name", "output_dir", "labels", "tracking"):
                 cfg.pop(key)

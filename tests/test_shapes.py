@@ -184,3 +184,67 @@ def test_pretrain_tasks_config_reaches_the_spec_and_stays_out_of_default_dumps()
     assert pretrain_spec(RunConfig()).tasks == PretrainSpec(num_samples=1).tasks
     with pytest.raises(ValueError, match="pretrain_tasks"):
         RunConfig.model_validate({"data": {"pretrain_tasks": ["pointing"]}})
+
+
+@pytest.mark.parametrize("style", ["shapes", "gui"])
+def test_pretrain_phrasing_asks_the_same_questions_in_the_pretraining_words(style):
+    # The same screens, targets and answers as the downstream set; only the instruction's words change, to
+    # the pre-training tasks' `point` / `describe_at` (a task the base already knows).
+    kw = {
+        "num_samples": 30,
+        "width": 336,
+        "height": 252,
+        "min_elements": 2,
+        "max_elements": 4,
+        "style": style,
+    }
+    down, pre = SynthSpec(**kw), SynthSpec(**kw, phrasing="pretrain")
+    for i in range(down.num_samples):
+        a, b = make_sample(down, i), make_sample(pre, i)
+        assert a["png"] == b["png"]
+        ra, rb = a["json"], b["json"]
+        assert {k: v for k, v in ra.items() if k != "instruction"} == {
+            k: v for k, v in rb.items() if k != "instruction"
+        }
+        assert ra["instruction"] != rb["instruction"]
+        if rb["task"] == "grounding":
+            assert rb["instruction"].startswith(("Give the coordinates of ", "Where exactly is "))
+            if style == "shapes":
+                assert f"the {rb['element_text']} {rb['element_type']}" in rb["instruction"]
+        else:  # the element's centre in the answer scale, computed here from its box
+            x0, y0, x1, y1 = rb["bbox"]
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            point = parse_point(rb["instruction"])
+            assert point == (int(cx * COORD_SCALE / 336), int(cy * COORD_SCALE / 252))
+            assert rb["instruction"].startswith(("Describe the element at ", "What is at "))
+            if style == "shapes":
+                img = Image.open(io.BytesIO(b["png"])).convert("RGB")
+                assert _colour_at(img, *_pixel(point, 336, 252)) == rb["element_text"]
+    with pytest.raises(ImageLoRAError, match=r"phrasing='casual'.*known: \['downstream', 'pretrain'\]"):
+        SynthSpec(num_samples=2, phrasing="casual")
+
+
+def test_phrasing_reaches_the_spec_stays_out_of_default_dumps_and_old_sets_still_match(tmp_path):
+    import json
+
+    from imagelora_dist.config import load_config
+    from imagelora_dist.data.shards import ShardIndex
+    from imagelora_dist.pipeline import ensure_train_shards, synth_spec
+
+    assert "phrasing" not in RunConfig().model_dump()["data"]["synth"]
+    with pytest.raises(ValueError, match="phrasing"):
+        RunConfig.model_validate({"data": {"synth": {"phrasing": "casual"}}})
+    base = [f"output_dir={tmp_path}", "data.synth.num_samples=4", "data.synth.workers=1"]
+    assert synth_spec(load_config(None, [*base, "data.synth.phrasing=pretrain"])).phrasing == "pretrain"
+    logs: list[str] = []
+    path = ensure_train_shards(load_config(None, base), log=logs.append)
+    index_file = tmp_path / "data" / "train" / "index.json"
+    # a set synthesized before `phrasing` existed records no such key: it must still be reused
+    assert "phrasing" not in json.loads(index_file.read_text())["meta"]["spec"]
+    before = index_file.read_bytes()
+    ensure_train_shards(load_config(None, base), log=logs.append)
+    data_logs = [m for m in logs if m.startswith("[data]")]
+    assert index_file.read_bytes() == before and len(data_logs) == 1
+    ensure_train_shards(load_config(None, [*base, "data.synth.phrasing=pretrain"]), log=logs.append)
+    assert ShardIndex.read(path).meta["spec"]["phrasing"] == "pretrain"
+    assert "synthesized from another data.synth spec" in [m for m in logs if m.startswith("[data]")][-1]

@@ -173,17 +173,27 @@ def _format_question(
         return None
     el = _pick(rng, pool)
     if task == POINT:
-        if style == "shapes":
-            target = f"the {el.name}"
-        else:
-            target = f"the {el.name} icon" if el.type == "icon" else _q(el.text)
-        template = rng.choice(("Give the coordinates of {t}.", "Where exactly is {t}? Answer with a point."))
-        return template.format(t=target), grounding_answer(el.box, w, h), el
+        return point_question(rng, el, style), grounding_answer(el.box, w, h), el
+    return describe_at_question(rng, el, w, h), referring_answer(el.type, el.text), el
+
+
+def point_question(rng: random.Random, el: Element, style: str) -> str:
+    """`point`'s instruction for `el`: the grounding question in the pre-training's words."""
+    if style == "shapes":
+        target = f"the {el.name}"
+    else:
+        target = f"the {el.name} icon" if el.type == "icon" else _q(el.text)
+    template = rng.choice(("Give the coordinates of {t}.", "Where exactly is {t}? Answer with a point."))
+    return template.format(t=target)
+
+
+def describe_at_question(rng: random.Random, el: Element, w: int, h: int) -> str:
+    """`describe_at`'s instruction for `el`: the referring question in the pre-training's words (its centre)."""
     x, y = normalize_point(*box_center(el.box), w, h)
     template = rng.choice(
         ("Describe the element at ({x}, {y}).", "What is at ({x}, {y})? Give its kind and name.")
     )
-    return template.format(x=x, y=y), referring_answer(el.type, el.text), el
+    return template.format(x=x, y=y)
 
 
 def _screen_question(

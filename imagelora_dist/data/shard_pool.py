@@ -42,6 +42,16 @@ def _pool_context(preload: str) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def spec_record(spec: Any) -> dict[str, Any]:
+    """`spec` as an index records it: JSON types, and its opt-in fields left out while at their defaults,
+    so a set made before such a field existed still matches its spec (and is not synthesized again)."""
+    record = json.loads(json.dumps(asdict(spec)))
+    for name, default in getattr(spec, "OMITTED_AT_DEFAULT", {}).items():
+        if record.get(name) == default:
+            del record[name]
+    return record
+
+
 def render_shards(
     spec: Any,
     make: MakeSample,
@@ -95,7 +105,7 @@ def render_shards(
     index = ShardIndex(
         shards=[infos[i] for i in range(total)],
         # JSON-normalised (tuples -> lists) so the returned index equals the one read back from disk.
-        meta={"created_by": created_by, "spec": json.loads(json.dumps(asdict(spec)))},
+        meta={"created_by": created_by, "spec": spec_record(spec)},
     )
     index.write(out)
     return index

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -49,6 +49,9 @@ _MAX_INSTRUCTION_WORDS = 4096
 # `gui`: application windows (this module); `shapes`: a few coloured shapes (shapes.py), for a base too
 # small to read.
 STYLES = ("gui", "shapes")
+# `downstream`: the fine-tuning task's own instructions ("Click the Save button."); `pretrain`: the same
+# questions in the pre-training tasks' words (`point`, `describe_at`), a task the base already knows.
+PHRASINGS = ("downstream", "pretrain")
 
 
 def _key(text: str) -> str:
@@ -336,6 +339,8 @@ class SynthSpec:
     seed: int = 0
     prefix: str = "train"
     style: str = "gui"
+    phrasing: str = "downstream"
+    OMITTED_AT_DEFAULT: ClassVar[dict[str, Any]] = {"phrasing": "downstream"}
 
     def __post_init__(self) -> None:
         # Lists arrive from YAML/JSON/argparse; store tuples so the spec stays hashable and asdict-stable.
@@ -378,6 +383,8 @@ class SynthSpec:
             raise bad("seed", "must be an integer")
         if self.style not in STYLES:
             raise bad("style", f"unknown style; known: {list(STYLES)}")
+        if self.phrasing not in PHRASINGS:
+            raise bad("phrasing", f"unknown phrasing; known: {list(PHRASINGS)}")
         if not isinstance(self.prefix, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.prefix):
             raise bad("prefix", "must be a non-empty file-name stem of letters, digits, '_', '.', '-'")
 
@@ -1717,10 +1724,17 @@ def make_sample(spec: SynthSpec, index: int) -> dict[str, Any]:
     pool = elements if task == GROUNDING else [e for e in elements if e.text]
     # Chrome repeats on every screen: weight the content widgets so they are most of the targets.
     el = rng.choices(pool, [3 if e.region == "content" else 1 for e in pool])[0]
-    if task == GROUNDING:
-        base, answer = _grounding(spec.style)(rng, el), grounding_answer(el.box, w, h)
+    if spec.phrasing == "pretrain":
+        from imagelora_dist.data.pretrain_tasks import describe_at_question, point_question
+
+        base = (
+            point_question(rng, el, spec.style) if task == GROUNDING else describe_at_question(rng, el, w, h)
+        )
+    elif task == GROUNDING:
+        base = _grounding(spec.style)(rng, el)
     else:
-        base, answer = referring_instruction(el.box, w, h, spec.style), referring_answer(el.type, el.text)
+        base = referring_instruction(el.box, w, h, spec.style)
+    answer = grounding_answer(el.box, w, h) if task == GROUNDING else referring_answer(el.type, el.text)
     # A separate stream: the context length changes the instruction text only, never the screen or target.
     crng = random.Random(_derive_seed(spec.seed, index, "context"))
     lo, hi = spec.instruction_words
