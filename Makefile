@@ -66,7 +66,7 @@ study-shapes-point: pretrain-base-shapes-point  # the study on the base that poi
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-point --out reports/study-shapes-point
 
-study-shapes-point-long: pretrain-base-shapes-point  # its trained cells at 4x the steps (image-heavy ~40 min), then reports/study-shapes-point-long/study.md
+study-shapes-point-long: pretrain-base-shapes-point  # its trained cells at 4x the steps (not run yet), then reports/study-shapes-point-long/study.md
 	$(PY) -m imagelora_dist.study configs/study/shapes_point_long.yaml
 	$(VENV)/bin/imagelora-dist compare --config configs/study/finetune.yaml \
 		tracking.experiment=imagelora-study-shapes-point-long --out reports/study-shapes-point-long
