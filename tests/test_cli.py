@@ -160,80 +160,70 @@ def test_every_shipped_study_cell_loads(name):
             assert cfg.labels["method"] == method
             if name.startswith("shapes"):
                 assert cfg.data.synth.style == "shapes"
-                assert cfg.model.path.endswith(
-                    f"{name.removesuffix('_long.yaml').removesuffix('_known.yaml').removesuffix('.yaml').replace('_', '-').replace('shapes', 'pretrain-base-shapes')}/base"
-                )
+                base = "-".join(
+                    name.removesuffix(".yaml").split("_")[:2]
+                )  # shapes_point_long -> shapes-point
+                assert cfg.model.path == f"runs/pretrain-base-{base}/base"
+
+
+def _paired_cells(main: str, other: str):
+    """The two study specs' cells (the main spec's grid, seed 0) as config dumps, less what every study
+    names for itself (name, output_dir, labels, tracking); also both specs."""
+    import itertools
+    from pathlib import Path
+
+    from imagelora_dist.study import cell_config, load_spec
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "study"
+    (a_spec, a_dir), (b_spec, b_dir) = load_spec(root / main), load_spec(root / other)
+    pairs = []
+    for ratio, method in itertools.product(b_spec.ratios, b_spec.methods):
+        a = cell_config(a_spec, a_dir, ratio, method, 0).model_dump(mode="json")
+        b = cell_config(b_spec, b_dir, ratio, method, 0).model_dump(mode="json")
+        for cfg in (a, b):
+            for key in ("name", "output_dir", "labels", "tracking"):
+                cfg.pop(key)
+        pairs.append((a, b))
+    return a_spec, b_spec, pairs
 
 
 @pytest.mark.parametrize("name", ["shapes_fmt", "shapes_point"])
 def test_the_long_study_is_the_study_trained_longer(name):
-    import itertools
-    from pathlib import Path
-
-    from imagelora_dist.study import cell_config, load_spec
-
-    root = Path(__file__).resolve().parents[1] / "configs" / "study"
-    main_spec, main_dir = load_spec(root / f"{name}.yaml")
-    long_spec, long_dir = load_spec(root / f"{name}_long.yaml")
+    main_spec, long_spec, pairs = _paired_cells(f"{name}.yaml", f"{name}_long.yaml")
     assert long_spec.ratios == main_spec.ratios and long_spec.seeds == main_spec.seeds
     assert set(long_spec.methods) == set(main_spec.methods) - {"zero-shot"}
-    for ratio, method in itertools.product(long_spec.ratios, long_spec.methods):
-        a = cell_config(main_spec, main_dir, ratio, method, 0).model_dump(mode="json")
-        b = cell_config(long_spec, long_dir, ratio, method, 0).model_dump(mode="json")
+    for a, b in pairs:
         assert (a["train"]["steps"], b["train"]["steps"]) == (120, 480)
-        for cfg in (a, b):  # what may differ: the length, where it is written, and its name
+        for cfg in (a, b):  # what else may differ: the length of its checkpoint interval
             cfg["train"].pop("steps"), cfg["train"].pop("checkpoint_every")
-            for key in ("name", "output_dir", "labels", "tracking"):
-                cfg.pop(key)
-        assert a == b, (ratio, method)
+        assert a == b
 
 
 def test_the_pointing_base_study_is_the_study_on_another_base():
-    import itertools
-    from pathlib import Path
-
-    from imagelora_dist.study import cell_config, load_spec
-
-    root = Path(__file__).resolve().parents[1] / "configs" / "study"
-    main_spec, main_dir = load_spec(root / "shapes_fmt.yaml")
-    point_spec, point_dir = load_spec(root / "shapes_point.yaml")
-    assert point_spec.ratios == main_spec.ratios and point_spec.methods == main_spec.methods
-    assert point_spec.seeds == main_spec.seeds
-    for ratio, method in itertools.product(main_spec.ratios, main_spec.methods):
-        a = cell_config(main_spec, main_dir, ratio, method, 0).model_dump(mode="json")
-        b = cell_config(point_spec, point_dir, ratio, method, 0).model_dump(mode="json")
+    main_spec, point_spec, pairs = _paired_cells("shapes_fmt.yaml", "shapes_point.yaml")
+    assert (point_spec.ratios, point_spec.methods, point_spec.seeds) == (
+        main_spec.ratios,
+        main_spec.methods,
+        main_spec.seeds,
+    )
+    for a, b in pairs:
         assert (a["model"].pop("path"), b["model"].pop("path")) == (
             "runs/pretrain-base-shapes-fmt/base",
             "runs/pretrain-base-shapes-point/base",
         )
-        for cfg in (a, b):
-            for key in ("name", "output_dir", "labels", "tracking"):
-                cfg.pop(key)
-        assert a == b, (ratio, method)
+        assert a == b
 
 
 def test_the_known_task_study_is_the_pointing_study_in_the_pretraining_words():
-    import itertools
-    from pathlib import Path
-
-    from imagelora_dist.study import cell_config, load_spec
-
-    root = Path(__file__).resolve().parents[1] / "configs" / "study"
-    point_spec, point_dir = load_spec(root / "shapes_point.yaml")
-    known_spec, known_dir = load_spec(root / "shapes_point_known.yaml")
+    point_spec, known_spec, pairs = _paired_cells("shapes_point.yaml", "shapes_point_known.yaml")
     assert (known_spec.ratios, known_spec.methods, known_spec.seeds) == (
         point_spec.ratios,
         point_spec.methods,
         point_spec.seeds,
     )
-    for ratio, method in itertools.product(point_spec.ratios, point_spec.methods):
-        a = cell_config(point_spec, point_dir, ratio, method, 0).model_dump(mode="json")
-        b = cell_config(known_spec, known_dir, ratio, method, 0).model_dump(mode="json")
+    for a, b in pairs:
         assert "phrasing" not in a["data"]["synth"] and b["data"]["synth"].pop("phrasing") == "pretrain"
-        for cfg in (a, b):
-            for key in ("name", "output_dir", "labels", "tracking"):
-                cfg.pop(key)
-        assert a == b, (ratio, method)
+        assert a == b
 
 
 def test_help_for_every_subcommand(capsys):

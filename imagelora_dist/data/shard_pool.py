@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,9 @@ def spec_record(spec: Any) -> dict[str, Any]:
     """`spec` as an index records it: JSON types, and its opt-in fields left out while at their defaults,
     so a set made before such a field existed still matches its spec (and is not synthesized again)."""
     record = json.loads(json.dumps(asdict(spec)))
-    for name, default in getattr(spec, "OMITTED_AT_DEFAULT", {}).items():
-        if record.get(name) == default:
-            del record[name]
+    for f in fields(spec):
+        if f.metadata.get("omit_at_default") and getattr(spec, f.name) == f.default:
+            del record[f.name]
     return record
 
 
