@@ -184,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
     from imagelora_dist.config import load_config
 
     if args.command == "families":
-        from imagelora_dist.models.registry import FAMILIES
+        from imagelora_dist.models.families import FAMILIES
 
         for fam in FAMILIES.values():
             print(f"{fam.name:<12} model types: {', '.join(fam.model_types)}")

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imagelora_dist.errors import ImageLoRAError
-from imagelora_dist.models.registry import FAMILIES
+from imagelora_dist.models.families import FAMILIES
 
 if TYPE_CHECKING:
     from imagelora_dist.models.tiny import TinySize
