@@ -26,10 +26,13 @@ MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "gemma3", "idefics
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local 2-CPU Ray for the tests of one module, shut down after them."""
+    """A local 2-CPU Ray for the tests of one module, started as the CLI starts one; shut down after them."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from imagelora_dist.config import load_config
+    from imagelora_dist.probe.distributed import ensure_ray
+
+    assert ensure_ray(load_config(None, ["ray.num_cpus=2"]), log=lambda m: None)
     yield
     ray.shutdown()
 

@@ -23,7 +23,7 @@ def test_package_import_help_and_config_errors_load_neither_torch_nor_transforme
     # `imagelora-dist --help`, a bad config's exit 2 and every Ray worker running the setup hook
     # (imagelora_dist.ray_quiet) import only the light parts: torch + transformers cost ~5-8 s a process.
     code = (
-        "import sys, imagelora_dist, imagelora_dist.models\n"
+        "import sys, imagelora_dist, imagelora_dist.ray_quiet, imagelora_dist.models\n"
         "from imagelora_dist.cli import main\n"
         "from imagelora_dist.models.families import FAMILIES\n"
         "assert main(['run', 'train.method=bogus']) == 2\n"

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 import torch
 
+from imagelora_dist import ray_quiet
 from imagelora_dist.config import RunConfig
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
@@ -86,7 +87,8 @@ def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
         ray.init(
             num_cpus=cfg.ray.num_cpus,
             include_dashboard=False,
-            runtime_env={"env_vars": env},
+            # Without the dashboard there is no State API; the hook mutes what warns about that each second.
+            runtime_env={"env_vars": env, "worker_process_setup_hook": ray_quiet.HOOK},
             log_to_driver=True,
         )
         log(f"[ray] started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
