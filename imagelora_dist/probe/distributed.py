@@ -34,6 +34,9 @@ WORKER_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ray Train 2.60 routes a worker's print() to the root logger *and*, since Ray wraps the worker's
+    # stdout, to stdout too: every progress line reached the terminal twice. Plain print, once.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
