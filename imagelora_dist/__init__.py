@@ -8,8 +8,9 @@ transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imagelora_dist.lazy_import import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -85,16 +86,4 @@ if TYPE_CHECKING:  # what static analysis and IDEs see
     from imagelora_dist.selection import HeadSelection, select_heads
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first access (then it is a plain module attribute)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imagelora_dist' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """Module attributes plus the public names not loaded yet."""
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

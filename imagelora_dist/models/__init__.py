@@ -5,8 +5,9 @@ Names load on first use (PEP 562), so importing a light submodule (`families`) d
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imagelora_dist.lazy_import import lazy_exports
 
 _EXPORTS = {
     "FAMILIES": "imagelora_dist.models.families",
@@ -34,16 +35,4 @@ if TYPE_CHECKING:
     from imagelora_dist.models.tiny import TINY_FAMILIES, build_tiny_vlm, load_vlm
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first access."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imagelora_dist.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """Module attributes plus the public names not loaded yet."""
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
