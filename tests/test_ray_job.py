@@ -84,6 +84,8 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
     probe_lines = [line for line in log.splitlines() if line.startswith("[probe]")]
     assert any("Ray workers ready" in line for line in probe_lines), log
     assert any("batches 2/2" in line for line in probe_lines), log  # 4 examples in batches of 2
+    # The job's driver gave the train workers WORKER_ENV (Ray Train's print patch off): each line once.
+    assert log.count("[train] step 2/2") == 1, log
 
     mlflow = MlflowClient(tracking_uri=db)
     experiments = mlflow.search_experiments()
