@@ -187,6 +187,11 @@ def _paired_cells(main: str, other: str):
     return a_spec, b_spec, pairs
 
 
+def _grid(spec):
+    """What a study runs: its ratios, methods and seeds."""
+    return spec.ratios, spec.methods, spec.seeds
+
+
 @pytest.mark.parametrize("name", ["shapes_fmt", "shapes_point"])
 def test_the_long_study_is_the_study_trained_longer(name):
     main_spec, long_spec, pairs = _paired_cells(f"{name}.yaml", f"{name}_long.yaml")
@@ -201,11 +206,7 @@ def test_the_long_study_is_the_study_trained_longer(name):
 
 def test_the_pointing_base_study_is_the_study_on_another_base():
     main_spec, point_spec, pairs = _paired_cells("shapes_fmt.yaml", "shapes_point.yaml")
-    assert (point_spec.ratios, point_spec.methods, point_spec.seeds) == (
-        main_spec.ratios,
-        main_spec.methods,
-        main_spec.seeds,
-    )
+    assert _grid(point_spec) == _grid(main_spec)
     for a, b in pairs:
         assert (a["model"].pop("path"), b["model"].pop("path")) == (
             "runs/pretrain-base-shapes-fmt/base",
@@ -216,11 +217,7 @@ def test_the_pointing_base_study_is_the_study_on_another_base():
 
 def test_the_known_task_study_is_the_pointing_study_in_the_pretraining_words():
     point_spec, known_spec, pairs = _paired_cells("shapes_point.yaml", "shapes_point_known.yaml")
-    assert (known_spec.ratios, known_spec.methods, known_spec.seeds) == (
-        point_spec.ratios,
-        point_spec.methods,
-        point_spec.seeds,
-    )
+    assert _grid(known_spec) == _grid(point_spec)
     for a, b in pairs:
         assert "phrasing" not in a["data"]["synth"] and b["data"]["synth"].pop("phrasing") == "pretrain"
         assert a == b

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_core_imports_no_distributed_stack():
     code = (
@@ -55,14 +57,11 @@ def test_every_public_name_resolves_to_its_defining_object():
     for name, module in expected.items():  # the DESIGN §4 contract, each from the module that defines it
         assert getattr(imagelora_dist, name) is getattr(importlib.import_module(module), name)
     for package in (imagelora_dist, imagelora_dist.models):
+        assert sorted(package.__all__) == sorted(package._EXPORTS), "every export listed, nothing else"
         assert set(package.__all__) <= set(dir(package))
         assert all(getattr(package, name) is not None for name in package.__all__)
     namespace: dict = {}
     exec("from imagelora_dist import *", namespace)
     assert set(imagelora_dist.__all__) <= set(namespace)
-    try:
+    with pytest.raises(AttributeError, match="no_such_name"):
         imagelora_dist.no_such_name  # noqa: B018
-    except AttributeError as err:
-        assert "no_such_name" in str(err)
-    else:
-        raise AssertionError("an unknown name must raise AttributeError")
