@@ -19,7 +19,8 @@ import ray  # noqa: E402
 
 from imagelora_dist.config import load_config  # noqa: E402
 from imagelora_dist.models import resolve_model  # noqa: E402
-from imagelora_dist.pipeline import driver_model, ensure_train_shards, probe_batches  # noqa: E402
+from imagelora_dist.models.build import skeleton_model  # noqa: E402
+from imagelora_dist.pipeline import ensure_train_shards, probe_batches  # noqa: E402
 from imagelora_dist.probe.distributed import distributed_probe_scores  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main() -> None:
                      "data.synth.num_samples=64", "data.synth.samples_per_shard=16", "tracking.enabled=false"]  # fmt: skip
         cfg = load_config(None, overrides)
         shards = ensure_train_shards(cfg, log=lambda m: None)
-        model, processor = driver_model(cfg)
+        model, processor = skeleton_model(cfg.model)
         batches = probe_batches(cfg, processor, resolve_model(model), shards)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
 from imagelora_dist.errors import ImageLoRAError
-
-_OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from imagelora_dist.offline_env import apply_offline_env
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -118,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="train in this process (one DeepSpeed worker, GPU if there is one) instead of on Ray Train: "
         "for a single machine without Ray; needs train.workers=1",
     )
+    p = sub.add_parser(
+        "study",
+        help="run a sweep (settings x methods x seeds) into one MLflow experiment; `compare` then reports it",
+        description="Each cell is a pipeline run of the spec's base config with the cell's overrides; cells "
+        "already done are skipped. The cells' runs carry labels that `imagelora-dist compare` turns into "
+        "study.md (a table of mean and spread over seeds) and plots.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="study spec YAML (base config, ratios, methods, seeds)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. seeds=[0]")
+    p.add_argument(
+        "--only", action="append", default=[], metavar="CELL", help="run only this cell (repeatable)"
+    )
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
@@ -193,6 +195,10 @@ def _run(args: argparse.Namespace) -> int:
         return _shard(args)
     if args.command == "pretrain-base":
         return _pretrain_base(args)
+    if args.command == "study":
+        from imagelora_dist.study import study_command
+
+        return study_command(args.spec, args.overrides, args.only)
     cfg = load_config(args.config, args.overrides)
     if args.command == "config":
         import yaml
@@ -309,8 +315,7 @@ def _runtime_failures() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `imagelora-dist` console script and `python -m imagelora_dist`."""
-    for key, value in _OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_offline_env()
     args = build_parser().parse_args(argv)
     try:
         return _run(args)

@@ -10,12 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imagelora_dist.errors import ImageLoRAError
-from imagelora_dist.tracking import PARENT_TAG, check_tracking_uri, sqlite_path
+from imagelora_dist.run_queries import (
+    all_runs,
+    children_by_parent,
+    descendants,
+    experiment_id,
+    first_metric,
+    open_client,
+)
+from imagelora_dist.tracking import PARENT_TAG
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
-    from mlflow.tracking import MlflowClient
+    pass
 
 COMPARE_TAG = "imagelora.compare"
 METHOD_TAG = "imagelora.method"
@@ -46,60 +52,6 @@ HEADERS = {
 _TEXT_COLUMNS = {"run", "run_id", "status", "method"}
 
 
-def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], max_results=1000, order_by=["attributes.start_time DESC"], page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    check_tracking_uri(tracking_uri)
-    path = sqlite_path(tracking_uri)
-    if path is not None and not path.exists():
-        # Opening a missing sqlite file would create an empty store and then report "unknown experiment".
-        raise ImageLoRAError(f"no MLflow store at {path}; run the pipeline first or pass the tracking URI")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _experiment_id(client: MlflowClient, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage != "active":
-        names = sorted(e.name for e in client.search_experiments())
-        raise ImageLoRAError(
-            f"unknown MLflow experiment {experiment!r}; experiments: {', '.join(names) or '(none)'}"
-        )
-    return exp.experiment_id
-
-
-def _descendants(run_id: str, children: dict[str, list[Run]]) -> list[Run]:
-    out: list[Run] = []
-    todo = list(children.get(run_id, []))
-    while todo:
-        run = todo.pop()
-        out.append(run)
-        todo.extend(children.get(run.info.run_id, []))
-    # Newest stage first, so "the latest value" is the one from the most recently started stage.
-    out.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-    return out
-
-
-def _metric(names: Sequence[str], parent: Run, stages: list[Run]) -> float | None:
-    for name in names:
-        for run in (parent, *stages):
-            if name in run.data.metrics:
-                return run.data.metrics[name]
-    return None
-
-
 def _number(value: str | None) -> float | int | None:
     if value is None:
         return None
@@ -112,19 +64,13 @@ def _number(value: str | None) -> float | int | None:
 
 def compare_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     """One row per pipeline (parent) run of `experiment`, newest first; missing values are None."""
-    client = _client(tracking_uri)
-    runs = _all_runs(client, _experiment_id(client, experiment))
-    children: dict[str, list[Run]] = {}
-    parents: list[Run] = []
-    for run in runs:
-        parent_id = run.data.tags.get(PARENT_TAG)
-        if parent_id:
-            children.setdefault(parent_id, []).append(run)
-        elif run.data.tags.get(COMPARE_TAG) != "1":
-            parents.append(run)
+    client = open_client(tracking_uri)
+    runs = all_runs(client, experiment_id(client, experiment))
+    children = children_by_parent(runs)
+    parents = [r for r in runs if not r.data.tags.get(PARENT_TAG) and r.data.tags.get(COMPARE_TAG) != "1"]
     rows = []
     for run in parents:
-        stages = _descendants(run.info.run_id, children)
+        stages = descendants(run.info.run_id, children)
         row: dict[str, Any] = {
             "run": run.info.run_name or run.info.run_id,
             "run_id": run.info.run_id[:8],
@@ -132,7 +78,7 @@ def compare_runs(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
             "method": run.data.params.get(METHOD_PARAM) or run.data.tags.get(METHOD_TAG) or DEFAULT_METHOD,
         }
         for column, names in METRICS.items():
-            row[column] = _metric(names, run, stages)
+            row[column] = first_metric(names, run, stages)
         for column in ("trainable_params", "adapter_flops"):
             # MLflow stores every metric as a float; counts read better (and compare exactly) as ints.
             value = row[column]
@@ -234,7 +180,7 @@ def compare_main(tracking_uri: str, experiment: str, out_dir: str | os.PathLike)
     from mlflow.tracking.context.registry import resolve_tags
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp_id = _experiment_id(client, experiment)
+    exp_id = experiment_id(client, experiment)
     run = client.create_run(exp_id, tags=resolve_tags({COMPARE_TAG: "1"}), run_name="compare")
     status = "FAILED"
     try:

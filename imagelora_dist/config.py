@@ -178,7 +178,7 @@ class TrainConfig(_Strict):
     method: Literal["image_lora", "image_lora_all", "lora", "full", "none"] = "image_lora"
     # LoRA baseline targets inside the text decoder: leaf names, or "all-linear".
     lora_targets: list[str] | Literal["all-linear"] = ["v_proj"]
-    deepspeed: str = "configs/deepspeed/zero2.json"
+    deepspeed: str = "zero2"  # a shipped preset (imagelora_dist.resources) or a DeepSpeed JSON path
     steps: int = Field(30, ge=1)  # optimizer steps
     micro_batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -332,19 +332,20 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the embedded default when `path` is None) and apply key=value overrides."""
-    tree: dict[str, Any] = {}
-    source = "embedded default"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ImageLoRAError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ImageLoRAError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ImageLoRAError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded or {}
+    source = "embedded default" if path is None else str(path)
+    if path is None:
+        from imagelora_dist.resources import default_config_path
+
+        path = default_config_path()
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ImageLoRAError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ImageLoRAError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ImageLoRAError(f"{path}: the top level must be a mapping of sections")
+    tree: dict[str, Any] = loaded or {}
     for item in overrides or []:
         _apply_override(tree, item)
     try:

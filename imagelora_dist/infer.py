@@ -116,7 +116,9 @@ def resolve_adapter(source: str, tracking_uri: str) -> Iterator[Path]:
         yield path
         return
     run_id, artifact = parsed
-    client = _mlflow_client(tracking_uri)
+    from imagelora_dist.run_queries import open_client
+
+    client = open_client(tracking_uri)
     if artifact is None:
         run_id, artifact = _find_adapter_run(client, run_id, tracking_uri)
     else:
@@ -144,19 +146,6 @@ def _no_progress_bar() -> Iterator[None]:
     finally:
         if previous is None:
             os.environ.pop(key, None)
-
-
-def _mlflow_client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from imagelora_dist.tracking import check_tracking_uri, sqlite_path
-
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.is_file():
-        # MLflow would create an empty store here and then report an unknown run: say what is wrong.
-        raise InferenceError(f"no MLflow store at {db} (tracking URI {tracking_uri}); set --tracking-uri")
-    check_tracking_uri(tracking_uri)  # an unreachable server: TrackingUnavailable, exit 1
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _get_run(client: Any, run_id: str, tracking_uri: str) -> Any:
@@ -272,10 +261,10 @@ def inference_device(device: str = "auto") -> torch.device:
 def load_for_inference(
     cfg: RunConfig, adapter_dir: str | Path, device: str = "auto"
 ) -> tuple[nn.Module, Any, str]:
-    """Build the configured model (pipeline.build_model), move it to `device`, attach the adapter."""
-    from imagelora_dist.pipeline import build_model
+    """Build the configured model (models.build.build_model), move it to `device`, attach the adapter."""
+    from imagelora_dist.models.build import build_model
 
-    model, processor = build_model(cfg)
+    model, processor = build_model(cfg.model)
     model = model.to(inference_device(device))
     model, kind = attach_adapter(model, adapter_dir)
     return model, processor, kind

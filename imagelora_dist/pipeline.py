@@ -25,8 +25,10 @@ from imagelora_dist.data.shard_pool import spec_record
 from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_bytes
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
-from imagelora_dist.models import build_tiny_vlm, load_vlm, resolve_model
+from imagelora_dist.models import resolve_model
+from imagelora_dist.models.build import build_model, resolved_dtype, skeleton_model
 from imagelora_dist.models.registry import ModelSpec
+from imagelora_dist.resources import deepspeed_json
 from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
 from imagelora_dist.tracking import Tracker, selection_heatmap
 
@@ -47,7 +49,10 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
             "model": cfg.model.model_copy(update={"path": fix(cfg.model.path)}),
             "data": cfg.data.model_copy(update={"train": fix(cfg.data.train)}),
             "train": cfg.train.model_copy(
-                update={"storage": fix(cfg.train.storage), "deepspeed": _deepspeed_json(cfg.train.deepspeed)}
+                update={
+                    "storage": fix(cfg.train.storage),
+                    "deepspeed": str(deepspeed_json(cfg.train.deepspeed)),
+                }
             ),
             "eval": cfg.eval.model_copy(update={"shards": fix(cfg.eval.shards)}),
             "speed": cfg.speed.model_copy(
@@ -58,47 +63,6 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
             ),
         }
     )
-
-
-def _deepspeed_json(value: str) -> str:
-    """An absolute path to the ZeRO JSON: relative to the working directory, else to the project's
-    own configs/ (so the shipped `configs/deepspeed/zero*.json` are found from any directory)."""
-    path = Path(value).expanduser()
-    if path.is_absolute() or path.exists():
-        return str(path.absolute())
-    shipped = Path(__file__).resolve().parents[1] / value
-    return str(shipped if shipped.exists() else path.absolute())
-
-
-def resolved_dtype(cfg: RunConfig) -> str:
-    """model.dtype with `auto` resolved: bf16 on GPU, fp32 on CPU."""
-    if cfg.model.dtype != "auto":
-        return cfg.model.dtype
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-
-def build_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
-    """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
-    dtype = getattr(torch, resolved_dtype(cfg))
-    if cfg.model.path:
-        model, processor = load_vlm(cfg.model.path, dtype=dtype)
-    else:
-        model, processor = build_tiny_vlm(
-            cfg.model.family,
-            seed=cfg.model.seed,
-            size=cfg.model.tiny_size(),
-            split_digits=cfg.model.split_digits,
-        )
-        model = model.to(dtype)
-    if cfg.model.attn_implementation != "auto":
-        try:
-            model.set_attn_implementation(cfg.model.attn_implementation)
-        except (ImportError, ValueError) as exc:
-            raise ImageLoRAError(
-                f"model.attn_implementation {cfg.model.attn_implementation!r} is not available here: "
-                f"{str(exc).strip().splitlines()[0][:200]}"
-            ) from None
-    return model, processor
 
 
 def train_shards(cfg: RunConfig) -> str:
@@ -190,7 +154,7 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     data = cfg.data.model_dump(exclude={"synth", "num_workers", "train"})
     parts["data"] = {"index": data_id, **data}
     # What build_model actually uses: the resolved dtype, and the checkpoint's own config, not just its path.
-    parts["dtype"] = resolved_dtype(cfg)
+    parts["dtype"] = resolved_dtype(cfg.model)
     if cfg.model.path:
         cfg_file = Path(cfg.model.path) / "config.json"
         parts["checkpoint"] = hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.exists() else None
@@ -207,41 +171,6 @@ class StageResult:
     artifacts: list[Path] = field(default_factory=list)
 
 
-def driver_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
-    """Model skeleton and processor for the driver, which only collates and counts: a real checkpoint is
-    built on the meta device (no weights loaded); the tiny model is cheap to build for real."""
-    if not cfg.model.path:
-        return build_tiny_vlm(
-            cfg.model.family,
-            seed=cfg.model.seed,
-            size=cfg.model.tiny_size(),
-            split_digits=cfg.model.split_digits,
-        )
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from imagelora_dist.models.tiny import load_processor
-
-    load_vlm_check(cfg.model.path)
-    config = AutoConfig.from_pretrained(cfg.model.path, local_files_only=True)
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
-    return model, load_processor(cfg.model.path, config.model_type)
-
-
-def load_vlm_check(path: str) -> None:
-    """Fail in one line if `path` is not a local checkpoint of a supported family."""
-    from imagelora_dist.models.registry import family_for_model_type
-
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        raise ImageLoRAError(f"model.path {path}: not a model directory (no config.json)")
-    try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type", "")
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise ImageLoRAError(f"{cfg_file}: unreadable ({exc})") from None
-    family_for_model_type(str(model_type))
-
-
 def existing_selection(out: Path, digest: str) -> bool:
     """True when `out` holds a selection made from this very config and data."""
     if not out.exists():
@@ -256,7 +185,8 @@ def run_probe_select(
     cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None
 ) -> StageResult:
     """Probe the heads on Ray, select them, write `head_selection.json` (+ heatmap); skipped if done."""
-    from imagelora_dist.probe.distributed import distributed_probe_scores, ensure_ray
+    from imagelora_dist.probe.distributed import distributed_probe_scores
+    from imagelora_dist.ray_runtime import ensure_ray
 
     out = Path(cfg.output_dir) / "head_selection.json"
     heatmap = out.with_name("head_heatmap.png")
@@ -265,7 +195,7 @@ def run_probe_select(
     if existing_selection(out, digest):
         log(f"[probe] {out} exists for this config ({digest}); skipping")
         return StageResult(out, skipped=True, artifacts=[p for p in (out, heatmap) if p.exists()])
-    model, processor = driver_model(cfg)
+    model, processor = skeleton_model(cfg.model)
     spec = resolve_model(model)
     resolve_budget(cfg.selection.budget, spec.total_kv_heads)  # fail before the probe, not after it
     batches = probe_batches(cfg, processor, spec, shards)
@@ -342,7 +272,7 @@ def run_train(
     mlflow_run_id: str | None = None,
 ) -> StageResult:
     """Train the adapter with DeepSpeed on Ray Train; skipped when the adapter exists for this config."""
-    from imagelora_dist.probe.distributed import ensure_ray
+    from imagelora_dist.ray_runtime import ensure_ray
     from imagelora_dist.train.loop import load_deepspeed_template
     from imagelora_dist.train.ray_train import run_training
 
@@ -395,7 +325,7 @@ def method_costs(cfg: RunConfig, shards: str) -> dict[str, float]:
         lora_train_flops,
     )
 
-    model, processor = driver_model(cfg)
+    model, processor = skeleton_model(cfg.model)
     spec = resolve_model(model)
     size = {"num_examples": cfg.train.micro_batch_size, "batch_size": cfg.train.micro_batch_size}
     probe_cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update=size)})
@@ -438,7 +368,7 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
     from imagelora_dist.eval.text_preservation import default_text_prompts
 
     cfg = RunConfig.model_validate(cfg_dict)
-    model, processor = build_model(cfg)
+    model, processor = build_model(cfg.model)
     if torch.cuda.is_available():
         model = model.to("cuda")
     adapter_dir = Path(cfg.output_dir) / "adapter"
@@ -472,7 +402,7 @@ def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | No
     """Evaluate the trained adapter on held-out screens; writes eval_report.json (always re-run)."""
     import ray
 
-    from imagelora_dist.probe.distributed import ensure_ray
+    from imagelora_dist.ray_runtime import ensure_ray
 
     adapter_dir = Path(cfg.output_dir) / "adapter"
     if cfg.train.method != "none" and not adapter_dir.is_dir():
@@ -513,7 +443,7 @@ def run_pipeline(
     """Run `stages` (default: what the method needs) as nested MLflow runs; each is skipped when done."""
     import ray
 
-    from imagelora_dist.probe.distributed import ensure_ray
+    from imagelora_dist.ray_runtime import ensure_ray
 
     cfg = absolute_paths(cfg)  # Ray workers run in other directories
     stages = tuple(stages or stages_for(cfg))

@@ -325,7 +325,7 @@ def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> P
             with tracker.stage_run("pretrain") as run_id:
                 start = time.perf_counter()
                 if use_ray:
-                    from imagelora_dist.probe.distributed import ensure_ray
+                    from imagelora_dist.ray_runtime import ensure_ray
                     from imagelora_dist.train.ray_train import run_training
 
                     started = ensure_ray(cfg, log)
@@ -395,7 +395,7 @@ def run_pretrain(cfg: RunConfig, log: Log = print, *, use_ray: bool = True) -> P
                 f"click: {v['random_click_hit_rate']:.3f}); median distance {v['median_click_dist']:.0f} "
                 f"(the centre: {v['centre_click_median_dist']:.0f}, in 1/1000 of the screen)")  # fmt: skip
     log(f"[pretrain] wrote {base} ({report['parameters']:,} parameters) and {report_path}")
-    log(f"[pretrain] use it: imagelora-dist run --config configs/tiny.yaml model.path={base}")
+    log(f"[pretrain] use it: imagelora-dist run model.path={base}")
     return PretrainResult(base, report)
 
 

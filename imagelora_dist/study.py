@@ -1,6 +1,6 @@
-"""The fidelity study: the pipeline over methods x text:image ratios x seeds, and its report.
+"""A study: the pipeline over methods x settings (ratios) x seeds on your data, and its report.
 
-    python -m imagelora_dist.study configs/study/shapes_fmt.yaml [key=value ...]   (make study)
+    imagelora-dist study SPEC [key=value ...] [--only CELL]
 
 A study spec names a base pipeline config (the downstream task and the model, e.g. the pre-trained
 tiny base), the ratios (synthesis overrides), the methods (train/selection overrides; `train.method=none`
@@ -12,12 +12,10 @@ plots (see `write_study_report`).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
 import statistics
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,15 +163,19 @@ LOSS_HEAD, LOSS_TAIL = 5, 10
 
 def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     """One row per cell (the newest finished, labelled pipeline run of each study/ratio/method/seed)."""
-    from imagelora_dist.compare import _all_runs, _client, _descendants, _experiment_id, _metric
+    from imagelora_dist.run_queries import (
+        all_runs,
+        children_by_parent,
+        descendants,
+        experiment_id,
+        first_metric,
+        open_client,
+    )
     from imagelora_dist.tracking import PARENT_TAG
 
-    client = _client(tracking_uri)
-    runs = _all_runs(client, _experiment_id(client, experiment))
-    children: dict[str, list[Any]] = {}
-    for run in runs:
-        if run.data.tags.get(PARENT_TAG):
-            children.setdefault(run.data.tags[PARENT_TAG], []).append(run)
+    client = open_client(tracking_uri)
+    runs = all_runs(client, experiment_id(client, experiment))
+    children = children_by_parent(runs)
     by_cell: dict[tuple[Any, ...], list[Any]] = {}
     for run in runs:  # newest first
         params = run.data.params
@@ -184,20 +186,20 @@ def study_rows(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     for cell_runs in by_cell.values():
         # The newest run of a cell counts (a study edited and re-run).
         newest = cell_runs[0]
-        stages = _descendants(newest.info.run_id, children)
+        stages = descendants(newest.info.run_id, children)
         row: dict[str, Any] = {k: newest.data.params.get(f"labels.{k}") for k in (*LABEL_KEYS, "order")}
         row["run_id"] = newest.info.run_id
-        row.update({col: _metric(names, newest, stages) for col, names in REPORT_METRICS.items()})
+        row.update({col: first_metric(names, newest, stages) for col, names in REPORT_METRICS.items()})
         row["loss_start"], row["loss_end"] = _loss_window(client, stages)
         if _train_skipped(stages):
             # Its adapter came from the newest older run that trained it: that run's training figures.
             for older in cell_runs[1:]:
-                older_stages = _descendants(older.info.run_id, children)
+                older_stages = descendants(older.info.run_id, children)
                 if _train_skipped(older_stages) or not any(s.info.run_name == "train" for s in older_stages):
                     continue
                 for col in TRAIN_COLUMNS:
                     if row[col] is None:
-                        row[col] = _metric(REPORT_METRICS[col], older, older_stages)
+                        row[col] = first_metric(REPORT_METRICS[col], older, older_stages)
                 if row["loss_start"] is None:
                     row["loss_start"], row["loss_end"] = _loss_window(client, older_stages)
                 break
@@ -441,30 +443,10 @@ def write_study_report(tracking_uri: str, experiment: str, out_dir: str | os.Pat
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m imagelora_dist.study SPEC [key=value ...]`: run the study's cells."""
-    ap = argparse.ArgumentParser(prog="python -m imagelora_dist.study", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("spec", help="study spec YAML (e.g. configs/study/study.yaml)")
-    ap.add_argument("overrides", nargs="*", help="top-level spec overrides, e.g. seeds=[0] output_dir=/tmp/s")
-    ap.add_argument(
-        "--only", action="append", default=[], metavar="CELL", help="run only this cell (repeatable)"
-    )
-    args = ap.parse_args(argv)
-    from imagelora_dist.cli import _OFFLINE_ENV
-
-    for key, value in _OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
-    try:
-        spec, spec_dir = load_spec(args.spec, args.overrides)
-        names = run_study(spec, spec_dir, only=args.only)
-    except ImageLoRAError as exc:
-        print(f"study: error: {exc}", file=sys.stderr)
-        return 2
+def study_command(spec_path: str, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> int:
+    """`imagelora-dist study SPEC [key=value ...] [--only CELL]`: run the study's cells, say how to report."""
+    spec, spec_dir = load_spec(spec_path, overrides)
+    names = run_study(spec, spec_dir, only=only)
     print(f"[study] {len(names)} cells done; report: imagelora-dist compare --config {spec.base} "
           f"tracking.experiment={spec.experiment or spec.name} --out reports")  # fmt: skip
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

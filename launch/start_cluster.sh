@@ -206,7 +206,7 @@ fi
 GCS_ADDRESS="$(cat "$TEMP_DIR/ray_current_cluster" 2>/dev/null || echo "127.0.0.1:$GCS_PORT")"
 {
     echo "Ray head up: CPUs $CPUS, temp dir $TEMP_DIR, auth $AUTH"
-    echo "  submit jobs: launch/submit.sh --address $ADDRESS -- --config configs/tiny.yaml"
+    echo "  submit jobs: launch/submit.sh --address $ADDRESS -- output_dir=$PWD/runs/job"
     echo "  ray.init():  RAY_ADDRESS=$GCS_ADDRESS"
     echo "  dashboard:   $ADDRESS"
     if [[ "$AUTH" == token ]]; then

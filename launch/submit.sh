@@ -20,13 +20,13 @@ usage() {
     cat <<'USAGE'
 Usage: launch/submit.sh [--address URL] [--submission-id ID] [--no-wait] [-- PIPELINE_ARGS...]
 
-Submit `python -m imagelora_dist run PIPELINE_ARGS` (default: --config configs/tiny.yaml) as a Ray job.
+Submit `python -m imagelora_dist run PIPELINE_ARGS` (default: the embedded tiny config) as a Ray job.
 
   --address URL        the cluster's job API (default: $RAY_ADDRESS if it is http(s)://...,
                        else http://127.0.0.1:8265)
   --submission-id ID   the job's id (default: imagelora-<date>-<time>-<random>)
   --no-wait            return once submitted instead of streaming the logs until the job ends
-  -- ARGS...           pipeline arguments, e.g. -- --config configs/tiny.yaml output_dir=/abs/runs/x
+  -- ARGS...           pipeline arguments, e.g. -- --config configs/qwen2_5_vl_7b.yaml output_dir=/abs/runs/x
 
 Prints "submission_id: ID" first; with --no-wait the last line of stdout is the bare id. Without
 --no-wait the exit code is 1 when the job failed.
@@ -37,7 +37,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ADDRESS=""
 SUBMISSION_ID=""
 NO_WAIT=0
-PIPELINE_ARGS=(--config configs/tiny.yaml)
+PIPELINE_ARGS=()  # the embedded default config
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -30,7 +30,7 @@ def local_ray():
     import ray
 
     from imagelora_dist.config import load_config
-    from imagelora_dist.probe.distributed import ensure_ray
+    from imagelora_dist.ray_runtime import ensure_ray
 
     assert ensure_ray(load_config(None, ["ray.num_cpus=2"]), log=lambda m: None)
     yield
@@ -75,3 +75,16 @@ def visual_mask(batch, spec) -> torch.Tensor:
     if spec.video_token_id is not None:
         mask |= ids == spec.video_token_id
     return mask
+
+
+# Fixtures that start Ray, train with DeepSpeed or run a whole pipeline: a test using one is an
+# integration test (`make test-fast` leaves those out; `make test` and CI run everything).
+INTEGRATION_FIXTURES = frozenset(
+    {"local_ray", "cluster", "trained", "pretrained", "reference", "two_workers", "lora_zero2", "s3_storage"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

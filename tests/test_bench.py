@@ -12,10 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 METHODS = ("image_lora_all", "image_lora_upper", "image_lora_upper_prefix", "lora_v_proj", "lora_all_linear")
 
 
+@pytest.mark.integration
 def test_gpu_bench_runs_at_the_tiny_shape_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(BENCH / "gpu.py"), "--shape", "tiny", "--device", "cpu", "--steps", "2",

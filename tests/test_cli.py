@@ -25,6 +25,7 @@ def _isolated(tmp_path) -> list[str]:
     ]
 
 
+@pytest.mark.integration
 def test_run_writes_selection_then_skips(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["probe", f"output_dir={out}", "probe.num_examples=4", "selection.budget=5", "probe.method=gate",
@@ -97,14 +98,18 @@ def test_config_file_errors(tmp_path, capsys):
     assert main(["config", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_shipped_config_equals_embedded_default():
-    assert load_config("configs/tiny.yaml") == load_config(None)
+def test_embedded_default_is_the_shipped_yaml_and_the_schema_defaults():
+    from imagelora_dist.config import RunConfig
+    from imagelora_dist.resources import default_config_path
+
+    assert load_config(default_config_path()) == load_config(None)
+    # The YAML spells out the schema's own defaults: a field missing from it changes nothing.
+    assert RunConfig() == load_config(None)
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        "tiny.yaml",
         "pretrain_base.yaml",
         "pretrain_base_gpu.yaml",
         "pretrain_base_shapes.yaml",
@@ -255,10 +260,12 @@ def test_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
                                             "eval.shards=s3://bucket/eval"]))  # fmt: skip
     assert cfg.output_dir == str(tmp_path / "runs/x") and cfg.data.train == str(tmp_path / "shards")
     assert cfg.train.storage == str(tmp_path / "ck") and cfg.eval.shards == "s3://bucket/eval"
-    # The shipped ZeRO JSONs are found from any working directory.
-    assert cfg.train.deepspeed.endswith("configs/deepspeed/zero2.json") and os.path.exists(
-        cfg.train.deepspeed
-    )
+    # The shipped ZeRO presets are found from any working directory.
+    assert cfg.train.deepspeed.endswith("imagelora_dist/resources/deepspeed/zero2.json")
+    assert os.path.isfile(cfg.train.deepspeed)
+    # A path is taken relative to the working directory.
+    own = absolute_paths(load_config(None, ["train.deepspeed=ds/my.json"]))
+    assert own.train.deepspeed == str(tmp_path / "ds/my.json")
 
 
 def test_eval_command_without_an_adapter_exits_2_naming_it(tmp_path, capsys):

@@ -19,8 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from k8s_schemas.manifests import PROJECT_SECRET, map_paths, one, secret_env_keys, variant_docs
 from ray_cluster import free_ports, group_members, stop_group
+
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
 
 BIN = Path(sys.executable).parent
 # Stand-ins for the Secret's values (the real ones come from k8s/secrets.env).

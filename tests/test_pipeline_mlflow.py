@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from mlflow import MlflowClient
 
 from imagelora_dist.config import load_config
 from imagelora_dist.pipeline import run_pipeline
+
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
 
 
 def test_runs_params_metrics_artifacts(tmp_path):

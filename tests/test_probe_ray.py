@@ -8,6 +8,8 @@ from imagelora_dist.config import load_config
 from imagelora_dist.pipeline import run_probe_select
 from imagelora_dist.probe.distributed import FAULT_BATCH_ENV, FAULT_MARKER_ENV, ProbeFailed
 
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):

@@ -15,6 +15,8 @@ import pytest
 from ray_cluster import LAUNCH, private_ray_cluster
 from ray_cluster import run as _run
 
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
+
 JOB_TIMEOUT_S = 240
 
 
@@ -50,7 +52,7 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
         "eval.text_task_problems=4",
     ]
     cmd = ["bash", str(LAUNCH / "submit.sh"), "--address", address, "--submission-id", submission_id]
-    cmd += ["--no-wait", "--", "--config", "configs/tiny.yaml", *overrides]
+    cmd += ["--no-wait", "--", *overrides]
     submitted = _run(cmd, env, timeout=120)
     assert submitted.returncode == 0, f"submit.sh failed:\n{submitted.stdout}\n{submitted.stderr}"
     assert submitted.stdout.strip().splitlines()[-1] == submission_id

@@ -12,10 +12,10 @@ from conftest import image_batch
 from imagelora_dist import attach_image_lora, build_tiny_vlm
 from imagelora_dist.config import load_config
 from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.build import build_model
 from imagelora_dist.models.grad_scope import no_grad_below
 from imagelora_dist.models.registry import decoder_layers
 from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision_cache
-from imagelora_dist.pipeline import build_model
 
 
 def _adapter_grads(model, handle, batch):
@@ -169,8 +169,10 @@ def _requires_grad(out):
 
 def test_attn_implementation_eager_matches_default_and_flash_is_a_clear_error(tmp_path):
     base = load_config(None, [f"output_dir={tmp_path}"])
-    model, processor = build_model(base)
-    eager, _ = build_model(load_config(None, [f"output_dir={tmp_path}", "model.attn_implementation=eager"]))
+    model, processor = build_model(base.model)
+    eager, _ = build_model(
+        load_config(None, [f"output_dir={tmp_path}", "model.attn_implementation=eager"]).model
+    )
     assert eager.config._attn_implementation == "eager" and model.config._attn_implementation != "eager"
     batch = image_batch(processor, n=2)
     with torch.no_grad():
@@ -180,7 +182,7 @@ def test_attn_implementation_eager_matches_default_and_flash_is_a_clear_error(tm
         ImageLoRAError, match="model.attn_implementation 'flash_attention_2' is not available"
     ):
         build_model(
-            load_config(None, [f"output_dir={tmp_path}", "model.attn_implementation=flash_attention_2"])
+            load_config(None, [f"output_dir={tmp_path}", "model.attn_implementation=flash_attention_2"]).model
         )
 
 
@@ -230,6 +232,7 @@ def _train_twice(tmp_path, method, variants):
     return json.loads(proc.stdout.split("RESULT", 1)[1])
 
 
+@pytest.mark.integration
 def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(tmp_path):
     # 4 samples, micro-batch 2: epoch 1 = steps 1-2 (4 misses), epoch 2 = steps 3-4 (4 hits).
     on = ["speed.vision_cache=true"]
@@ -249,6 +252,7 @@ def test_training_with_the_vision_cache_matches_and_hits_from_the_second_epoch(t
     assert result["maxdiff"]["on"] == 0.0
 
 
+@pytest.mark.integration
 def test_training_with_the_prefix_cache_matches_and_skips_the_tower_in_the_second_epoch(tmp_path):
     flags = ["speed.prefix_cache=true", "speed.vision_cache=true"]
     result = _train_twice(tmp_path, "image_lora", {"off": [], "on": flags})  # adapters in layers 3 and 5
@@ -473,7 +477,9 @@ def test_deepspeed_template_errors_name_the_file(tmp_path):
     def load(path):
         return load_deepspeed_template(load_config(None, [f"train.deepspeed={path}"]))
 
-    assert load("configs/deepspeed/zero3.json")["zero_optimization"]["stage"] == 3
+    assert load("zero3")["zero_optimization"]["stage"] == 3
+    with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*zero4 not found .*zero1, zero2, zero3"):
+        load("zero4")
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")
     with pytest.raises(ImageLoRAError, match=r"train.deepspeed: .*ds.json is not valid JSON"):

@@ -132,6 +132,13 @@ def test_cell_config_labels_and_bad_spec(tmp_path, spec_file):
         load_spec(spec_file, ["methods={}"])
 
 
+def test_study_command_reports_a_bad_spec_in_one_line(spec_file, tmp_path, capsys):
+    assert cli_main(["study", str(spec_file), "methods={}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "methods" in err[0] and str(spec_file) in err[0]
+    assert cli_main(["study", str(tmp_path / "missing.yaml")]) == 2
+
+
 def test_a_narrowed_study_keeps_the_report_order_of_the_whole_one(tmp_path, spec_file):
     # `ratios=` / `methods=` run part of a grid; its cells must land where the whole grid puts them
     whole, spec_dir = load_spec(spec_file)

@@ -371,10 +371,10 @@ def test_model_size_refuses_sizes_that_make_no_model(overrides, message):
 
 def test_model_size_reaches_the_pipeline_and_stays_out_of_unsized_hashes():
     from imagelora_dist.config import load_config
-    from imagelora_dist.pipeline import build_model, driver_model
+    from imagelora_dist.models.build import build_model, skeleton_model
 
     cfg = load_config(None, ["model.size.layers=2", "model.size.vision_layers=1"])
-    for model, _ in (build_model(cfg), driver_model(cfg)):
+    for model, _ in (build_model(cfg.model), skeleton_model(cfg.model)):
         assert model.config.get_text_config().num_hidden_layers == 2 and model.config.vision_config.depth == 1
     # Stage hashes dump the model config: an unset size must not appear (earlier runs stay valid).
     assert "size" not in load_config(None, []).model.model_dump()
@@ -384,7 +384,7 @@ def test_model_size_reaches_the_pipeline_and_stays_out_of_unsized_hashes():
 def test_split_digits_spells_numbers_digit_by_digit_and_stays_out_of_default_hashes(family, tmp_path):
     from imagelora_dist.config import load_config
     from imagelora_dist.errors import ImageLoRAError
-    from imagelora_dist.pipeline import build_model, driver_model
+    from imagelora_dist.models.build import build_model, skeleton_model
 
     text = "Give the coordinates: (183, 458) and 1024 = 100."
     digits = [c for c in text if c.isdigit()]
@@ -397,7 +397,7 @@ def test_split_digits_spells_numbers_digit_by_digit_and_stays_out_of_default_has
     merged = build_tiny_vlm(family, seed=0)[1].tokenizer
     assert numbers(merged) != digits  # the default keeps the digit merges its recorded bases were made with
     cfg = load_config(None, [f"model.family={family}", "model.split_digits=true"])
-    for _, processor in (build_model(cfg), driver_model(cfg)):
+    for _, processor in (build_model(cfg.model), skeleton_model(cfg.model)):
         assert numbers(processor.tokenizer) == digits  # one token per digit, no space glued to a digit
         assert len(processor.tokenizer) == len(merged)  # same vocabulary size: same model shapes
     processor.save_pretrained(tmp_path)  # a base trained with it keeps it: the tokenizer travels along

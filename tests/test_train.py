@@ -20,6 +20,8 @@ from imagelora_dist.pipeline import ensure_train_shards
 from imagelora_dist.train.loop import FAULT_ENV
 from imagelora_dist.train.ray_train import run_training
 
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -72,9 +74,9 @@ def two_workers(local_ray, shards, tmp_path_factory):
 def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_path, stage, request):
     if stage == 2:  # the default: the run the resume test compares with too
         tmp_path, got = request.getfixturevalue("two_workers")
-        assert _cfg(tmp_path, shards).train.deepspeed == "configs/deepspeed/zero2.json"
+        assert _cfg(tmp_path, shards).train.deepspeed == "zero2"
     else:
-        deepspeed = f"configs/deepspeed/zero{stage}.json"
+        deepspeed = f"zero{stage}"
         got = _train(tmp_path, shards, **{"train.workers": 2, "train.deepspeed": deepspeed})
     assert got.keys() == reference.keys()
     assert any(t.abs().sum() > 0 for k, t in got.items() if k.endswith(".B")), "training must move B off zero"
@@ -175,7 +177,7 @@ def test_zero3_ranks_stay_in_step_with_text_only_batches_and_partly_cached_steps
     assert len(list((tmp_path / "vision").glob("*.safetensors"))) == 2  # shard A's two images
     reference = _train(tmp_path / "reference", mixed, **method, **{"train.workers": 1, "train.grad_accum": 2})
     got = _train(tmp_path / "zero3", mixed, **method, **caches,
-                 **{"train.workers": 2, "train.deepspeed": "configs/deepspeed/zero3.json"})  # fmt: skip
+                 **{"train.workers": 2, "train.deepspeed": "zero3"})  # fmt: skip
     assert got.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(got[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
@@ -231,7 +233,7 @@ def test_resume_on_another_worker_count_ends_where_the_uninterrupted_run_ends(
 
     def cfg(workers):
         return _cfg(tmp_path, shards, **{"train.workers": workers, "train.grad_accum": 3 - workers,
-                                         "train.deepspeed": f"configs/deepspeed/zero{stage}.json",
+                                         "train.deepspeed": f"zero{stage}",
                                          "train.max_failures": 0})  # fmt: skip
 
     monkeypatch.setenv(FAULT_ENV, f"{before - 1}:2")
@@ -303,7 +305,7 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
 
 def _lora_cfg(out, shards, stage):
     return _cfg(out, shards, **{"train.method": "lora", "train.workers": 2, "train.steps": 2,
-                                "train.deepspeed": f"configs/deepspeed/zero{stage}.json",
+                                "train.deepspeed": f"zero{stage}",
                                 "eval.num_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.train.loop import FAULT_ENV
 from imagelora_dist.train.ray_train import run_name, run_training, storage_filesystem
 
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
+
 BUCKET = "ckpt"
 
 

@@ -1,4 +1,5 @@
-"""Model families: registry, tiny offline VLMs, and loading real checkpoints from a local path.
+"""Model families: registry, tiny offline VLMs, loading real checkpoints from a local path, and the
+configured model every stage builds (`build_model`).
 
 Names load on first use (PEP 562), so importing a light submodule (`families`) does not import torch.
 """
@@ -11,6 +12,9 @@ from imagelora_dist.lazy_import import lazy_exports
 
 _EXPORTS = {
     "FAMILIES": "imagelora_dist.models.families",
+    "build_model": "imagelora_dist.models.build",
+    "resolved_dtype": "imagelora_dist.models.build",
+    "skeleton_model": "imagelora_dist.models.build",
     "ModelSpec": "imagelora_dist.models.registry",
     "family_info": "imagelora_dist.models.registry",
     "resolve_model": "imagelora_dist.models.registry",
@@ -23,13 +27,17 @@ __all__ = [
     "FAMILIES",
     "ModelSpec",
     "TINY_FAMILIES",
+    "build_model",
     "build_tiny_vlm",
     "family_info",
     "load_vlm",
     "resolve_model",
+    "resolved_dtype",
+    "skeleton_model",
 ]
 
 if TYPE_CHECKING:
+    from imagelora_dist.models.build import build_model, resolved_dtype, skeleton_model
     from imagelora_dist.models.families import FAMILIES
     from imagelora_dist.models.registry import ModelSpec, family_info, resolve_model
     from imagelora_dist.models.tiny import TINY_FAMILIES, build_tiny_vlm, load_vlm

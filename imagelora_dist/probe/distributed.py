@@ -18,7 +18,6 @@ import numpy as np
 import ray
 import torch
 
-from imagelora_dist import ray_quiet
 from imagelora_dist.config import RunConfig
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
@@ -27,17 +26,6 @@ Log = Callable[[str], None]
 
 # Fault injection (imagelora_dist.faults): the actor process dies on this probe batch index.
 FAULT_BATCH_ENV = "IMAGELORA_FAULT_PROBE_BATCH"
-WORKER_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-    # Ray Train 2.60 routes a worker's print() to the root logger *and*, since Ray wraps the worker's
-    # stdout, to stdout too: every progress line reached the terminal twice. Plain print, once.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
 
 
 class ProbeFailed(RuntimeError):
@@ -48,17 +36,17 @@ class ProbeActor:
     """Holds one model replica with the probe attached; scores batches by index."""
 
     def __init__(self, cfg: dict[str, Any], threads: int) -> None:
-        from imagelora_dist.pipeline import build_model, resolved_dtype
+        from imagelora_dist.models.build import build_model, resolved_dtype
         from imagelora_dist.probe.scores import HeadProbe
         from imagelora_dist.speed import apply_speed_flags
 
         torch.set_num_threads(max(1, threads))
         run_cfg = RunConfig.model_validate(cfg)
-        model, _ = build_model(run_cfg)
+        model, _ = build_model(run_cfg.model)
         if torch.cuda.is_available():
             model = model.to("cuda")
         # The probe scores every layer (lowest 0); the vision cache it fills is reused by training.
-        apply_speed_flags(model, run_cfg, lowest_layer=0, dtype=resolved_dtype(run_cfg))
+        apply_speed_flags(model, run_cfg, lowest_layer=0, dtype=resolved_dtype(run_cfg.model))
         self.probe = HeadProbe(
             model, run_cfg.probe.method, seed=run_cfg.probe.seed, num_vectors=run_cfg.probe.num_vectors
         )
@@ -71,31 +59,6 @@ class ProbeActor:
     def ready(self) -> int:
         """Return the process id once the model is loaded (for tests and progress)."""
         return os.getpid()
-
-
-def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
-    """Connect to the configured Ray cluster, or start a local one. True if this call started Ray."""
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    env = dict(WORKER_ENV)
-    if address:
-        log(f"[ray] connecting to {address}")
-        # Under `ray job submit` the job's runtime env is inherited, and Ray refuses a driver env that
-        # repeats any of its keys: add only what the job does not already set.
-        missing = {k: v for k, v in env.items() if k not in os.environ}
-        ray.init(address=address, runtime_env={"env_vars": missing} if missing else None, log_to_driver=True)
-    else:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(
-            num_cpus=cfg.ray.num_cpus,
-            include_dashboard=False,
-            # Without the dashboard there is no State API; the hook mutes what warns about that each second.
-            runtime_env={"env_vars": env, "worker_process_setup_hook": ray_quiet.HOOK},
-            log_to_driver=True,
-        )
-        log(f"[ray] started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
-    return True
 
 
 def worker_resources(cfg: RunConfig) -> tuple[float, float]:

@@ -27,6 +27,7 @@ from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import crash_if
 from imagelora_dist.models.registry import resolve_model
+from imagelora_dist.resources import DEEPSPEED_PRESETS, deepspeed_json
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.speed import apply_speed_flags
 from imagelora_dist.train.methods import Adapted, attach_method
@@ -65,11 +66,14 @@ def _import_deepspeed() -> Any:
 
 def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
     """Read `train.deepspeed` (on the driver: a bad file fails before any worker starts)."""
-    path = Path(cfg.train.deepspeed)
+    path = deepspeed_json(cfg.train.deepspeed)
     try:
         ds = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ImageLoRAError(f"train.deepspeed: {path} not found") from None
+        presets = ", ".join(DEEPSPEED_PRESETS)
+        raise ImageLoRAError(
+            f"train.deepspeed: {path} not found (or name a shipped preset: {presets})"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ImageLoRAError(f"train.deepspeed: {path} is not valid JSON ({exc})") from None
     stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
@@ -290,12 +294,12 @@ def train_worker(
     `report(metrics, checkpoint_tag)` is called at every optimizer step (tag set when a checkpoint was
     written). `stop_after` stops after that many optimizer steps (for tests of resume).
     """
-    from imagelora_dist.pipeline import build_model, resolved_dtype
+    from imagelora_dist.models.build import build_model, resolved_dtype
 
     deepspeed = _import_deepspeed()
     on_gpu = ctx.device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
-    model, processor = build_model(cfg)
+    model, processor = build_model(cfg.model)
     model.to(ctx.device)
     spec = resolve_model(model)
     adapted = attach_method(
@@ -315,7 +319,7 @@ def train_worker(
         adapted.model.disable_input_require_grads()
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
-    speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg))
+    speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg.model))
     vcache, pcache = speed.vision, speed.prefix
     # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: every
     # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So

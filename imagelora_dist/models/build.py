@@ -1,0 +1,78 @@
+"""The configured model: a tiny random VLM of a family, or a local checkpoint (`model.path`).
+
+Every stage builds its model here (probe actors, training ranks, evaluation, inference), so a config
+means the same weights, dtype and attention kernel wherever it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from imagelora_dist.config import ModelConfig
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.models.registry import family_for_model_type
+from imagelora_dist.models.tiny import build_tiny_vlm, load_processor, load_vlm
+
+
+def resolved_dtype(model_cfg: ModelConfig) -> str:
+    """model.dtype with `auto` resolved: bf16 on GPU, fp32 on CPU."""
+    if model_cfg.dtype != "auto":
+        return model_cfg.dtype
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def _tiny(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
+    return build_tiny_vlm(
+        model_cfg.family,
+        seed=model_cfg.seed,
+        size=model_cfg.tiny_size(),
+        split_digits=model_cfg.split_digits,
+    )
+
+
+def build_model(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
+    """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
+    dtype = getattr(torch, resolved_dtype(model_cfg))
+    if model_cfg.path:
+        model, processor = load_vlm(model_cfg.path, dtype=dtype)
+    else:
+        model, processor = _tiny(model_cfg)
+        model = model.to(dtype)
+    if model_cfg.attn_implementation != "auto":
+        try:
+            model.set_attn_implementation(model_cfg.attn_implementation)
+        except (ImportError, ValueError) as exc:
+            raise ImageLoRAError(
+                f"model.attn_implementation {model_cfg.attn_implementation!r} is not available here: "
+                f"{str(exc).strip().splitlines()[0][:200]}"
+            ) from None
+    return model, processor
+
+
+def skeleton_model(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
+    """Model skeleton and processor for a process that only collates and counts: a real checkpoint is
+    built on the meta device (no weights loaded); the tiny model is cheap to build for real."""
+    if not model_cfg.path:
+        return _tiny(model_cfg)
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    check_checkpoint_dir(model_cfg.path)
+    config = AutoConfig.from_pretrained(model_cfg.path, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return model, load_processor(model_cfg.path, config.model_type)
+
+
+def check_checkpoint_dir(path: str) -> None:
+    """Fail in one line if `path` is not a local checkpoint of a supported family."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise ImageLoRAError(f"model.path {path}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type", "")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise ImageLoRAError(f"{cfg_file}: unreadable ({exc})") from None
+    family_for_model_type(str(model_type))

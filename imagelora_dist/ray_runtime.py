@@ -1,0 +1,48 @@
+"""Ray start-up for every stage: connect to the configured cluster or start a local one, and give every
+worker process the run's environment (imagelora_dist.offline_env plus what Ray Train needs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import ray
+
+from imagelora_dist import ray_quiet
+from imagelora_dist.config import RunConfig
+from imagelora_dist.offline_env import OFFLINE_ENV
+
+Log = Callable[[str], None]
+
+WORKER_ENV: dict[str, str] = {
+    **OFFLINE_ENV,
+    # Ray Train 2.60 routes a worker's print() to the root logger *and*, since Ray wraps the worker's
+    # stdout, to stdout too: every progress line reached the terminal twice. Plain print, once.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
+
+
+def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
+    """Connect to the configured Ray cluster, or start a local one. True if this call started Ray."""
+    if ray.is_initialized():
+        return False
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env = dict(WORKER_ENV)
+    if address:
+        log(f"[ray] connecting to {address}")
+        # Under `ray job submit` the job's runtime env is inherited, and Ray refuses a driver env that
+        # repeats any of its keys: add only what the job does not already set.
+        missing = {k: v for k, v in env.items() if k not in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": missing} if missing else None, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(
+            num_cpus=cfg.ray.num_cpus,
+            include_dashboard=False,
+            # Without the dashboard there is no State API; the hook mutes what warns about that each second.
+            runtime_env={"env_vars": env, "worker_process_setup_hook": ray_quiet.HOOK},
+            log_to_driver=True,
+        )
+        log(f"[ray] started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+    return True
