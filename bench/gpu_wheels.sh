@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Fetch, into .whl/ (git-ignored), the Python wheels that a bare GPU machine lacks for bench/gpu_pretrain.sh:
+# Fetch, into .whl/ (git-ignored), the Python wheels that a bare GPU machine lacks for experiments/fidelity/gpu_pretrain.sh:
 # the trainer's own dependencies at the versions of this checkout's .venv, for CPython 3.12 on x86-64.
 # The GPU machine's image has torch, peft, numpy, pyyaml, pillow, pyarrow, tokenizers, huggingface-hub,
-# psutil, msgpack, py-cpuinfo, einops and ninja; Ray and MLflow are not needed (`pretrain-base --no-ray`,
+# psutil, msgpack, py-cpuinfo, einops and ninja; Ray and MLflow are not needed (`python -m fidelity.pretrain --no-ray`,
 # tracking off). Run here (it needs PyPI), then name `.whl` in the device run's carry list.
 set -euo pipefail
 cd "$(dirname "$0")/.."

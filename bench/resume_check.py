@@ -7,7 +7,7 @@ deleted, then resumed from the world-size-independent `portable_state.safetensor
 micro-batches of 1, then resumed with micro-batches of 2 (the rest of the epoch split anew). Prints and
 writes `resume_check.json`: the largest difference of (b) and (c) from (a) (0.0 when the resume is exact
 and the kernels deterministic) and the data cursors of (d). tests/test_train.py runs it on the CPU; on a GPU
-run it with DeepSpeed installed (bench/gpu_wheels.sh; bench/gpu_pretrain.sh runs it first).
+run it with DeepSpeed installed (bench/gpu_wheels.sh; experiments/fidelity/gpu_pretrain.sh runs it first).
 """
 
 from __future__ import annotations

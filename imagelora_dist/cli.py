@@ -94,21 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue training from the latest checkpoint (also on another train.workers)",
     )
     p = sub.add_parser(
-        "pretrain-base",
-        help="pre-train a small base VLM (all parameters) on generic screen tasks + text arithmetic",
-        description="Synthesizes the pre-training shards on first use, trains every parameter with DeepSpeed "
-        "on Ray Train (train.method full), writes <output_dir>/base as a transformers checkpoint directory "
-        "with its processor, and reports held-out exact match per task. Without --config: the shipped "
-        "configs/pretrain_base.yaml. Use the result with model.path=<output_dir>/base.",
-    )
-    _add_config_args(p)
-    p.add_argument(
-        "--no-ray",
-        action="store_true",
-        help="train in this process (one DeepSpeed worker, GPU if there is one) instead of on Ray Train: "
-        "for a single machine without Ray; needs train.workers=1",
-    )
-    p = sub.add_parser(
         "study",
         help="run a sweep (settings x methods x seeds) into one MLflow experiment; `compare` then reports it",
         description="Each cell is a pipeline run of the spec's base config with the cell's overrides; cells "
@@ -193,8 +178,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "shard":
         return _shard(args)
-    if args.command == "pretrain-base":
-        return _pretrain_base(args)
     if args.command == "study":
         from imagelora_dist.study import study_command
 
@@ -232,27 +215,12 @@ def _run(args: argparse.Namespace) -> int:
         stages = None if args.command == "run" else (args.command,)
         results = pipeline.run_pipeline(cfg, stages=stages, resume=getattr(args, "resume", False))
         print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
-        _print_where_to_look(cfg)
+        print_where_to_look(cfg)
     return 0
 
 
-def _pretrain_base(args: argparse.Namespace) -> int:
-    from imagelora_dist.config import load_config
-    from imagelora_dist.pretrain import SHIPPED_CONFIG, run_pretrain
-
-    path = args.config
-    if path is None:
-        if not SHIPPED_CONFIG.is_file():
-            raise ImageLoRAError(f"no --config given and the shipped {SHIPPED_CONFIG} is missing")
-        path = str(SHIPPED_CONFIG)
-    cfg = load_config(path, args.overrides)
-    result = run_pretrain(cfg, use_ray=not args.no_ray)
-    print(f"[pretrain-base] done: {result.base}  (fine-tune it with model.path={result.base})")
-    _print_where_to_look(cfg)
-    return 0
-
-
-def _print_where_to_look(cfg: object) -> None:
+def print_where_to_look(cfg: object) -> None:
+    """Say how to open the run's MLflow store."""
     from imagelora_dist.tracking import resolve_tracking_uri
 
     if cfg.tracking.enabled:

@@ -125,7 +125,7 @@ class DataConfig(_Strict):
     # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
     # path or a `pipe:` entry in an untrusted index would read any file or run a command.
     trust_index_urls: bool = False
-    # `imagelora-dist pretrain-base` only: the task mix (None: the generic five; see data/pretrain_tasks.py,
+    # Pre-training only (experiments/fidelity): the task mix (None: the generic five; see fidelity/pretrain_tasks.py,
     # which also has the opt-in `point` and `describe_at`). Left out of dumps when unset (stage hashes).
     pretrain_tasks: (
         tuple[

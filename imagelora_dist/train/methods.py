@@ -2,8 +2,8 @@
 standard LoRA through peft on the text decoder (the paper's baseline). All freeze the base model.
 
 `full` is not an adapter: every parameter trains (the vision tower too, unless `freeze_vision`), and
-saving writes a normal transformers checkpoint directory plus the processor. `imagelora-dist
-pretrain-base` uses it to pre-train a small base model with the same trainer."""
+saving writes a normal transformers checkpoint directory plus the processor. The fidelity study's
+`fidelity.pretrain` (experiments/fidelity) uses it to pre-train a small base model with the same trainer."""
 
 from __future__ import annotations
 

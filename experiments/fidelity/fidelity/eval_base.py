@@ -1,9 +1,9 @@
 """Re-evaluate a pre-trained base on its held-out set, with today's scoring (pretrain-base skips a done base).
 
-    python bench/eval_base.py --config configs/pretrain_base_shapes_fmt.yaml [KEY=VALUE ...] [--out FILE]
+    python -m fidelity.eval_base --config configs/pretrain_base_shapes_fmt.yaml [KEY=VALUE ...] [--out FILE]
 
 Loads `<output_dir>/base` and scores it on `<output_dir>/data/pretrain-eval` (or `eval.shards`) exactly as
-`imagelora-dist pretrain-base` does at the end of training: per task exact match, answer loss, how much of
+`python -m fidelity.pretrain` does at the end of training: per task exact match, answer loss, how much of
 it the image explains, and for `point` the click hit rate beside a random click's. Prints one line per
 task; `--out` also writes the scores as JSON.
 """
@@ -15,10 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from fidelity.pretrain import BASE_DIR, held_out_shards, score_base
+
 from imagelora_dist.config import load_config
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import load_vlm
-from imagelora_dist.pretrain import BASE_DIR, held_out_shards, score_base
 
 
 def main(argv: list[str] | None = None) -> int:

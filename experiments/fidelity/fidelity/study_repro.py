@@ -1,6 +1,6 @@
 """Compare two runs of the same study, cell by cell: is the re-run the same?
 
-    python bench/study_repro.py runs/study-shapes-fmt runs/study-shapes-fmt-rerun [--out FILE.md]
+    python -m fidelity.study_repro runs/study-shapes-fmt runs/study-shapes-fmt-rerun [--out FILE.md]
 
 For every cell (ratio/method/seed directory with an eval_report.json in both), it compares the head
 selection, the adapter tensors (bit for bit, else the largest difference) and the evaluation (grounding,

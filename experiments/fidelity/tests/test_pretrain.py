@@ -1,5 +1,5 @@
 """Pre-trained tiny base: the pre-training tasks, text-only and mixed batches, method `full`, and
-`imagelora-dist pretrain-base` at a smoke size, whose output the pipeline loads from a local path."""
+`python -m fidelity.pretrain` at a smoke size, whose output the pipeline loads from a local path."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fidelity.pretrain import main
 from PIL import Image
 
 from imagelora_dist import HeadSelection, attach_image_lora, build_tiny_vlm, load_vlm, resolve_model
-from imagelora_dist.cli import main
 from imagelora_dist.config import load_config
 from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator
 from imagelora_dist.data.pretrain_tasks import (
@@ -36,6 +36,9 @@ from imagelora_dist.data.shards import read_shard_raw
 from imagelora_dist.data.tasks import normalize_point
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.train.methods import attach_method
+
+EXPERIMENT = Path(__file__).resolve().parents[1]
+CONFIG = str(EXPERIMENT / "configs" / "pretrain_base.yaml")
 
 # --- the pre-training tasks ------------------------------------------------------------------------------
 
@@ -218,9 +221,9 @@ SMOKE = [
 
 @pytest.fixture(scope="module")
 def pretrained(local_ray, tmp_path_factory):
-    """`imagelora-dist pretrain-base` with the shipped config at a smoke size (2 workers, ZeRO-2)."""
+    """`python -m fidelity.pretrain` with the shipped config at a smoke size (2 workers, ZeRO-2)."""
     tmp = tmp_path_factory.mktemp("pretrain")
-    args = ["pretrain-base", "--config", "configs/pretrain_base.yaml", f"output_dir={tmp / 'out'}",
+    args = ["--config", CONFIG, f"output_dir={tmp / 'out'}",
             f"tracking.uri=sqlite:///{tmp}/mlruns.db", f"tracking.artifact_root={tmp}/mlartifacts", *SMOKE]  # fmt: skip
     assert main(args) == 0
     return tmp, args
@@ -271,17 +274,12 @@ def test_pretrain_base_writes_a_transformers_checkpoint_and_a_report(pretrained,
 
 
 def test_eval_base_script_rescores_a_saved_base_as_pretraining_did(pretrained, tmp_path, capsys):
-    import importlib.util
-
     tmp, args = pretrained
-    spec = importlib.util.spec_from_file_location(
-        "eval_base", Path(__file__).parent.parent / "bench" / "eval_base.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from fidelity import eval_base as script
+
     overrides = [a for a in args[1:] if "=" in a and not a.startswith("--")]
     out = tmp_path / "scores.json"
-    assert script.main(["--config", "configs/pretrain_base.yaml", "--out", str(out), *overrides]) == 0
+    assert script.main(["--config", CONFIG, "--out", str(out), *overrides]) == 0
     report = json.loads((tmp / "out" / "pretrain_report.json").read_text())
     scores = json.loads(out.read_text())
     # the same held-out samples, the same greedy answers: the same figures as the report written in training
@@ -289,7 +287,7 @@ def test_eval_base_script_rescores_a_saved_base_as_pretraining_did(pretrained, t
     printed = capsys.readouterr().out
     assert all(f"\n{task:<14} n " in printed for task in report["tasks"])
     missing = [f"output_dir={tmp_path / 'nothing'}"]
-    assert script.main(["--config", "configs/pretrain_base.yaml", *overrides, *missing]) == 2
+    assert script.main(["--config", CONFIG, *overrides, *missing]) == 2
     assert "no trained base here" in capsys.readouterr().err
 
 
@@ -323,10 +321,10 @@ def test_pretrained_base_loads_from_its_path_and_runs_the_pipeline(pretrained):
 
 
 def test_pretrain_base_bad_config_exits_2_before_any_work(tmp_path, capsys):
-    assert main(["pretrain-base", f"output_dir={tmp_path}", "train.steps=0"]) == 2
+    assert main([f"output_dir={tmp_path}", "train.steps=0"]) == 2
     assert "train.steps" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
-    assert main(["pretrain-base", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
 
 
 def test_pretrain_png_placeholder_is_tiny():
@@ -342,7 +340,7 @@ def test_pretrain_base_without_ray_trains_a_resized_qwen3_vl_in_process(tmp_path
 
     monkeypatch.setattr(ray_train, "run_training", no_ray)
     out = tmp_path / "out"
-    args = ["pretrain-base", "--no-ray", "--config", "configs/pretrain_base.yaml", f"output_dir={out}",
+    args = ["--no-ray", "--config", CONFIG, f"output_dir={out}",
             f"tracking.uri=sqlite:///{tmp_path}/mlruns.db", f"tracking.artifact_root={tmp_path}/mlartifacts",
             "model.family=qwen3_vl", "model.size.layers=2", "model.size.vision_layers=1", "train.workers=1",
             *SMOKE]  # fmt: skip
@@ -361,7 +359,6 @@ def test_pretrain_base_without_ray_trains_a_resized_qwen3_vl_in_process(tmp_path
 
 def test_pretrain_base_without_ray_needs_one_worker(tmp_path, capsys):
     args = [
-        "pretrain-base",
         "--no-ray",
         f"output_dir={tmp_path / 'out'}",
         "train.workers=2",
@@ -373,19 +370,19 @@ def test_pretrain_base_without_ray_needs_one_worker(tmp_path, capsys):
 
 
 def test_pretrain_base_without_ray_needs_neither_ray_nor_mlflow_installed(tmp_path):
-    """A single GPU machine may lack both (bench/gpu_pretrain.sh carries only the trainer's wheels)."""
+    """A single GPU machine may lack both (gpu_pretrain.sh carries only the trainer's wheels)."""
     import subprocess
     import sys
 
-    args = ["pretrain-base", "--no-ray", f"output_dir={tmp_path / 'out'}", "tracking.enabled=false",
+    args = ["--no-ray", f"output_dir={tmp_path / 'out'}", "tracking.enabled=false",
             "train.workers=1", *SMOKE]  # fmt: skip
     code = (
         "import sys\n"
         "for m in ('ray', 'mlflow'): sys.modules[m] = None  # importing either now raises ImportError\n"
-        "from imagelora_dist.cli import main\n"
+        "from fidelity.pretrain import main\n"
         f"sys.exit(main({args!r}))\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(EXPERIMENT)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "out" / "base" / "model.safetensors").stat().st_size > 0
@@ -396,7 +393,8 @@ def test_pretrain_eval_scores_the_point_task_as_grounding(tmp_path, monkeypatch)
     # The answers are chosen here (the target's centre for every other sample, no point for the rest).
     import statistics
 
-    from imagelora_dist import pretrain
+    from fidelity import pretrain
+
     from imagelora_dist.data.pretrain_tasks import POINT, PretrainSpec, synthesize_pretrain
     from imagelora_dist.data.tasks import box_center, normalize_point
 

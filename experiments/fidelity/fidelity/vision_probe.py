@@ -1,13 +1,13 @@
 """Can a tiny VLM learn to use the pixels within a CPU budget? A single-process pre-training probe.
 
-    python bench/vision_probe.py --family qwen3_vl --tasks square,square_xy --steps 400 --eval-every 100
-    python bench/vision_probe.py --tasks square_click --then shapes_point --switch 800 --steps 1600  (curriculum)
+    python -m fidelity.vision_probe --family qwen3_vl --tasks square,square_xy --steps 400 --eval-every 100
+    python -m fidelity.vision_probe --tasks square_click --then shapes_point --switch 800 --steps 1600  (curriculum)
 
 Trains every parameter of a fresh tiny model of `--family` (AdamW, 50 warm-up steps, batch 8) on
 in-memory samples of the chosen tasks and, every `--eval-every` steps, prints per task the held-out exact
 match, answer loss and `image_gain` (answer loss on a blank grey screen minus on the real one: about 0
 when the model answers from text priors alone). It is the quick experiment behind the pre-trained base's
-design (bench/RESULTS.md, "Can the tiny base see?"), not part of `make bench`.
+design (experiments/fidelity/RESULTS.md, "Can the tiny base see?").
 
 Tasks: `square` (one coloured square on a plain screen: "Where is the square?" -> a 3x3 grid name),
 `square_xy` (the same, "Click the square." -> its centre in tenths, `(x, y)` with x, y in 0..9),

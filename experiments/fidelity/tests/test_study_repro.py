@@ -1,4 +1,4 @@
-"""bench/study_repro.py: two study output dirs compared cell by cell."""
+"""fidelity/study_repro.py: two study output dirs compared cell by cell."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "study_repro.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "fidelity" / "study_repro.py"
 
 
 def _cell(root: Path, method: str, seed: int, grounding: float, adapter: torch.Tensor | None) -> None:
