@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from fidelity.pretrain import BASE_DIR, held_out_shards, score_base
-
 from imagelora_dist.config import load_config
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import load_vlm

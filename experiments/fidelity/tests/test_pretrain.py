@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fidelity.pretrain import main
 from PIL import Image
 
+from fidelity.pretrain import main
 from imagelora_dist import HeadSelection, attach_image_lora, build_tiny_vlm, load_vlm, resolve_model
 from imagelora_dist.config import load_config
 from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator
@@ -394,7 +394,6 @@ def test_pretrain_eval_scores_the_point_task_as_grounding(tmp_path, monkeypatch)
     import statistics
 
     from fidelity import pretrain
-
     from imagelora_dist.data.pretrain_tasks import POINT, PretrainSpec, synthesize_pretrain
     from imagelora_dist.data.tasks import box_center, normalize_point
 
