@@ -42,7 +42,7 @@ class ModelConfig(_Strict):
     # exclude_if: left out of dumps when unset, so the stage hashes of configs without it stay as they were.
     size: ModelSizeConfig | None = Field(None, exclude_if=lambda v: v is None)
     # Tiny models' offline tokenizer: numbers split into single digits, as Qwen's own tokenizers do (off:
-    # the digit merges the bases recorded in bench/RESULTS.md were trained with). Unset: left out of dumps.
+    # the digit merges the fidelity study's bases (experiments/fidelity/RESULTS.md) were trained with). Unset: left out of dumps.
     split_digits: bool = Field(False, exclude_if=lambda v: v is False)
     # auto: bf16 on GPU, fp32 on CPU (a 7B checkpoint in fp32 would not fit most GPUs).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"

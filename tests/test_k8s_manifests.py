@@ -41,6 +41,7 @@ from k8s_schemas.manifests import (
 )
 
 from imagelora_dist.config import load_config
+from imagelora_dist.offline_env import OFFLINE_ENV
 
 VENDORED_FILES = ("validate_manifests.py", "raycluster-ray.io-v1.json", "rayjob-ray.io-v1.json")
 SECRET_NAME = re.compile(r"(^|_)(PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIALS?|PRIVATE_KEY)(_|$)")
@@ -378,9 +379,11 @@ def test_cluster_holds_the_jobs_workers(variant, tmp_path):
         gpus += quantity(limits.get("nvidia.com/gpu", 0)) * pods
     job = one(load_docs(JOBS[variant]), "RayJob")
     argv = entrypoint_argv(job)
-    config_path = argv[argv.index("--config") + 1]
-    overrides = [a for a in argv[argv.index("--config") + 2 :] if "=" in a]
-    cfg = load_config(config_path.replace(IMAGE_ROOT, str(REPO), 1), overrides)
+    config_path = (
+        argv[argv.index("--config") + 1] if "--config" in argv else None
+    )  # None: the embedded default
+    overrides = [a for a in argv[4:] if "=" in a]
+    cfg = load_config(config_path and config_path.replace(IMAGE_ROOT, str(REPO), 1), overrides)
     for stage, n, per_cpu, per_gpu in (
         ("train", cfg.train.workers, cfg.train.cpus_per_worker, cfg.train.gpus_per_worker),
         ("probe", cfg.ray.num_workers, cfg.ray.cpus_per_worker, cfg.ray.gpus_per_worker),
@@ -415,11 +418,12 @@ def test_rayjob_is_the_submit_command(variant):
     assert not spec.get("shutdownAfterJobFinishes"), "the RayJob must not delete the shared RayCluster"
     argv = entrypoint_argv(job)
     assert argv[:4] == submit_sh_command()
-    assert argv[4] == "--config"
+    # the embedded default (no --config) or a config file from the image, then key=value overrides
+    assert all(a == "--config" or a.startswith(IMAGE_ROOT + "/") or "=" in a for a in argv[4:]), argv
     env = runtime_env(job)
     launch_env = yaml.safe_load((REPO / "launch" / "runtime_env.yaml").read_text())
     assert set(env) == {"env_vars"}, "no working_dir / pip: the image has the package"
-    assert env["env_vars"] == launch_env["env_vars"]
+    assert env["env_vars"] == launch_env["env_vars"] == OFFLINE_ENV  # one offline env, spelled out twice
     # the submitter runs `bash -c "ray job submit ... --runtime-env-json \"<json>\" -- <entrypoint>"`
     for text in (spec["entrypoint"], json.dumps(env)):
         assert not re.search(r"[$`\\;&|<>]", text), f"shell metacharacters in {text!r}"
@@ -463,7 +467,7 @@ def test_mlflow_variants_differ_only_in_the_artifact_store():
 
 def test_docs_name_real_files():
     """Every k8s/... path and kubectl -f argument in the guides exists."""
-    for doc in (K8S / "README.md", REPO / "README.md"):
+    for doc in (K8S / "README.md", REPO / "docs" / "kubernetes.md"):
         text = doc.read_text()
         for path in set(re.findall(r"(?<![\w/.-])(k8s/[\w./-]*[\w/])", text)):
             if path != "k8s/secrets.env":  # the user's copy, git-ignored
