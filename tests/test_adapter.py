@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import image_batch, text_batch, visual_mask
 
-from imagelora_dist import HeadSelection, ImageLoRAError, attach_image_lora, resolve_model
+from imagelora_dist import HeadSelection, ImageLoRAError, attach_image_lora, build_tiny_vlm, resolve_model
+from imagelora_dist.adapter.hooks import ReplayWithRows, ValuePathHooks
+from imagelora_dist.adapter.image_lora import ImageLoRALayer
 from imagelora_dist.models.registry import decoder_layers
 
 
@@ -289,6 +291,162 @@ def test_detach_restores_model_exactly(tiny):
     assert set(model.state_dict()) == keys
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == n_hooks
+
+
+def _module_state(model):
+    """Every module's own attributes: dicts (children, parameters, hooks) shallow-copied, the rest as is."""
+    return {
+        (name, key): (dict(value) if isinstance(value, dict) else value)
+        for name, module in model.named_modules()
+        for key, value in vars(module).items()
+    }
+
+
+def _state_differences(before, after):
+    """(module, attribute) pairs added, removed, or holding another object, entry or tensor value than before."""
+    diffs = sorted(set(before) ^ set(after))
+    for key in set(before) & set(after):
+        old, new = before[key], after[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            same = old.keys() == new.keys() and all(old[k] is new[k] for k in old)
+        elif isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+            # Per-forward caches of transformers (Qwen-VL's rope_deltas) are new tensors of the same batch.
+            same = old.shape == new.shape and old.dtype == new.dtype and torch.equal(old, new)
+        else:
+            same = old is new or (isinstance(old, (bool, int, float, str)) and old == new)
+        if not same:
+            diffs.append(key)
+    return diffs
+
+
+def _checkpoint_funcs(model):
+    return [layer.__dict__.get("_gradient_checkpointing_func") for layer in decoder_layers(model)]
+
+
+def test_detach_after_checkpointed_training_restores_model_exactly(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    reference, _ = build_tiny_vlm(spec.family, seed=0)  # never sees an adapter
+    batch = image_batch(processor)
+    for m in (model, reference):
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+    model(**batch).loss.backward()  # first forward: transformers may add hooks or attributes of its own
+    model.zero_grad(set_to_none=True)
+    funcs = _checkpoint_funcs(model)
+    assert all(f is not None for f in funcs)
+    before = _module_state(model)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    _randomize(handle)
+    opt = torch.optim.SGD(list(handle.parameters()), lr=1e-2)
+    for _ in range(2):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert any(f is not g for f, g in zip(_checkpoint_funcs(model), funcs, strict=True)), (
+        "the checkpointed layers must have been wrapped for the test to mean anything"
+    )
+    handle.detach()
+    assert all(f is g for f, g in zip(_checkpoint_funcs(model), funcs, strict=True))
+    assert _state_differences(before, _module_state(model)) == []
+    loss = model(**batch).loss
+    ref_loss = reference(**batch).loss
+    assert torch.equal(loss, ref_loss)
+    for m in (model, reference):
+        m.gradient_checkpointing_disable()
+        m.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reference(**batch).logits)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_detach_without_checkpointing_leaves_no_checkpoint_attribute(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    batch = image_batch(processor)
+    model.train()
+    model(**batch).loss.backward()
+    assert _checkpoint_funcs(model) == [None] * spec.num_layers
+    before = _module_state(model)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    model(**batch).loss.backward()
+    handle.detach()
+    assert _checkpoint_funcs(model) == [None] * spec.num_layers
+    assert _state_differences(before, _module_state(model)) == []
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_two_attachments_share_checkpointing_and_detach_in_any_order(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    b1 = image_batch(processor, n=2, padding_side="left", seed=1)
+    b2 = image_batch(processor, n=2, padding_side="right", seed=2)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    _randomize(handle)
+    second = ImageLoRALayer(1, [0], spec.hidden_size, spec.head_dim, spec.num_kv_heads, 2, 4.0)
+    with torch.no_grad():
+        second.B.normal_()
+        second.gamma.fill_(0.5)
+    model.train()
+    ref = _two_forward_grads(model, handle, b1, b2)  # the first adapter's grads, no checkpointing
+    other = ValuePathHooks(model, spec, {1: second}, "second_adapter")
+    ref_both = _two_forward_grads(model, handle, b1, b2)
+    ref_second = second.B.grad.clone()
+    second.B.grad = None
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    funcs = _checkpoint_funcs(model)
+    got_both = _two_forward_grads(model, handle, b1, b2)
+    torch.testing.assert_close(second.B.grad, ref_second, rtol=1e-4, atol=1e-6)
+    for n, g in got_both.items():
+        torch.testing.assert_close(g, ref_both[n], rtol=1e-4, atol=1e-6)
+    handle.detach()  # the first attached goes first: the second's wrapper stays, on the original function
+    for f, g in zip(_checkpoint_funcs(model), funcs, strict=True):
+        assert isinstance(f, ReplayWithRows) and f.tracker is other.tracker and f.base is g
+    other.remove()
+    assert all(f is g for f, g in zip(_checkpoint_funcs(model), funcs, strict=True))
+    assert not any(hasattr(layer.self_attn, "second_adapter") for layer in decoder_layers(model))
+    handle2 = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    for m, state in zip(handle2.modules.values(), handle.modules.values(), strict=True):
+        with torch.no_grad():
+            for p, q in zip(m.parameters(), state.parameters(), strict=True):
+                p.copy_(q)
+    got = _two_forward_grads(model, handle2, b1, b2)
+    model.gradient_checkpointing_disable()
+    for n, g in got.items():
+        torch.testing.assert_close(g, ref[n], rtol=1e-4, atol=1e-6)
+    handle2.detach()
+
+
+def test_disabled_computes_the_base_model_and_reenables(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    reference, _ = build_tiny_vlm(spec.family, seed=0)  # built apart, never had an adapter
+    batch = image_batch(processor)
+    handle = attach_image_lora(model, _selection(spec, 2), rank=4, alpha=8)
+    _randomize(handle)
+    with torch.no_grad():
+        base = reference(**batch).logits
+        adapted = model(**batch).logits
+        with handle.disabled():
+            off = model(**batch).logits
+            with handle.disabled():
+                nested = model(**batch).logits
+            still_off = model(**batch).logits
+        again = model(**batch).logits
+        with pytest.raises(RuntimeError, match="boom"), handle.disabled():
+            raise RuntimeError("boom")
+        after_error = model(**batch).logits
+    assert not torch.equal(adapted, base), "a non-zero B must change image logits"
+    for logits in (off, nested, still_off):
+        assert torch.equal(logits, base)
+    assert torch.equal(again, adapted) and torch.equal(after_error, adapted)
+    # Gradients reach the adapter again after the block.
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.parameters())
+    handle.detach()
+    with pytest.raises(ImageLoRAError, match="detached"), handle.disabled():
+        pass
 
 
 def test_module_attributes_and_parameter_count(tiny):

@@ -210,6 +210,7 @@ def test_text_preservation_image_lora_is_exact():
     assert all(isinstance(p, str) and p for p in prompts)
     handle = attach_image_lora(model, HeadSelection.all_heads(resolve_model(model)), rank=4, alpha=8)
     _randomize_image_lora(handle)
+    assert text_max_abs_logit_diff(model, processor, prompts, handle.disabled) == 0.0
     assert text_max_abs_logit_diff(model, processor, prompts, lambda: image_lora_disabled(handle)) == 0.0
     # Independently: the adapted model's text logits equal a model that never had an adapter.
     ours = text_logits(model, processor, prompts, batch_size=3)

@@ -7,15 +7,16 @@ decoder is text-only, never adapted at some earlier batch's image positions.
 
 Gradient checkpointing recomputes a layer during `backward()`, possibly after other forwards have run
 (two losses, one backward), and transformers checkpoints a layer's `forward`, so the layer's own hooks do
-not run again. Each decoder layer's pre-hook therefore hands that call's rows to the checkpoint through
-`context_fn` (torch's mechanism for exactly this): the recompute context re-activates the rows of the
-forward being replayed.
+not run again. Each decoder layer's pre-hook therefore wraps the layer's `_gradient_checkpointing_func`
+(once, and again whenever transformers replaces it) in a function that hands each call's rows to the
+checkpoint through `context_fn` (torch's mechanism for exactly this): the recompute context re-activates
+the rows of the forward being replayed. `remove()` takes the wrapper out again, so the attribute is the
+very object transformers set (or absent, if it was).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -32,14 +33,6 @@ from imagelora_dist.models.registry import (
 )
 
 _VISUAL_INPUT_KEYS = ("pixel_values", "pixel_values_videos")
-
-
-@contextlib.contextmanager
-def _both(
-    first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager
-) -> Iterator[None]:
-    with first, second:
-        yield
 
 
 class VisualRows:
@@ -102,31 +95,16 @@ class VisualTokenTracker:
         """Decoder-layer pre-hook: activate this forward's rows, and carry them into a checkpoint's replay."""
         self.active = self.current
         func = getattr(module, "_gradient_checkpointing_func", None)
-        if getattr(module, "gradient_checkpointing", False) and func is not None:
-            base = getattr(func, "_imagelora_base", func)
-            module._gradient_checkpointing_func = self._checkpoint_with_rows(base, self.current)
-
-    def _checkpoint_with_rows(self, base: Callable, rows: VisualRows | None) -> Callable:
-        keywords = getattr(base, "keywords", None) or {}
-        if keywords.get("use_reentrant", True) is not False:
-            raise ImageLoRAError(
-                "Image-LoRA needs non-reentrant gradient checkpointing: "
-                "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
-            )
-        user_context_fn = keywords.get("context_fn")
-
-        def context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-            forward_ctx, recompute_ctx = (
-                user_context_fn() if user_context_fn else (contextlib.nullcontext(), contextlib.nullcontext())
-            )
-            return forward_ctx, _both(recompute_ctx, self._activated(rows))
-
-        wrapped = functools.partial(base, context_fn=context_fn)
-        wrapped._imagelora_base = base  # type: ignore[attr-defined]
-        return wrapped
+        if (
+            getattr(module, "gradient_checkpointing", False)
+            and func is not None
+            and self not in _owners(func)
+        ):
+            module._gradient_checkpointing_func = ReplayWithRows(func, self)
 
     @contextlib.contextmanager
-    def _activated(self, rows: VisualRows | None) -> Iterator[None]:
+    def activated(self, rows: VisualRows | None) -> Iterator[None]:
+        """Make `rows` the active rows for the block (a checkpoint's replay of the forward they belong to)."""
         previous, self.active = self.active, rows
         try:
             yield
@@ -144,6 +122,65 @@ class VisualTokenTracker:
                 "the visual mask cannot be aligned (was the model called with inputs_embeds only?)"
             )
         return rows.on(x.device)
+
+
+class ReplayWithRows:
+    """A layer's checkpoint function whose replay in `backward()` sees the visual rows of its own forward."""
+
+    def __init__(self, base: Callable, tracker: VisualTokenTracker) -> None:
+        root = base
+        while isinstance(root, ReplayWithRows):
+            root = root.base
+        if (getattr(root, "keywords", None) or {}).get("use_reentrant", True) is not False:
+            raise ImageLoRAError(
+                "Image-LoRA needs non-reentrant gradient checkpointing: "
+                "gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})"
+            )
+        self.base = base
+        self.tracker = tracker
+
+    def __call__(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Checkpoint `function` through the base, adding this forward's rows to the recompute context."""
+        # A context_fn given by an outer wrapper overrides the one bound in transformers' partial at call
+        # time: keep both, and the user's own.
+        fns = [kwargs.pop("context_fn", None), (getattr(self.base, "keywords", None) or {}).get("context_fn")]
+        fns = [fn for fn in fns if fn is not None]
+        tracker, rows = self.tracker, self.tracker.current  # the model forward running this layer
+
+        def context_fn() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            pairs = [fn() for fn in fns]
+            return _all([f for f, _ in pairs]), _all([r for _, r in pairs] + [tracker.activated(rows)])
+
+        return self.base(function, *args, context_fn=context_fn, **kwargs)
+
+
+@contextlib.contextmanager
+def _all(contexts: list[contextlib.AbstractContextManager]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for ctx in contexts:
+            stack.enter_context(ctx)
+        yield
+
+
+def _owners(func: Callable) -> list[VisualTokenTracker]:
+    owners = []
+    while isinstance(func, ReplayWithRows):
+        owners.append(func.tracker)
+        func = func.base
+    return owners
+
+
+def _without(func: Callable, tracker: VisualTokenTracker) -> Callable:
+    """`func` with `tracker`'s wrapper taken out (others kept, in order); `func` itself if it has none."""
+    owners = _owners(func)
+    if tracker not in owners:
+        return func
+    while isinstance(func, ReplayWithRows):
+        func = func.base
+    for owner in reversed(owners):
+        if owner is not tracker:
+            func = ReplayWithRows(func, owner)
+    return func
 
 
 class ValuePathModule(nn.Module):
@@ -189,7 +226,11 @@ def add_at_rows(
 
 
 class ValuePathHooks:
-    """Attach one ValuePathModule per decoder layer; `remove()` puts the model back exactly."""
+    """Attach one ValuePathModule per decoder layer; `remove()` puts the model back exactly.
+
+    While `enabled` is False the `v_proj` hooks return the projection's output untouched (the modules are
+    not called), so the model computes exactly the frozen base model.
+    """
 
     def __init__(
         self,
@@ -203,7 +244,9 @@ class ValuePathHooks:
         self.tracker = VisualTokenTracker(spec)
         self.child_name = child_name
         self.modules = dict(modules)
+        self.enabled = True
         layers = decoder_layers(model)
+        self._layers: list[nn.Module] = list(layers)
         self._handles: list[RemovableHandle] = []
         self._parents: list[nn.Module] = []
         for layer_index, module in sorted(self.modules.items()):
@@ -218,7 +261,7 @@ class ValuePathHooks:
             attn.add_module(child_name, module)
             self._parents.append(attn)
             v_proj = value_projection(layers[layer_index])
-            self._handles.append(v_proj.register_forward_hook(_call_module(module)))
+            self._handles.append(v_proj.register_forward_hook(_call_module(module, self)))
         for layer in layers:
             self._handles.append(
                 layer.register_forward_pre_hook(self.tracker.layer_pre_hook, with_kwargs=True)
@@ -234,7 +277,7 @@ class ValuePathHooks:
             )
 
     def remove(self) -> None:
-        """Remove every hook and child module added by this object (idempotent)."""
+        """Remove every hook, child module and checkpoint wrapper added by this object (idempotent)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -242,10 +285,17 @@ class ValuePathHooks:
             if self.child_name in attn._modules:
                 del attn._modules[self.child_name]
         self._parents = []
+        for layer in self._layers:
+            func = layer.__dict__.get("_gradient_checkpointing_func")
+            if func is not None and self.tracker in _owners(func):
+                layer._gradient_checkpointing_func = _without(func, self.tracker)
+        self._layers = []
 
 
-def _call_module(module: ValuePathModule) -> Callable:
-    def hook(_v_proj: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+def _call_module(module: ValuePathModule, hooks: ValuePathHooks) -> Callable:
+    def hook(_v_proj: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if not hooks.enabled:
+            return None  # keep the projection's own output
         return module(args[0], out)
 
     return hook

@@ -11,6 +11,7 @@ The delta is computed on the gathered visual rows only, so its cost scales with 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -93,7 +94,7 @@ class ImageLoRALayer(ValuePathModule):
 
 
 class ImageLoRAHandle:
-    """What `attach_image_lora` returns: the adapter modules, their metadata, and `detach()`."""
+    """What `attach_image_lora` returns: the adapter modules, their metadata, `disabled()` and `detach()`."""
 
     def __init__(
         self,
@@ -134,8 +135,22 @@ class ImageLoRAHandle:
         """Trainable parameter count (uses ds_numel under ZeRO-3, where numel() is 0)."""
         return sum(int(getattr(p, "ds_numel", p.numel())) for p in self.parameters())
 
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the frozen base model inside the block (bit for bit); the adapter is active again after it."""
+        # Only a flag flips: hooks, modules and parameters stay registered, so nothing is re-created and
+        # optimizers, DDP/ZeRO and checkpoint wrappers keep seeing the same objects. Blocks may nest.
+        hooks = self._hooks
+        if hooks is None:
+            raise ImageLoRAError("the Image-LoRA handle is detached: nothing to disable")
+        previous, hooks.enabled = hooks.enabled, False
+        try:
+            yield
+        finally:
+            hooks.enabled = previous
+
     def detach(self) -> None:
-        """Remove hooks and modules and restore requires_grad flags: the model is as before attach."""
+        """Remove hooks, modules and checkpoint wrappers; restore requires_grad: the model as before."""
         if self._hooks is None:
             return
         self._hooks.remove()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch import nn
 from imagelora_dist.data.collate import Sample, collate
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.generate import eval_mode, model_device_dtype, to_model
+
+if TYPE_CHECKING:
+    from imagelora_dist.adapter.image_lora import ImageLoRAHandle
 
 _DEFAULT_PROMPTS = (
     "Tom has 3 boxes with 12 apples in each box. He gives away 9 apples. How many apples does he have left?",
@@ -80,8 +83,8 @@ def text_max_abs_logit_diff(
 ) -> float:
     """max |logits(model as is) - logits(inside `disabled()`)| over every real token of the text prompts.
 
-    `disabled` returns a context manager in which the adapter is off, e.g.
-    `lambda: image_lora_disabled(handle)` or `lambda: peft_disabled(peft_model)`. 0.0 means the
+    `disabled` returns a context manager in which the adapter is off: an Image-LoRA handle's
+    `handle.disabled`, or `lambda: peft_disabled(peft_model)` for the LoRA baseline. 0.0 means the
     adapter leaves text-only logits bit-identical (up to the sign of zeros); NaN if either run has NaN.
     Batches are compared one at a time, so memory holds two batches of logits at most.
     """
@@ -101,31 +104,9 @@ def text_max_abs_logit_diff(
     return worst
 
 
-@contextlib.contextmanager
-def image_lora_disabled(handle: Any) -> Iterator[None]:
-    """Image-LoRA off for the block: each adapter module passes the `v_proj` output through unchanged.
-
-    The hooks, modules and parameters all stay in place (nothing re-created, nothing re-registered); only
-    each module's `forward` is shadowed by an identity for the duration, so the disabled model computes
-    exactly what the frozen base model computes.
-    """
-    if not getattr(handle, "attached", True):
-        raise ImageLoRAError("the Image-LoRA handle is detached: nothing to disable")
-    modules = list(handle.modules.values())
-
-    def passthrough(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return out
-
-    for module in modules:
-        if "forward" in module.__dict__:
-            raise ImageLoRAError(f"adapter of layer {module.layer_index} is already disabled")
-    try:
-        for module in modules:
-            module.forward = passthrough
-        yield
-    finally:
-        for module in modules:
-            module.__dict__.pop("forward", None)
+def image_lora_disabled(handle: ImageLoRAHandle) -> contextlib.AbstractContextManager:
+    """Image-LoRA off for the block: the handle's own `disabled()` (the frozen base model, bit for bit)."""
+    return handle.disabled()
 
 
 @contextlib.contextmanager

@@ -35,8 +35,8 @@ def unit_probe_vectors(hidden_size: int, num_vectors: int, seed: int) -> torch.T
     return (a / a.norm(dim=0, keepdim=True)).to(torch.float32)
 
 
-class Rank1Probe(ValuePathModule):
-    """Rank-k Image-LoRA over all KV heads with frozen unit-norm A and zero B (the only trainable)."""
+class RankKProbe(ValuePathModule):
+    """Probe of the `rank1` method, of rank k = num_vectors: all KV heads, frozen unit-norm A, zero B."""
 
     def __init__(self, a: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -106,11 +106,11 @@ class HeadProbe:
         self.spec: ModelSpec = resolve_model(model)
         layers = decoder_layers(model)
         a = unit_probe_vectors(self.spec.hidden_size, num_vectors, seed)
-        self.modules: dict[int, Rank1Probe | GateProbe] = {}
+        self.modules: dict[int, RankKProbe | GateProbe] = {}
         for index, layer in enumerate(layers):
             device = value_projection(layer).weight.device
             if method == "rank1":
-                self.modules[index] = Rank1Probe(a.to(device), self.spec.num_kv_heads, self.spec.head_dim)
+                self.modules[index] = RankKProbe(a.to(device), self.spec.num_kv_heads, self.spec.head_dim)
             else:
                 self.modules[index] = GateProbe(self.spec.num_kv_heads, self.spec.head_dim, device)
         # Hooks first: if attaching fails (say, a probe is already attached) nothing else has changed.
