@@ -91,9 +91,20 @@ class SynthConfig(_Strict):
     tasks: tuple[Literal["grounding", "referring"], ...] = ("grounding", "referring")
     seed: int = 0
     workers: int | None = Field(None, ge=1)
-    # `shapes`: coloured shapes instead of application windows (data/shapes.py), for a base too small to
-    # read; left out of dumps at the default so existing stage hashes stay as they were.
-    style: Literal["gui", "shapes"] = Field("gui", exclude_if=lambda v: v == "gui")
+    # `gui` (application windows), or any other screen style by import path "package.module:ATTR" (a
+    # ScreenStyle, see data/synth/styles.py; loaded when the spec is made), e.g. the fidelity study's
+    # `fidelity.shapes:STYLE`. Left out of dumps at the default so existing stage hashes stay as they were.
+    style: str = Field("gui", exclude_if=lambda v: v == "gui")
+
+    @field_validator("style")
+    @classmethod
+    def _style_name(cls, v: str) -> str:
+        module, colon, attr = v.partition(":")
+        is_path = colon and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
+        if v == "gui" or is_path:
+            return v
+        raise ValueError("must be gui or an import path 'package.module:ATTR'")
+
     # `pretrain`: grounding and referring asked in the pre-training tasks' words ("Give the coordinates of
     # the red circle.", "Describe the element at (x, y)."), a task a pre-trained base already knows, as in
     # the paper (Qwen2.5-VL already grounds); `downstream` (default): a new instruction format.

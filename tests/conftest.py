@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny models of every family and real processor-made batches."""
+"""Shared fixtures: tiny models of every family and a local Ray (batches: vlm_batches.py).
+
+The tests mirror the package (tests/adapter, models, probe, data, eval, train, app, deploy); whole-system
+tests live in tests/integration. Integration tests (that folder, or any test using a fixture below that
+starts Ray, trains with DeepSpeed or runs a pipeline) carry the `integration` marker: `make test-fast`
+runs the rest."""
 
 from __future__ import annotations
 
@@ -14,14 +19,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from imagelora_dist.data.collate import Sample, collate  # noqa: E402
-from imagelora_dist.data.screens import make_screen  # noqa: E402
 from imagelora_dist.models import TINY_FAMILIES, build_tiny_vlm  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-# Families whose processor accepts several images in one sample.
-MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "gemma3", "idefics3"}
 
 
 @pytest.fixture(scope="module")
@@ -48,35 +48,6 @@ def tiny(family):
     return model, processor
 
 
-def image_batch(
-    processor, n: int = 2, images_per_sample: int = 1, padding_side: str = "right", seed: int = 0
-):
-    """A batch of n grounding samples of different lengths, answer-only labels."""
-    processor.tokenizer.padding_side = padding_side
-    samples = []
-    for i in range(n):
-        screens = [make_screen(seed * 1000 + i * 10 + j) for j in range(images_per_sample)]
-        instruction = screens[0].instruction + " Please answer quickly." * i
-        samples.append(Sample(instruction, screens[0].answer, [s.image for s in screens]))
-    return collate(processor, samples)
-
-
-def text_batch(processor, padding_side: str = "right"):
-    """A text-only batch (no images anywhere)."""
-    processor.tokenizer.padding_side = padding_side
-    samples = [Sample("What is 12 plus 30?", "42"), Sample("Name a color of the sky on a clear day.", "blue")]
-    return collate(processor, samples)
-
-
-def visual_mask(batch, spec) -> torch.Tensor:
-    """Independent visual mask: positions whose id is the config's image or video token."""
-    ids = batch["input_ids"]
-    mask = ids == spec.image_token_id
-    if spec.video_token_id is not None:
-        mask |= ids == spec.video_token_id
-    return mask
-
-
 # Fixtures that start Ray, train with DeepSpeed or run a whole pipeline: a test using one is an
 # integration test (`make test-fast` leaves those out; `make test` and CI run everything).
 INTEGRATION_FIXTURES = frozenset(
@@ -86,5 +57,6 @@ INTEGRATION_FIXTURES = frozenset(
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        in_folder = "integration" in item.path.relative_to(config.rootpath).parts
+        if in_folder or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)

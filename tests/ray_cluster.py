@@ -1,4 +1,4 @@
-"""A private, single-node Ray head for tests that submit jobs (tests/test_ray_job.py, tests/test_k8s_rayjob.py).
+"""A private, single-node Ray head for tests that submit jobs (tests/integration/test_ray_job.py.py, tests/integration/test_k8s_rayjob.py.py).
 
 The cluster never joins or stops anyone else's: every port it could collide on is a free one picked here, and
 its temp dir is a fresh short directory under /tmp. `ray stop` is never used, because it kills every Ray

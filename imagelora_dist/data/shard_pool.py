@@ -1,7 +1,7 @@
 """Render a synthetic dataset into shards plus `index.json` with a process pool: same bytes for any pool size.
 
-Both synthesizers (`synth.py`: grounding/referring screens, `pretrain_tasks.py`: the base model's generic
-tasks) describe a dataset as a frozen spec with `num_samples`, `samples_per_shard`, `prefix` and
+Every synthesizer (`synth/`: grounding/referring screens; the research pre-training tasks: a base model's
+generic tasks) describes a dataset as a frozen spec with `num_samples`, `samples_per_shard`, `prefix` and
 `num_shards`, and a top-level `make(spec, index)` that is a pure function of the index. This module does the
 rest once: shard `i` holds samples `[i * per_shard, (i + 1) * per_shard)`, whichever worker renders it.
 """
@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,14 @@ def _write_one_shard(job: tuple[MakeSample, Any, int, str]) -> tuple[int, ShardI
     return i, write_shard(Path(out_dir) / shard_name(spec.prefix, i), (make(spec, k) for k in range(lo, hi)))
 
 
-def _pool_context(preload: str) -> multiprocessing.context.BaseContext:
+def _pool_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     # Not fork: the parent may hold torch threads. A forkserver (preloaded with the sample module) starts
     # each worker in milliseconds instead of re-importing the package; spawn where there is no forkserver.
+    # The preload only takes effect when this process starts its forkserver: a module missing from it is
+    # imported by each worker on first use, so it speeds workers up and never changes what they render.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([preload])
+        ctx.set_forkserver_preload(list(preload))
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -62,8 +64,13 @@ def render_shards(
     overwrite: bool,
     tag: str,
     created_by: str,
+    preload: Sequence[str] = (),
 ) -> ShardIndex:
-    """Render every sample of `spec` with `make` into shards plus `index.json` in `out_dir`."""
+    """Render every sample of `spec` with `make` into shards plus `index.json` in `out_dir`.
+
+    `preload`: modules besides `make`'s that every worker needs (e.g. the module of a screen style named
+    in the spec), imported once in the forkserver instead of in each worker.
+    """
     out = Path(out_dir)
     if (out / INDEX_NAME).exists() and not overwrite:
         raise ImageLoRAError(
@@ -99,7 +106,7 @@ def render_shards(
         for job in jobs:
             report(*_write_one_shard(job))
     else:
-        with _pool_context(make.__module__).Pool(n_workers) as pool:
+        with _pool_context([make.__module__, *preload]).Pool(n_workers) as pool:
             for i, info in pool.imap_unordered(_write_one_shard, jobs):
                 report(i, info)
     index = ShardIndex(

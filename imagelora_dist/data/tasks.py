@@ -40,10 +40,9 @@ def grounding_answer(box: Sequence[float], width: int, height: int) -> str:
     return f"({x}, {y})"
 
 
-def referring_instruction(box: Sequence[float], width: int, height: int, style: str = "gui") -> str:
-    """Ask what the element inside a box is (on a `shapes` screen: its shape and colour)."""
+def referring_instruction(box: Sequence[float], width: int, height: int, what: str = "type and text") -> str:
+    """Ask what the element inside a box is, answered with `what` (a GUI element: its type and text)."""
     x0, y0, x1, y1 = normalize_box(box, width, height)
-    what = "shape and colour" if style == "shapes" else "type and text"
     return f"What is the element in the box ({x0}, {y0}, {x1}, {y1})? Answer with its {what}."
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from imagelora_dist.data.pretrain_tasks import arithmetic_problem
+from imagelora_dist.data.text_problems import arithmetic_problem
 from imagelora_dist.eval.generate import generate_text_answers
 
 _NUMBER = re.compile(r"-?\d+")

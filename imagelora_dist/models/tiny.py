@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,202 +146,236 @@ def _mrope(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """The resolved shape of a tiny model: text decoder and vision tower (`vision` as in _VISION)."""
+
+    layers: int = 0
+    hidden: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    vision: dict[str, int] | None = None
+
+
+def _shape(family: str, size: TinySize | None) -> _Shape:
+    """The requested size's fields over the family's defaults (resizable Qwen families only)."""
+    if family not in SIZED_FAMILIES:
+        return _Shape(vision=_VISION)
+    d, z = _default_size(family), size or TinySize()
+    vh = z.vision_hidden or d.vision_hidden
+    vision = {"hidden": vh, "intermediate": 2 * vh, "layers": z.vision_layers or d.vision_layers,
+              "heads": z.vision_heads or d.vision_heads}  # fmt: skip
+    return _Shape(
+        z.layers or d.layers, z.hidden or d.hidden, z.heads or d.heads, z.kv_heads or d.kv_heads, vision
+    )
+
+
+def _qwen_token_ids(tok: Any) -> dict[str, int]:
+    image, video, vstart, vend = _ids(
+        tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
+    )
+    return {"image_token_id": image, "video_token_id": video, "vision_start_token_id": vstart,
+            "vision_end_token_id": vend}  # fmt: skip
+
+
+def _qwen2_vl_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    text = _qwen2_text(tok, layers=s.layers, heads=s.heads, kv_heads=s.kv_heads, hidden=s.hidden)
+    vision = {
+        "depth": v["layers"],
+        "embed_dim": v["hidden"],
+        "mlp_ratio": v["intermediate"] // v["hidden"],
+        "num_heads": v["heads"],
+        "hidden_size": text["hidden_size"],  # Qwen2-VL's vision "hidden_size" is the merger output
+        "patch_size": P.QWEN2_PATCH,
+        "spatial_merge_size": P.QWEN_MERGE,
+        "temporal_patch_size": 2,
+    }
+    return Qwen2VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tok))
+
+
+def _qwen2_5_vl_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    text = _qwen2_text(tok, layers=s.layers, heads=s.heads, kv_heads=s.kv_heads, hidden=s.hidden)
+    vision = {
+        "depth": v["layers"],
+        "hidden_size": v["hidden"],
+        "intermediate_size": v["intermediate"],
+        "num_heads": v["heads"],
+        "out_hidden_size": text["hidden_size"],
+        "patch_size": P.QWEN2_PATCH,
+        "spatial_merge_size": P.QWEN_MERGE,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [v["layers"] - 1],  # must index an existing block
+    }
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tok))
+
+
+def _qwen3_vl_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    eot, im_end = _ids(tok, "<|endoftext|>", "<|im_end|>")
+    # head_dim * heads (256) != hidden (192), as in real Qwen3-VL: code must not assume hidden // heads
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": s.hidden,
+        # 512 at the default width keeps the default tiny model's shapes (and weights) unchanged
+        "intermediate_size": 512 if s.hidden == 192 else 2 * s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "head_dim": 32,
+        "max_position_embeddings": 2048,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [8, 4, 4],
+            "mrope_interleaved": True,
+        },
+        "bos_token_id": eot,
+        "eos_token_id": im_end,
+        "pad_token_id": eot,
+    }
+    vision = {
+        "depth": v["layers"],
+        "hidden_size": v["hidden"],
+        "intermediate_size": v["intermediate"],
+        "num_heads": v["heads"],
+        "out_hidden_size": text["hidden_size"],
+        "patch_size": P.QWEN3_PATCH,
+        "spatial_merge_size": P.QWEN_MERGE,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 256,  # a 16x16 learned grid, interpolated to each image (must be square)
+        "deepstack_visual_indexes": [0],  # must index an existing block
+    }
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tok))
+
+
+def _llava_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    image, bos, eos, pad = _ids(tok, "<image>", "<s>", "</s>", "<pad>")
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=v["hidden"],
+        intermediate_size=v["intermediate"],
+        num_hidden_layers=v["layers"],
+        num_attention_heads=v["heads"],
+        image_size=P.LLAVA_IMAGE_SIZE,
+        patch_size=P.LLAVA_PATCH,
+        projection_dim=v["hidden"],
+    )
+    return LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=image,
+        image_seq_length=(P.LLAVA_IMAGE_SIZE // P.LLAVA_PATCH) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+
+
+def _idefics3_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    image, bos, eos, pad = _ids(tok, "<image>", "<|begin_of_text|>", "<end_of_utterance>", "<pad>")
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    vision = Idefics3VisionConfig(
+        hidden_size=v["hidden"],
+        intermediate_size=v["intermediate"],
+        num_hidden_layers=v["layers"],
+        num_attention_heads=v["heads"],
+        image_size=P.IDEFICS3_IMAGE_SIZE,
+        patch_size=P.IDEFICS3_PATCH,
+    )
+    return Idefics3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image,
+        scale_factor=P.IDEFICS3_SCALE_FACTOR,
+        pad_token_id=pad,
+    )
+
+
+def _gemma3_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    image, boi, eoi, bos, eos, pad = _ids(
+        tok, "<image_soft_token>", "<start_of_image>", "<end_of_image>", "<bos>", "<eos>", "<pad>"
+    )
+    # head_dim * heads (256) != hidden (192), as in real Gemma3; 6 layers = 5 sliding + 1 global
+    text = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        max_position_embeddings=2048,
+        sliding_window=512,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=v["hidden"],
+        intermediate_size=v["intermediate"],
+        num_hidden_layers=v["layers"],
+        num_attention_heads=v["heads"],
+        image_size=P.GEMMA3_IMAGE_SIZE,
+        patch_size=P.GEMMA3_PATCH,
+        vision_use_head=False,
+    )
+    return Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=P.GEMMA3_MM_TOKENS,
+        image_token_index=image,
+        boi_token_index=boi,
+        eoi_token_index=eoi,
+    )
+
+
+_CONFIG_BUILDERS: dict[str, Callable[[Any, _Shape], PretrainedConfig]] = {
+    "qwen2_vl": _qwen2_vl_config,
+    "qwen2_5_vl": _qwen2_5_vl_config,
+    "qwen3_vl": _qwen3_vl_config,
+    "llava": _llava_config,
+    "idefics3": _idefics3_config,
+    "gemma3": _gemma3_config,
+}
+
+
 def _config(family: str, tok: Any, size: TinySize | None = None) -> PretrainedConfig:
-    v = _VISION
-    if family in SIZED_FAMILIES:
-        d, z = _default_size(family), size or TinySize()
-        layers, hidden = z.layers or d.layers, z.hidden or d.hidden
-        heads, kv = z.heads or d.heads, z.kv_heads or d.kv_heads
-        vh = z.vision_hidden or d.vision_hidden
-        v = {"hidden": vh, "intermediate": 2 * vh, "layers": z.vision_layers or d.vision_layers,
-             "heads": z.vision_heads or d.vision_heads}  # fmt: skip
-    if family in ("qwen2_vl", "qwen2_5_vl"):
-        image, video, vstart, vend = _ids(
-            tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
+    """The tiny model config of `family` for tokenizer `tok` (its special-token ids), at `size`."""
+    builder = _CONFIG_BUILDERS.get(family)
+    if builder is None:
+        raise UnsupportedModelError(
+            f"unknown tiny VLM family {family!r}; supported: {', '.join(TINY_FAMILIES)}"
         )
-        token_ids = {
-            "image_token_id": image,
-            "video_token_id": video,
-            "vision_start_token_id": vstart,
-            "vision_end_token_id": vend,
-        }
-        if family == "qwen2_vl":
-            text = _qwen2_text(tok, layers=layers, heads=heads, kv_heads=kv, hidden=hidden)
-            vision = {
-                "depth": v["layers"],
-                "embed_dim": v["hidden"],
-                "mlp_ratio": v["intermediate"] // v["hidden"],
-                "num_heads": v["heads"],
-                "hidden_size": text["hidden_size"],  # Qwen2-VL's vision "hidden_size" is the merger output
-                "patch_size": P.QWEN2_PATCH,
-                "spatial_merge_size": P.QWEN_MERGE,
-                "temporal_patch_size": 2,
-            }
-            return Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)
-        text = _qwen2_text(tok, layers=layers, heads=heads, kv_heads=kv, hidden=hidden)
-        vision = {
-            "depth": v["layers"],
-            "hidden_size": v["hidden"],
-            "intermediate_size": v["intermediate"],
-            "num_heads": v["heads"],
-            "out_hidden_size": text["hidden_size"],
-            "patch_size": P.QWEN2_PATCH,
-            "spatial_merge_size": P.QWEN_MERGE,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [v["layers"] - 1],  # must index an existing block
-        }
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)
-
-    if family == "qwen3_vl":
-        image, video, vstart, vend = _ids(
-            tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
-        )
-        eot, im_end = _ids(tok, "<|endoftext|>", "<|im_end|>")
-        # head_dim * heads (256) != hidden (192), as in real Qwen3-VL: code must not assume hidden // heads
-        text = {
-            "vocab_size": len(tok),
-            "hidden_size": hidden,
-            # 512 at the default width keeps the default tiny model's shapes (and weights) unchanged
-            "intermediate_size": 512 if hidden == 192 else 2 * hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv,
-            "head_dim": 32,
-            "max_position_embeddings": 2048,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [8, 4, 4],
-                "mrope_interleaved": True,
-            },
-            "bos_token_id": eot,
-            "eos_token_id": im_end,
-            "pad_token_id": eot,
-        }
-        vision = {
-            "depth": v["layers"],
-            "hidden_size": v["hidden"],
-            "intermediate_size": v["intermediate"],
-            "num_heads": v["heads"],
-            "out_hidden_size": text["hidden_size"],
-            "patch_size": P.QWEN3_PATCH,
-            "spatial_merge_size": P.QWEN_MERGE,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 256,  # a 16x16 learned grid, interpolated to each image (must be square)
-            "deepstack_visual_indexes": [0],  # must index an existing block
-        }
-        return Qwen3VLConfig(
-            text_config=text,
-            vision_config=vision,
-            image_token_id=image,
-            video_token_id=video,
-            vision_start_token_id=vstart,
-            vision_end_token_id=vend,
-        )
-
-    if family == "llava":
-        image, bos, eos, pad = _ids(tok, "<image>", "<s>", "</s>", "<pad>")
-        text = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            max_position_embeddings=2048,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        vision = CLIPVisionConfig(
-            hidden_size=v["hidden"],
-            intermediate_size=v["intermediate"],
-            num_hidden_layers=v["layers"],
-            num_attention_heads=v["heads"],
-            image_size=P.LLAVA_IMAGE_SIZE,
-            patch_size=P.LLAVA_PATCH,
-            projection_dim=v["hidden"],
-        )
-        return LlavaConfig(
-            text_config=text,
-            vision_config=vision,
-            image_token_index=image,
-            image_seq_length=(P.LLAVA_IMAGE_SIZE // P.LLAVA_PATCH) ** 2,
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-1,
-        )
-
-    if family == "idefics3":
-        image, bos, eos, pad = _ids(tok, "<image>", "<|begin_of_text|>", "<end_of_utterance>", "<pad>")
-        text = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=4,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            rms_norm_eps=1e-5,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        vision = Idefics3VisionConfig(
-            hidden_size=v["hidden"],
-            intermediate_size=v["intermediate"],
-            num_hidden_layers=v["layers"],
-            num_attention_heads=v["heads"],
-            image_size=P.IDEFICS3_IMAGE_SIZE,
-            patch_size=P.IDEFICS3_PATCH,
-        )
-        return Idefics3Config(
-            text_config=text,
-            vision_config=vision,
-            image_token_id=image,
-            scale_factor=P.IDEFICS3_SCALE_FACTOR,
-            pad_token_id=pad,
-        )
-
-    if family == "gemma3":
-        image, boi, eoi, bos, eos, pad = _ids(
-            tok, "<image_soft_token>", "<start_of_image>", "<end_of_image>", "<bos>", "<eos>", "<pad>"
-        )
-        # head_dim * heads (256) != hidden (192), as in real Gemma3; 6 layers = 5 sliding + 1 global
-        text = Gemma3TextConfig(
-            vocab_size=len(tok),
-            hidden_size=192,
-            intermediate_size=512,
-            num_hidden_layers=6,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            head_dim=32,
-            query_pre_attn_scalar=32,
-            max_position_embeddings=2048,
-            sliding_window=512,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        vision = SiglipVisionConfig(
-            hidden_size=v["hidden"],
-            intermediate_size=v["intermediate"],
-            num_hidden_layers=v["layers"],
-            num_attention_heads=v["heads"],
-            image_size=P.GEMMA3_IMAGE_SIZE,
-            patch_size=P.GEMMA3_PATCH,
-            vision_use_head=False,
-        )
-        return Gemma3Config(
-            text_config=text,
-            vision_config=vision,
-            mm_tokens_per_image=P.GEMMA3_MM_TOKENS,
-            image_token_index=image,
-            boi_token_index=boi,
-            eoi_token_index=eoi,
-        )
-
-    raise UnsupportedModelError(f"unknown tiny VLM family {family!r}; supported: {', '.join(TINY_FAMILIES)}")
+    return builder(tok, _shape(family, size))
 
 
 _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {

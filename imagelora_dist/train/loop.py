@@ -277,27 +277,24 @@ def _resume(
     return step, cursor
 
 
-def train_worker(
-    cfg: RunConfig,
-    ctx: WorkerContext,
-    shards: str,
-    *,
-    ckpt_dir: Path,
-    resume: bool = False,
-    report: Report | None = None,
-    stop_after: int | None = None,
-    log: Callable[[str], None] = print,
-    ds_template: dict[str, Any] | None = None,
-) -> tuple[Adapted, dict[str, float]]:
-    """Train on this worker's split; returns the adapted model and the last metrics.
+@dataclass
+class _Setup:
+    """What a worker trains with: the adapted model in its DeepSpeed engine, and its data path."""
 
-    `report(metrics, checkpoint_tag)` is called at every optimizer step (tag set when a checkpoint was
-    written). `stop_after` stops after that many optimizer steps (for tests of resume).
-    """
+    adapted: Adapted
+    engine: Any
+    stage: int
+    reader: ShardReader
+    collator: BatchCollator
+    vcache: Any
+    pcache: Any
+
+
+def _adapted_model(cfg: RunConfig, ctx: WorkerContext) -> tuple[Adapted, Any, Any, Any]:
+    """The configured model on this worker's device with the method attached and the speed flags set;
+    also its processor, the speed-ups applied and the base model's ModelSpec."""
     from imagelora_dist.models.build import build_model, resolved_dtype
 
-    deepspeed = _import_deepspeed()
-    on_gpu = ctx.device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
     model, processor = build_model(cfg.model)
     model.to(ctx.device)
@@ -320,6 +317,20 @@ def train_worker(
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
     speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg.model))
+    return adapted, processor, speed, spec
+
+
+def _setup(
+    cfg: RunConfig,
+    ctx: WorkerContext,
+    shards: str,
+    ds_template: dict[str, Any] | None,
+    log: Callable[[str], None],
+) -> _Setup:
+    """Model, DeepSpeed engine, shard reader and collator of this worker."""
+    deepspeed = _import_deepspeed()
+    on_gpu = ctx.device.type == "cuda"
+    adapted, processor, speed, spec = _adapted_model(cfg, ctx)
     vcache, pcache = speed.vision, speed.prefix
     # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: every
     # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So
@@ -360,13 +371,86 @@ def train_worker(
         elif ctx.rank == 0:
             log("[train] speed.vision_cache_skip_processor is inactive: loader processes "
                 f"(data.num_workers: {cfg.data.num_workers}) cannot see the cache; every batch is processed")  # fmt: skip
+    return _Setup(adapted, engine, stage, reader, collator, vcache, pcache)
+
+
+def _step_metrics(
+    run: _Setup, ctx: WorkerContext, step: int, loss: torch.Tensor, tokens: int, visual: int, elapsed: float
+) -> dict[str, float]:
+    """The metrics of an optimizer step (the loss as the mean over ranks)."""
+    engine, vcache, pcache = run.engine, run.vcache, run.pcache
+    mean_loss = loss.detach().float().clone()
+    if ctx.world_size > 1:  # report the global mean, not rank 0's micro-batch
+        torch.distributed.all_reduce(mean_loss)
+        mean_loss /= ctx.world_size
+    metrics = {
+        "loss": float(mean_loss),
+        "lr": float(engine.get_lr()[0]),
+        "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        "tokens_per_s": tokens / elapsed,
+        "visual_tokens_per_s": visual / elapsed,
+        "step_time_s": elapsed,
+        "step": float(step),
+        "workers": float(ctx.world_size),  # an elastic run's group size, step by step
+    }
+    if ctx.device.type == "cuda":
+        metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if vcache is not None:
+        metrics["vision_cache_hit_rate"] = vcache.hits / max(1, vcache.hits + vcache.misses)
+        metrics["image_processor_skipped_batches"] = float(run.collator.skipped_batches)
+    if pcache is not None:
+        metrics["prefix_cache_hit_rate"] = pcache.hits / max(1, pcache.hits + pcache.misses)
+    return metrics
+
+
+def _save_checkpoint(
+    cfg: RunConfig, run: _Setup, ctx: WorkerContext, ckpt_dir: Path, step: int, cursor: Cursor
+) -> str:
+    """Write checkpoint `step-N` (DeepSpeed's files, the portable state, the cursor; at the last step the
+    adapter in its inference format) and return its tag. Every rank calls this."""
+    engine = run.engine
+    tag = f"step-{step:06d}"
+    client = {"step": step, "cursor": cursor.to_dict(), "torch_rng": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        client["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, exclude_frozen_parameters=True)
+    # every rank: the whole adapter and moments are gathered; rank 0 writes them
+    save_portable_state(engine, ckpt_dir / tag, rank=ctx.rank, step=step, cursor=cursor.to_dict())
+    if ctx.rank == 0:  # for the driver's check, and the workers' choice of how to resume
+        write_cursor_file(
+            ckpt_dir / tag, cursor, zero_stage=run.stage, global_batch=engine.train_batch_size()
+        )
+    if step == cfg.train.steps:
+        save_final_adapter(run.adapted, cfg.train.method, ckpt_dir / tag, ctx.rank)
+    return tag
+
+
+def train_worker(
+    cfg: RunConfig,
+    ctx: WorkerContext,
+    shards: str,
+    *,
+    ckpt_dir: Path,
+    resume: bool = False,
+    report: Report | None = None,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+    ds_template: dict[str, Any] | None = None,
+) -> tuple[Adapted, dict[str, float]]:
+    """Train on this worker's split; returns the adapted model and the last metrics.
+
+    `report(metrics, checkpoint_tag)` is called at every optimizer step (tag set when a checkpoint was
+    written). `stop_after` stops after that many optimizer steps (for tests of resume).
+    """
+    run = _setup(cfg, ctx, shards, ds_template, log)
+    engine, vcache, pcache = run.engine, run.vcache, run.pcache
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
     )
     step = 0
     tag = latest_checkpoint(ckpt_dir) if resume else None
     if tag is not None:
-        step, cursor = _resume(engine, ckpt_dir, tag, cursor, stage, ctx, log)
+        step, cursor = _resume(engine, ckpt_dir, tag, cursor, run.stage, ctx, log)
     metrics: dict[str, float] = {}
     micro = 0
     last_inputs = last_digests = last_keys = None
@@ -374,8 +458,8 @@ def train_worker(
     tokens = visual = 0
     t_step = time.perf_counter()
     while step < cfg.train.steps:
-        loader = make_loader(reader, rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
-                             collate_fn=collator, cursor=cursor)  # fmt: skip
+        loader = make_loader(run.reader, rank=ctx.rank, world_size=ctx.world_size,
+                             num_workers=cfg.data.num_workers, collate_fn=run.collator, cursor=cursor)  # fmt: skip
         batches_per_epoch = len(loader)  # this epoch's (a resume on another layout shortens its rest)
         if batches_per_epoch == 0:
             cursor.finish_epoch()
@@ -411,48 +495,12 @@ def train_worker(
             if micro % engine.gradient_accumulation_steps():
                 continue
             step += 1
-            elapsed = time.perf_counter() - t_step
-            mean_loss = loss.detach().float().clone()
-            if ctx.world_size > 1:  # report the global mean, not rank 0's micro-batch
-                torch.distributed.all_reduce(mean_loss)
-                mean_loss /= ctx.world_size
-            metrics = {
-                "loss": float(mean_loss),
-                "lr": float(engine.get_lr()[0]),
-                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                "tokens_per_s": tokens / elapsed,
-                "visual_tokens_per_s": visual / elapsed,
-                "step_time_s": elapsed,
-                "step": float(step),
-                "workers": float(ctx.world_size),  # an elastic run's group size, step by step
-            }
-            if on_gpu:
-                metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            if vcache is not None:
-                metrics["vision_cache_hit_rate"] = vcache.hits / max(1, vcache.hits + vcache.misses)
-                metrics["image_processor_skipped_batches"] = float(collator.skipped_batches)
-            if pcache is not None:
-                metrics["prefix_cache_hit_rate"] = pcache.hits / max(1, pcache.hits + pcache.misses)
+            metrics = _step_metrics(run, ctx, step, loss, tokens, visual, time.perf_counter() - t_step)
             tokens = visual = 0
             t_step = time.perf_counter()
             saved = None
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                saved = f"step-{step:06d}"
-                client = {"step": step, "cursor": cursor.to_dict(), "torch_rng": torch.get_rng_state()}
-                if on_gpu:
-                    client["cuda_rng"] = torch.cuda.get_rng_state(ctx.device)
-                engine.save_checkpoint(
-                    str(ckpt_dir), tag=saved, client_state=client, exclude_frozen_parameters=True
-                )
-                # every rank: the whole adapter and moments are gathered; rank 0 writes them
-                save_portable_state(
-                    engine, ckpt_dir / saved, rank=ctx.rank, step=step, cursor=cursor.to_dict()
-                )
-                if ctx.rank == 0:  # for the driver's check, and the workers' choice of how to resume
-                    write_cursor_file(ckpt_dir / saved, cursor, zero_stage=stage,
-                                      global_batch=engine.train_batch_size())  # fmt: skip
-                if step == cfg.train.steps:
-                    save_final_adapter(adapted, cfg.train.method, ckpt_dir / saved, ctx.rank)
+                saved = _save_checkpoint(cfg, run, ctx, ckpt_dir, step, cursor)
             if report is not None:
                 report(metrics, saved)
             crash_if(FAULT_ENV, f"{ctx.rank}:{step}")
@@ -460,5 +508,5 @@ def train_worker(
                 log(f"[train] step {step}/{cfg.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
                     f"{metrics['tokens_per_s']:.0f} tok/s")  # fmt: skip
             if step >= cfg.train.steps or (stop_after is not None and step >= stop_after):
-                return adapted, metrics
-    return adapted, metrics
+                return run.adapted, metrics
+    return run.adapted, metrics

@@ -1,6 +1,6 @@
 """Reading k8s/: the documents, their pod specs and containers, the path map from the image to this checkout.
 
-Shared by tests/test_k8s_*.py (`from k8s_schemas.manifests import ...`). Plain YAML only (no kustomize):
+Shared by tests/*/test_k8s_*.py (`from k8s_schemas.manifests import ...`). Plain YAML only (no kustomize):
 what `kubectl apply -f` sends is what is read.
 """
 

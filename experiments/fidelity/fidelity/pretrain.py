@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from fidelity.pretrain_tasks import POINT, TEXT_ONLY_TASKS, PretrainSpec, synthesize_pretrain
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator, Sample, collate, fit_pixels
-from imagelora_dist.data.pretrain_tasks import POINT, TEXT_ONLY_TASKS, PretrainSpec, synthesize_pretrain
 from imagelora_dist.data.reader import ShardReader, ShardStream
 from imagelora_dist.data.shards import INDEX_NAME, atomic_write_bytes
 from imagelora_dist.data.tasks import GROUNDING

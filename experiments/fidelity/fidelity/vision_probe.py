@@ -33,14 +33,16 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from imagelora_dist.data import shapes, synth
-from imagelora_dist.data.collate import Sample, collate
-from imagelora_dist.data.pretrain_tasks import (
+from fidelity import shapes
+from fidelity.pretrain_tasks import (
     MAX_LABEL_CHARS,
     PretrainSpec,
     make_pretrain_sample,
     position_name,
 )
+from fidelity.shapes import SHAPES_STYLE
+from imagelora_dist.data import synth
+from imagelora_dist.data.collate import Sample, collate
 from imagelora_dist.data.tasks import box_center, normalize_point
 from imagelora_dist.eval.generate import generate_for_samples
 from imagelora_dist.eval.metrics import click_distance, grounding_hit
@@ -105,7 +107,7 @@ def colour_click_sample(rng: random.Random, w: int, h: int, task: str = "colour_
 def shapes_point_sample(index: int, w: int, h: int) -> Item:
     """The pre-training task `point` on a `shapes` screen, exactly as the pre-trained bases saw it."""
     spec = PretrainSpec(num_samples=index + 1, width=w, height=h, min_elements=1, max_elements=4,
-                        tasks=("point",), style="shapes", seed=7)  # fmt: skip
+                        tasks=("point",), style=SHAPES_STYLE, seed=7)  # fmt: skip
     raw = make_pretrain_sample(spec, index)
     record = raw["json"]
     with Image.open(io.BytesIO(raw["png"])) as im:

@@ -30,7 +30,7 @@ def test_every_shipped_run_config_loads(name):
     if name == "pretrain_base_gpu.yaml":  # the bigger base: resizing reaches the model config
         assert cfg.model.family == "qwen3_vl" and cfg.model.tiny_size().layers == 6 and cfg.train.workers == 1
     if name == "pretrain_base_shapes.yaml":  # runs with --no-ray (make pretrain-base-shapes): one worker
-        assert cfg.data.synth.style == "shapes" and cfg.train.workers == 1
+        assert cfg.data.synth.style == "fidelity.shapes:STYLE" and cfg.train.workers == 1
     if name == "pretrain_base_shapes_fmt_digits.yaml":  # the format-aware base but for the tokenizer
         fmt = load_config(str(path.with_name("pretrain_base_shapes_fmt.yaml")), []).model_dump(mode="json")
         digits = cfg.model_dump(mode="json")
@@ -64,7 +64,7 @@ def test_every_shipped_study_cell_loads(name):
             cfg = cell_config(spec, spec_dir, ratio, method, spec.seeds[0])
             assert cfg.labels["method"] == method
             if name.startswith("shapes"):
-                assert cfg.data.synth.style == "shapes"
+                assert cfg.data.synth.style == "fidelity.shapes:STYLE"
                 base = "-".join(
                     name.removesuffix(".yaml").split("_")[:2]
                 )  # shapes_point_long -> shapes-point

@@ -14,10 +14,7 @@ import torch
 from PIL import Image
 
 from fidelity.pretrain import main
-from imagelora_dist import HeadSelection, attach_image_lora, build_tiny_vlm, load_vlm, resolve_model
-from imagelora_dist.config import load_config
-from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator
-from imagelora_dist.data.pretrain_tasks import (
+from fidelity.pretrain_tasks import (
     ARITHMETIC,
     ELEMENT_TYPE,
     MAX_READ_TEXT_LABELS,
@@ -30,6 +27,9 @@ from imagelora_dist.data.pretrain_tasks import (
     position_name,
     synthesize_pretrain,
 )
+from imagelora_dist import HeadSelection, attach_image_lora, build_tiny_vlm, load_vlm, resolve_model
+from imagelora_dist.config import load_config
+from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator
 from imagelora_dist.data.reader import decode_sample
 from imagelora_dist.data.screens import make_screen
 from imagelora_dist.data.shards import read_shard_raw
@@ -394,11 +394,11 @@ def test_pretrain_eval_scores_the_point_task_as_grounding(tmp_path, monkeypatch)
     import statistics
 
     from fidelity import pretrain
-    from imagelora_dist.data.pretrain_tasks import POINT, PretrainSpec, synthesize_pretrain
+    from fidelity.pretrain_tasks import POINT, PretrainSpec, synthesize_pretrain
     from imagelora_dist.data.tasks import box_center, normalize_point
 
     spec = PretrainSpec(num_samples=8, samples_per_shard=4, width=336, height=252, min_elements=1,
-                        max_elements=4, tasks=(POINT,), seed=3, style="shapes")  # fmt: skip
+                        max_elements=4, tasks=(POINT,), seed=3, style="fidelity.shapes:STYLE")  # fmt: skip
     synthesize_pretrain(spec, tmp_path / "d", workers=1)
     seen = []
 

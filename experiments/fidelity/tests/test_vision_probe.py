@@ -7,8 +7,8 @@ def test_vision_probe_colour_screens_name_one_square_and_click_inside_it():
     import random
 
     from fidelity import vision_probe as probe
-    from imagelora_dist.data.pretrain_tasks import POSITIONS
-    from imagelora_dist.data.shapes import COLORS
+    from fidelity.pretrain_tasks import POSITIONS
+    from fidelity.shapes import COLORS
     from imagelora_dist.eval.metrics import grounding_hit
 
     for i in range(40):

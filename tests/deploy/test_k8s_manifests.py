@@ -441,7 +441,7 @@ def test_rayjob_is_the_submit_command(variant):
 
 def test_mlflow_variants_differ_only_in_the_artifact_store():
     """CPU: artifacts on a volume of the pod; GPU: an S3 bucket with credentials from the Secret. The rest
-    (database, init container, server flags) is the same, so tests/test_k8s_mlflow.py covers both."""
+    (database, init container, server flags) is the same, so tests/integration/test_k8s_mlflow.py.py covers both."""
     cpu = one(variant_docs("cpu"), "Deployment", "mlflow")["spec"]["template"]["spec"]
     gpu = one(variant_docs("gpu"), "Deployment", "mlflow")["spec"]["template"]["spec"]
     assert cpu["initContainers"] == gpu["initContainers"]

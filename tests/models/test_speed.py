@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import image_batch
+from vlm_batches import image_batch
 
 from imagelora_dist import attach_image_lora, build_tiny_vlm
 from imagelora_dist.config import load_config
@@ -89,9 +89,8 @@ def test_vision_cache_hits_per_image_across_reshuffled_batches():
 
 
 def test_loader_digests_give_the_keys_the_hook_computes_and_spare_it_the_hashing(monkeypatch):
-    from conftest import make_screen
-
     from imagelora_dist.data.collate import BatchCollator
+    from imagelora_dist.data.screens import make_screen
     from imagelora_dist.models import vision_cache
     from imagelora_dist.models.registry import resolve_model
 
@@ -423,7 +422,7 @@ def test_a_batch_without_pixels_whose_features_are_gone_is_a_clear_error():
 
 
 def test_caches_follow_the_other_ranks_where_ranks_must_run_the_same_modules():
-    # Under ZeRO-3 (tests/test_train.py runs it) each cache asks `agree` whether every rank found its
+    # Under ZeRO-3 (tests/integration/test_train.py.py runs it) each cache asks `agree` whether every rank found its
     # data; a rank that found everything but is outvoted runs the same modules as the others.
     from imagelora_dist.models.prefix_cache import PrefixCache
     from imagelora_dist.models.vision_cache import pixel_digests, pixel_stand_in

@@ -10,7 +10,7 @@ import pytest
 
 from imagelora_dist.cli import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 FIDELITY = REPO / "experiments" / "fidelity"

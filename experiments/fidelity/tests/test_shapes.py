@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imagelora_dist.config import RunConfig
-from imagelora_dist.data.pretrain_tasks import (
+from fidelity.pretrain_tasks import (
     ELEMENT_TYPE,
     POSITION,
     READ_LABEL,
@@ -19,7 +18,8 @@ from imagelora_dist.data.pretrain_tasks import (
     make_pretrain_sample,
     position_name,
 )
-from imagelora_dist.data.shapes import COLORS, SHAPES, render_shapes_screen
+from fidelity.shapes import COLORS, SHAPES, SHAPES_STYLE, render_shapes_screen
+from imagelora_dist.config import RunConfig
 from imagelora_dist.data.synth import SynthSpec, make_sample
 from imagelora_dist.data.tasks import COORD_SCALE, parse_point
 from imagelora_dist.errors import ImageLoRAError
@@ -67,7 +67,9 @@ def test_shapes_screen_is_a_function_of_the_seed():
 
 
 def test_study_samples_on_shapes_screens_point_at_the_named_shape():
-    spec = SynthSpec(num_samples=40, width=336, height=252, min_elements=2, max_elements=5, style="shapes")
+    spec = SynthSpec(
+        num_samples=40, width=336, height=252, min_elements=2, max_elements=5, style=SHAPES_STYLE
+    )
     seen = set()
     for i in range(spec.num_samples):
         sample = make_sample(spec, i)
@@ -84,7 +86,9 @@ def test_study_samples_on_shapes_screens_point_at_the_named_shape():
 
 
 def test_pretrain_samples_on_shapes_screens_agree_with_the_pixels():
-    spec = PretrainSpec(num_samples=50, width=336, height=252, min_elements=2, max_elements=5, style="shapes")
+    spec = PretrainSpec(
+        num_samples=50, width=336, height=252, min_elements=2, max_elements=5, style=SHAPES_STYLE
+    )
     checked = set()
     for i in range(spec.num_samples):
         sample = make_pretrain_sample(spec, i)
@@ -108,18 +112,23 @@ def test_pretrain_samples_on_shapes_screens_agree_with_the_pixels():
     assert checked == {READ_LABEL, ELEMENT_TYPE, POSITION, READ_TEXT}
 
 
-def test_unknown_style_is_one_clear_error():
-    with pytest.raises(ImageLoRAError, match=r"style='circles'.*known: \['gui', 'shapes'\]"):
-        SynthSpec(num_samples=2, style="circles")
+def test_the_shapes_style_loads_by_its_path_and_the_package_does_not_know_it():
+    # The package never imports research code: its table has no `shapes`, and the path resolves here.
+    from fidelity import shapes
+    from imagelora_dist.data.synth import BUILTIN_STYLES, resolve_style
+
+    assert "shapes" not in BUILTIN_STYLES and resolve_style(SHAPES_STYLE) is shapes.STYLE
+    with pytest.raises(ImageLoRAError, match=r"style='shapes'.*known: \['gui'\]"):
+        SynthSpec(num_samples=2, style="shapes")
     with pytest.raises(ValueError, match="style"):
-        RunConfig.model_validate({"data": {"synth": {"style": "circles"}}})
+        RunConfig.model_validate({"data": {"synth": {"style": "shapes"}}})
 
 
 def test_default_style_stays_out_of_config_dumps():
     # Stage hashes come from dumps: configs without a style must hash as they did before it existed.
     assert "style" not in RunConfig().model_dump()["data"]["synth"]
-    shapes = RunConfig.model_validate({"data": {"synth": {"style": "shapes"}}})
-    assert shapes.model_dump()["data"]["synth"]["style"] == "shapes"
+    shapes = RunConfig.model_validate({"data": {"synth": {"style": SHAPES_STYLE}}})
+    assert shapes.model_dump()["data"]["synth"]["style"] == SHAPES_STYLE
 
 
 def test_pipeline_synthesizes_again_when_the_synth_spec_changes(tmp_path):
@@ -139,25 +148,25 @@ def test_pipeline_synthesizes_again_when_the_synth_spec_changes(tmp_path):
     again = ensure_train_shards(load_config(None, [*base, "data.synth.num_samples=6"]), log=logs.append)
     assert first == again and ShardIndex.read(first).total_samples == 6
     assert sum(m.startswith("[data]") for m in logs) == 1  # the second call reused the set
-    cfg = load_config(None, [*base, "data.synth.num_samples=9", "data.synth.style=shapes"])
+    cfg = load_config(None, [*base, "data.synth.num_samples=9", f"data.synth.style={SHAPES_STYLE}"])
     ensure_train_shards(cfg, log=logs.append)
     index = ShardIndex.read(first)
-    assert index.total_samples == 9 and index.meta["spec"]["style"] == "shapes"
+    assert index.total_samples == 9 and index.meta["spec"]["style"] == SHAPES_STYLE
     assert any("synthesized from another data.synth spec" in m for m in logs)
     assert sorted(p.name for p in tmp_path.joinpath("data", "train").glob("*.tar")) == [
         "train-000000.tar", "train-000001.tar", "train-000002.tar"
     ]  # fmt: skip
     held_out = eval_shards(cfg, log=logs.append)
-    assert ShardIndex.read(held_out).meta["spec"]["style"] == "shapes"
+    assert ShardIndex.read(held_out).meta["spec"]["style"] == SHAPES_STYLE
     assert (
         ShardIndex.read(eval_shards(load_config(None, base), log=logs.append)).meta["spec"]["style"] == "gui"
     )
 
 
 def test_opt_in_format_tasks_point_at_and_describe_the_element_the_pixels_show():
-    from imagelora_dist.data.pretrain_tasks import DESCRIBE_AT, POINT
+    from fidelity.pretrain_tasks import DESCRIBE_AT, POINT
 
-    spec = PretrainSpec(num_samples=24, width=336, height=252, min_elements=2, max_elements=4, style="shapes",
+    spec = PretrainSpec(num_samples=24, width=336, height=252, min_elements=2, max_elements=4, style=SHAPES_STYLE,
                         tasks=(POINT, DESCRIBE_AT))  # fmt: skip
     for i in range(spec.num_samples):
         sample = make_pretrain_sample(spec, i)
@@ -175,18 +184,17 @@ def test_opt_in_format_tasks_point_at_and_describe_the_element_the_pixels_show()
     assert all(parse_point(r["answer"] if r["task"] == POINT else r["instruction"]) for r in recs)
 
 
-def test_pretrain_tasks_config_reaches_the_spec_and_stays_out_of_default_dumps():
-    from imagelora_dist.pretrain import pretrain_spec
-
+def test_pretrain_tasks_config_is_checked_and_stays_out_of_default_dumps():
+    # (How the experiment's pretrain_spec reads it is tested with the experiment, experiments/fidelity.)
     assert "pretrain_tasks" not in RunConfig().model_dump()["data"]
     cfg = RunConfig.model_validate({"data": {"pretrain_tasks": ["point", "arithmetic"]}})
-    assert pretrain_spec(cfg).tasks == ("point", "arithmetic")
-    assert pretrain_spec(RunConfig()).tasks == PretrainSpec(num_samples=1).tasks
+    assert cfg.data.pretrain_tasks == ("point", "arithmetic")
+    assert cfg.model_dump()["data"]["pretrain_tasks"] == ("point", "arithmetic")
     with pytest.raises(ValueError, match="pretrain_tasks"):
         RunConfig.model_validate({"data": {"pretrain_tasks": ["pointing"]}})
 
 
-@pytest.mark.parametrize("style", ["shapes", "gui"])
+@pytest.mark.parametrize("style", [SHAPES_STYLE, "gui"])
 def test_pretrain_phrasing_asks_the_same_questions_in_the_pretraining_words(style):
     # The same screens, targets and answers as the downstream set; only the instruction's words change, to
     # the pre-training tasks' `point` / `describe_at` (a task the base already knows).
@@ -209,7 +217,7 @@ def test_pretrain_phrasing_asks_the_same_questions_in_the_pretraining_words(styl
         assert ra["instruction"] != rb["instruction"]
         if rb["task"] == "grounding":
             assert rb["instruction"].startswith(("Give the coordinates of ", "Where exactly is "))
-            if style == "shapes":
+            if style == SHAPES_STYLE:
                 assert f"the {rb['element_text']} {rb['element_type']}" in rb["instruction"]
         else:  # the element's centre in the answer scale, computed here from its box
             x0, y0, x1, y1 = rb["bbox"]
@@ -217,7 +225,7 @@ def test_pretrain_phrasing_asks_the_same_questions_in_the_pretraining_words(styl
             point = parse_point(rb["instruction"])
             assert point == (int(cx * COORD_SCALE / 336), int(cy * COORD_SCALE / 252))
             assert rb["instruction"].startswith(("Describe the element at ", "What is at "))
-            if style == "shapes":
+            if style == SHAPES_STYLE:
                 img = Image.open(io.BytesIO(b["png"])).convert("RGB")
                 assert _colour_at(img, *_pixel(point, 336, 252)) == rb["element_text"]
     with pytest.raises(ImageLoRAError, match=r"phrasing='casual'.*known: \['downstream', 'pretrain'\]"):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import image_batch, text_batch, visual_mask
+from vlm_batches import image_batch, text_batch, visual_mask
 
 from imagelora_dist import HeadSelection, ImageLoRAError, attach_image_lora, build_tiny_vlm, resolve_model
 from imagelora_dist.adapter.hooks import ReplayWithRows, ValuePathHooks

@@ -220,7 +220,7 @@ def test_resume_on_another_layout_without_portable_state_is_refused_before_any_w
     assert (out / "adapter" / "adapter_model.safetensors").is_file()  # the finished run is left as it was
 
 
-# 2 -> 1 workers (ZeRO-2) from an object store: tests/test_train_object_store.py
+# 2 -> 1 workers (ZeRO-2) from an object store: tests/integration/test_train_object_store.py.py
 @pytest.mark.parametrize("before,after,stage", [(1, 2, 3)])
 def test_resume_on_another_worker_count_ends_where_the_uninterrupted_run_ends(
     reference, shards, tmp_path, monkeypatch, capsys, before, after, stage
@@ -286,7 +286,7 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
     # bench/resume_check.py (also the GPU check): 4 steps vs 2 + resumed from DeepSpeed's files, vs 2 +
     # resumed from the portable state alone, and a micro-batch change mid-epoch.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    script = Path(__file__).resolve().parent.parent / "bench" / "resume_check.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / "resume_check.py"
     proc = subprocess.run([sys.executable, str(script), "--shards", shards, "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

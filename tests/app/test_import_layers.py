@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "imagelora_dist"
+PACKAGE = Path(__file__).resolve().parents[2] / "imagelora_dist"
 ROOT = "imagelora_dist"
 
 # floor -> module prefixes; a module belongs to the floor of its longest matching prefix.

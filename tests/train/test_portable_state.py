@@ -1,5 +1,5 @@
 """The world-size-independent resume state without ZeRO (the torch optimizer holds the module's own
-parameters) and its refusals; the ZeRO paths run in tests/test_train.py."""
+parameters) and its refusals; the ZeRO paths run in tests/integration/test_train.py.py."""
 
 from __future__ import annotations
 

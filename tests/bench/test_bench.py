@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 METHODS = ("image_lora_all", "image_lora_upper", "image_lora_upper_prefix", "lora_v_proj", "lora_all_linear")
 
 

@@ -110,7 +110,7 @@ def test_embedded_default_is_the_shipped_yaml_and_the_schema_defaults():
 def test_every_shipped_run_config_loads():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
     assert configs, "configs/ holds the real-model run configs"
     for path in configs:
         assert load_config(str(path), []).model.path, f"{path.name}: a real checkpoint from a local path"

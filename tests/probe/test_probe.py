@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import image_batch, visual_mask
+from vlm_batches import image_batch, visual_mask
 
 from imagelora_dist import ImageLoRAError, probe_head_scores, resolve_model
 from imagelora_dist.models.registry import decoder_layers

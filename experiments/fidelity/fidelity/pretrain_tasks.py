@@ -1,7 +1,7 @@
 """Generic pre-training tasks for a small base VLM: read, name and place GUI elements, plus text arithmetic.
 
 A base model should already see and read before the study fine-tunes it on grounding, as a real VLM
-does. These samples teach that on the synthetic screens of `synth.py`, with instruction formats that
+does. These samples teach that on the synthetic screens of `synth/`, with instruction formats that
 differ from the downstream tasks (no `(x, y)` click answers, no `type: text` referring answers):
 
 - `read_text`      "Read the text on the screen."                 -> up to 8 labels in reading order, `A | B | C`
@@ -36,10 +36,16 @@ from typing import Any
 
 from PIL import Image
 
+from fidelity.shapes import SHAPES_STYLE
 from imagelora_dist.data.shard_pool import render_shards
 from imagelora_dist.data.shards import ShardIndex
-from imagelora_dist.data.synth import Element, SynthSpec, encode_png, render
+from imagelora_dist.data.synth.elements import Element
+from imagelora_dist.data.synth.instructions import describe_at_question
+from imagelora_dist.data.synth.sample import encode_png, render
+from imagelora_dist.data.synth.spec import SynthSpec
+from imagelora_dist.data.synth.styles import resolve_style
 from imagelora_dist.data.tasks import box_center, grounding_answer, normalize_point, referring_answer
+from imagelora_dist.data.text_problems import arithmetic_problem
 from imagelora_dist.errors import ImageLoRAError
 
 READ_TEXT = "read_text"
@@ -163,7 +169,7 @@ def _format_question(
     rng: random.Random, task: str, elements: list[Element], w: int, h: int, style: str
 ) -> tuple[str, str, Element] | None:
     """`point` / `describe_at`: the grounding and referring answer formats under pre-training instructions."""
-    if style == "shapes":
+    if style == SHAPES_STYLE:
         pool = elements
     else:  # a target an instruction can name: a short text, or a named icon for `point`
         pool = [e for e in elements if e.text and len(e.text) <= MAX_LABEL_CHARS]
@@ -178,22 +184,8 @@ def _format_question(
 
 
 def point_question(rng: random.Random, el: Element, style: str) -> str:
-    """`point`'s instruction for `el`: the grounding question in the pre-training's words."""
-    if style == "shapes":
-        target = f"the {el.name}"
-    else:
-        target = f"the {el.name} icon" if el.type == "icon" else _q(el.text)
-    template = rng.choice(("Give the coordinates of {t}.", "Where exactly is {t}? Answer with a point."))
-    return template.format(t=target)
-
-
-def describe_at_question(rng: random.Random, el: Element, w: int, h: int) -> str:
-    """`describe_at`'s instruction for `el`: the referring question in the pre-training's words (its centre)."""
-    x, y = normalize_point(*box_center(el.box), w, h)
-    template = rng.choice(
-        ("Describe the element at ({x}, {y}).", "What is at ({x}, {y})? Give its kind and name.")
-    )
-    return template.format(x=x, y=y)
+    """`point`'s instruction for `el`: the grounding question in the pre-training's words (the style's own)."""
+    return resolve_style(style).point_question(rng, el)
 
 
 def _screen_question(
@@ -205,7 +197,7 @@ def _screen_question(
         return None  # not a single-element question: see reading_order()
     if task in (POINT, DESCRIBE_AT):
         return _format_question(rng, task, elements, w, h, style)
-    if style == "shapes":
+    if style == SHAPES_STYLE:
         return _shapes_question(rng, task, elements, w, h)
     if task == READ_LABEL:
         if not readable:
@@ -251,37 +243,6 @@ def reading_order(elements: list[Element], height: int) -> list[Element]:
     return sorted(readable, key=lambda e: (box_center(e.box)[1] // band, e.box[0]))
 
 
-_NAMES = ("Ann", "Ben", "Carla", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mia", "Omar")  # fmt: skip
-_ITEMS = ("apples", "books", "coins", "pencils", "stickers", "cards", "marbles", "cookies", "shells", "stamps")  # fmt: skip
-
-
-def arithmetic_problem(rng: random.Random) -> tuple[str, str]:
-    """A one- or two-step word problem with small numbers (answers 0..25) and its answer (as text)."""
-    name, other = rng.sample(_NAMES, 2)
-    item = rng.choice(_ITEMS)
-    kind = rng.choice(("add", "sub", "mul", "two_step", "compare"))
-    if kind == "add":
-        a, b = rng.randint(1, 12), rng.randint(1, 12)
-        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", str(a + b)
-    if kind == "sub":
-        a = rng.randint(2, 20)
-        b = rng.randint(1, a - 1)
-        return f"{name} has {a} {item} and gives {b} to {other}. How many {item} are left?", str(a - b)
-    if kind == "mul":
-        a, b = rng.randint(2, 5), rng.randint(2, 5)
-        return f"{name} buys {a} boxes with {b} {item} in each box. How many {item} is that?", str(a * b)
-    if kind == "two_step":
-        a, b = rng.randint(2, 10), rng.randint(1, 10)
-        c = rng.randint(1, a + b - 1)
-        return (
-            f"{name} has {a} {item}, finds {b} more and then loses {c}. How many {item} does {name} have?",
-            str(a + b - c),
-        )
-    a = rng.randint(3, 20)
-    b = rng.randint(1, a - 1)
-    return f"{name} has {a} {item} and {other} has {b}. How many more {item} does {name} have?", str(a - b)
-
-
 def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
     """Sample `index` of `spec`: `{"__key__", "png", "json"}` in the shard format (text-only: placeholder png)."""
     rng = random.Random(_seed(spec.seed, index, "sample"))
@@ -303,7 +264,7 @@ def make_pretrain_sample(spec: PretrainSpec, index: int) -> dict[str, Any]:
     if task == READ_TEXT:
         n = rng.randint(spec.min_elements, spec.max_elements)
         img, elements = render(spec.style, rng.getrandbits(63), w, h, n)
-        if spec.style == "shapes":
+        if spec.style == SHAPES_STYLE:
             labels = [e.name for e in reading_order(elements, h)]
             instruction = rng.choice(
                 ("List the shapes from top to bottom.", "What shapes does this screen show?")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import image_batch
 from PIL import Image
+from vlm_batches import image_batch
 
 from imagelora_dist import resolve_model
 from imagelora_dist.data.collate import IGNORE_INDEX, BatchCollator, fit_pixels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import peft
 import pytest
-from conftest import image_batch
+from vlm_batches import image_batch
 
 from imagelora_dist import (
     HeadSelection,

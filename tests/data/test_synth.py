@@ -1,25 +1,33 @@
-"""Synthetic GUI screenshots: records per the shard format, sound boxes, determinism, sharding, errors."""
+"""Synthetic GUI screenshots: records per the shard format, sound boxes, determinism, sharding, errors,
+and screen styles from outside the package named by import path."""
 
 from __future__ import annotations
 
 import io
 import json
+import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from imagelora_dist.config import RunConfig, load_config
 from imagelora_dist.data.shards import INDEX_NAME, RECORD_FIELDS, ShardIndex, read_shard_raw, shard_name
 from imagelora_dist.data.synth import (
     ELEMENT_TYPES,
+    Element,
+    ScreenStyle,
     SynthSpec,
     context_preamble,
     make_sample,
     render_screen,
+    resolve_style,
     synthesize,
 )
+from imagelora_dist.data.synth.styles import style_module
 from imagelora_dist.data.tasks import COORD_SCALE, parse_point, referring_answer, referring_instruction
 from imagelora_dist.errors import ImageLoRAError
 
@@ -227,3 +235,126 @@ def test_spec_accepts_lists_and_checks_min_max():
     with pytest.raises(ImageLoRAError, match="max_elements"):
         SynthSpec(num_samples=3, min_elements=5, max_elements=4)
     assert SynthSpec(num_samples=513).num_shards == 3
+
+
+# --- a screen style from outside the package -------------------------------------------------------------
+
+BAR_COLOURS = ((200, 40, 40), (40, 150, 60), (40, 80, 200), (220, 180, 20))
+
+
+def _render_bars(seed: int, width: int, height: int, n_elements: int) -> tuple[Image.Image, list[Element]]:
+    """Up to four vertical bars, each in a colour of its own, recorded as buttons "Bar 0" .. "Bar 3"."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    n = min(n_elements, len(BAR_COLOURS))
+    slot = width // n
+    elements = []
+    for k in range(n):
+        x0 = k * slot + rng.randint(0, slot // 4)
+        box = (x0, height // 4, x0 + slot // 2, 3 * height // 4)
+        d.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=BAR_COLOURS[k])
+        elements.append(Element("button", f"Bar {k}", box))
+    return img, elements
+
+
+def _press_bar(rng: random.Random, el: Element) -> str:
+    return f"Press the bar labelled {el.text}."
+
+
+BARS = ScreenStyle(render=_render_bars, grounding_instruction=_press_bar)
+NOT_A_STYLE = SPEC
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """The import path of BARS by this file's name, which a fresh worker process resolves the same way."""
+    # Whatever module name pytest gave this file, "test_synth" is importable from its directory.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    return f"{Path(__file__).stem}:BARS"
+
+
+def _colour_at_answer(sample: dict) -> tuple[int, int, int]:
+    rec = sample["json"]
+    x, y = parse_point(rec["answer"])
+    img = Image.open(io.BytesIO(sample["png"])).convert("RGB")
+    return img.getpixel(
+        (int((x + 0.5) * rec["width"] / COORD_SCALE), int((y + 0.5) * rec["height"] / COORD_SCALE))
+    )
+
+
+def test_a_style_named_by_path_renders_its_screens_with_its_words(bars):
+    spec = SynthSpec(num_samples=12, min_elements=2, max_elements=4, seed=3, style=bars)
+    assert style_module(bars) == "test_synth" and resolve_style(bars).render.__name__ == "_render_bars"
+    tasks = set()
+    for i in range(spec.num_samples):
+        sample = make_sample(spec, i)
+        rec = sample["json"]
+        tasks.add(rec["task"])
+        k = int(rec["element_text"].removeprefix("Bar "))
+        if rec["task"] == "grounding":
+            assert rec["instruction"] == f"Press the bar labelled Bar {k}."
+            assert _colour_at_answer(sample) == BAR_COLOURS[k]  # the click lands on the named bar
+        else:  # the style left the referring question at its default wording
+            assert rec["instruction"] == referring_instruction(rec["bbox"], rec["width"], rec["height"])
+            assert rec["answer"] == f"button: Bar {k}"
+    assert tasks == {"grounding", "referring"}
+    # phrasing `pretrain` uses the style's pre-training hooks: here the defaults, naming the label
+    pre = SynthSpec(num_samples=12, min_elements=2, max_elements=4, seed=3, style=bars, phrasing="pretrain")
+    for i in range(pre.num_samples):
+        a, b = make_sample(spec, i), make_sample(pre, i)
+        assert a["png"] == b["png"] and a["json"]["answer"] == b["json"]["answer"]
+        if b["json"]["task"] == "grounding":
+            assert re.fullmatch(
+                r"(Give the coordinates of|Where exactly is) 'Bar \d'.*", b["json"]["instruction"]
+            )
+
+
+def test_workers_resolve_a_style_path_themselves_and_write_the_same_bytes(tmp_path, bars):
+    spec = SynthSpec(num_samples=6, samples_per_shard=2, min_elements=2, max_elements=4, seed=3, prefix="b",
+                     style=bars)  # fmt: skip
+    index = synthesize(spec, tmp_path / "w1", workers=1, progress=None)
+    synthesize(spec, tmp_path / "w2", workers=2, progress=None)  # 3 shards: a pool of 2 spawned workers
+    assert _tree_bytes(tmp_path / "w1") == _tree_bytes(tmp_path / "w2")
+    assert index.meta["spec"]["style"] == bars and SynthSpec(**index.meta["spec"]) == spec
+    read = ShardIndex.read(tmp_path / "w2")
+    for url in read.urls(tmp_path / "w2"):
+        for s in read_shard_raw(url):
+            sample = make_sample(spec, int(s["__key__"]))
+            assert s["png"] == sample["png"] and json.loads(s["json"]) == sample["json"]
+            with Image.open(io.BytesIO(s["png"])) as img:  # bars on white, not a GUI window
+                assert set(img.convert("RGB").getdata()) <= {(255, 255, 255), *BAR_COLOURS}
+
+
+@pytest.mark.parametrize(
+    ("style", "why"),
+    [
+        ("circles", "unknown style; known: ['gui'] or an import path 'package.module:ATTR'"),
+        ("gui:", "unknown style"),
+        ("my module:STYLE", "unknown style"),
+        (3, "unknown style"),
+        (
+            "no_such_module_for_imagelora_tests:STYLE",
+            "cannot import 'no_such_module_for_imagelora_tests' (Module",
+        ),
+        ("{here}:NO_SUCH_STYLE", "test_synth.NO_SUCH_STYLE has no such attribute, not a ScreenStyle"),
+        ("{here}:NOT_A_STYLE", "test_synth.NOT_A_STYLE holds a SynthSpec, not a ScreenStyle"),
+    ],
+)
+def test_a_bad_style_is_one_clear_error_naming_it(style, why, bars):
+    if isinstance(style, str):
+        style = style.format(here=bars.partition(":")[0])
+    with pytest.raises(ImageLoRAError) as err:
+        SynthSpec(num_samples=2, style=style)
+    msg = str(err.value)
+    assert msg.startswith(f"synth spec: style={style!r}: ") and why in msg and "\n" not in msg, msg
+
+
+def test_config_takes_a_style_path_and_refuses_anything_else(bars):
+    cfg = RunConfig.model_validate({"data": {"synth": {"style": bars}}})
+    assert cfg.model_dump()["data"]["synth"]["style"] == bars
+    for bad in ("circles", "pkg.mod", "pkg mod:X", ":X", "pkg..mod:X"):
+        with pytest.raises(ImageLoRAError) as err:
+            load_config(None, [f"data.synth.style={bad}"])
+        msg = str(err.value)
+        assert "data.synth.style: " in msg and f"(got {bad!r})" in msg and "package.module:ATTR" in msg

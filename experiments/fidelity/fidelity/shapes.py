@@ -1,11 +1,14 @@
 """Controlled "shapes" screens: a few large coloured shapes on a plain background.
 
-The GUI screens of `synth.py` ask a base to read small text; a tiny model trained for 30 minutes on two
-CPU cores does not learn that (bench/RESULTS.md, "Can the tiny base see?"), so a study on them measures
+The GUI screens of `synth/` ask a base to read small text; a tiny model trained for 30 minutes on two
+CPU cores does not learn that (RESULTS.md, "Can the tiny base see?"), so a study on them measures
 nothing but text priors. These screens keep the study's tasks (grounding: click an element named in the
 instruction; referring: say what sits in a box) but make the visual part learnable at that budget: each
 element is a shape (square, circle, triangle) in a colour no other shape on the screen has, 1-2 visual
 tokens wide. An `Element` here has `type` = the shape, `text` = the colour, `name` = "red circle".
+
+`STYLE` is this screen style for the synthesizer: `data.synth.style: fidelity.shapes:STYLE` (SHAPES_STYLE;
+the package loads it by that path and never imports this module).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import random
 
 from PIL import Image, ImageDraw
 
-from imagelora_dist.data.synth import Box, Element
+from imagelora_dist.data.synth.elements import Box, Element
+from imagelora_dist.data.synth.instructions import point_question_naming
+from imagelora_dist.data.synth.styles import ScreenStyle
+from imagelora_dist.data.tasks import referring_instruction
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -84,3 +90,24 @@ def grounding_instruction(rng: random.Random, el: Element) -> str:
     """A click instruction naming the shape by colour and kind."""
     n = el.name
     return rng.choice((f"Click the {n}.", f"Tap the {n}.", f"Point to the {n}.", f"Select the {n}."))
+
+
+def referring_question(box: Box, width: int, height: int) -> str:
+    """The referring question on a shapes screen: the answer names a shape and a colour."""
+    return referring_instruction(box, width, height, what="shape and colour")
+
+
+def point_question(rng: random.Random, el: Element) -> str:
+    """`point`'s instruction for a shape (phrasing `pretrain`), naming it as in "the red circle"."""
+    return point_question_naming(rng, f"the {el.name}")
+
+
+# How configs name this style (data.synth.style); workers resolve it by import, like any style path.
+SHAPES_STYLE = "fidelity.shapes:STYLE"
+
+STYLE = ScreenStyle(
+    render=render_shapes_screen,
+    grounding_instruction=grounding_instruction,
+    referring_instruction=referring_question,
+    point_question=point_question,
+)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import image_batch
+from vlm_batches import image_batch
 
 from imagelora_dist import (
     AdapterFormatError,
