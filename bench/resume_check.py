@@ -6,7 +6,7 @@ Runs (a) 4 steps; (b) 2 steps, then resumed from DeepSpeed's checkpoint; (c) 2 s
 deleted, then resumed from the world-size-independent `portable_state.safetensors`; (d) 1 step with
 micro-batches of 1, then resumed with micro-batches of 2 (the rest of the epoch split anew). Prints and
 writes `resume_check.json`: the largest difference of (b) and (c) from (a) (0.0 when the resume is exact
-and the kernels deterministic) and the data cursors of (d). tests/test_train.py runs it on the CPU; on a GPU
+and the kernels deterministic) and the data cursors of (d). tests/integration/test_train.py.py runs it on the CPU; on a GPU
 run it with DeepSpeed installed (bench/gpu_wheels.sh; experiments/fidelity/gpu_pretrain.sh runs it first).
 """
 
