@@ -170,6 +170,22 @@ def test_no_module_imports_a_higher_floor():
     assert upward_imports(import_graph(package_modules())) == []
 
 
+def test_the_package_never_imports_the_research_tests_or_benchmarks():
+    # experiments/ may import the package, never the reverse (DESIGN §3); nor may tests/ or bench/ code
+    # leak into what the wheel ships.
+    outside = {"fidelity", "experiments", "tests", "bench", "conftest", "vlm_batches"}
+    found = []
+    for module, path in package_modules().items():
+        for node in _runtime_imports(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [
+                f"{module}: {n}"
+                for n in names
+                if not getattr(node, "level", 0) and n.split(".")[0] in outside
+            ]
+    assert found == []
+
+
 def test_every_module_has_a_floor():
     for module in package_modules():
         floor_of(module)
