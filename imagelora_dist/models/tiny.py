@@ -251,21 +251,27 @@ def _qwen3_vl_config(tok: Any, s: _Shape) -> PretrainedConfig:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tok))
 
 
-def _llava_config(tok: Any, s: _Shape) -> PretrainedConfig:
-    v = s.vision
-    image, bos, eos, pad = _ids(tok, "<image>", "<s>", "</s>", "<pad>")
-    text = LlamaConfig(
+def _llama_text(tok: Any, bos: int, eos: int, pad: int, kv_heads: int, **extra: Any) -> LlamaConfig:
+    """The tiny Llama decoder of LLaVA and Idefics3 (4 layers, width 256, 8 query heads)."""
+    return LlamaConfig(
         vocab_size=len(tok),
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=4,
         num_attention_heads=8,
-        num_key_value_heads=4,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         bos_token_id=bos,
         eos_token_id=eos,
         pad_token_id=pad,
+        **extra,
     )
+
+
+def _llava_config(tok: Any, s: _Shape) -> PretrainedConfig:
+    v = s.vision
+    image, bos, eos, pad = _ids(tok, "<image>", "<s>", "</s>", "<pad>")
+    text = _llama_text(tok, bos, eos, pad, kv_heads=4)
     vision = CLIPVisionConfig(
         hidden_size=v["hidden"],
         intermediate_size=v["intermediate"],
@@ -288,19 +294,7 @@ def _llava_config(tok: Any, s: _Shape) -> PretrainedConfig:
 def _idefics3_config(tok: Any, s: _Shape) -> PretrainedConfig:
     v = s.vision
     image, bos, eos, pad = _ids(tok, "<image>", "<|begin_of_text|>", "<end_of_utterance>", "<pad>")
-    text = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    text = _llama_text(tok, bos, eos, pad, kv_heads=2, rms_norm_eps=1e-5)
     vision = Idefics3VisionConfig(
         hidden_size=v["hidden"],
         intermediate_size=v["intermediate"],
