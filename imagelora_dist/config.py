@@ -198,6 +198,10 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
     gradient_checkpointing: bool = False
+    # Training precision: bf16 runs the frozen base in bfloat16 while adapters, their gradients and
+    # optimizer state stay fp32 masters (what is exported); fp32 runs everything in float32; auto follows
+    # model.dtype (bf16 on GPU, fp32 on CPU). Left out of dumps at auto (stage hashes).
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", exclude_if=lambda v: v == "auto")
     checkpoint_every: int = Field(10, ge=1)
     workers: int = Field(2, ge=1)
     # Elastic training: start once this many workers fit (Ray asks for `workers`), go on with fewer after a

@@ -26,7 +26,7 @@ from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_byte
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import resolve_model
-from imagelora_dist.models.build import build_model, resolved_dtype, skeleton_model
+from imagelora_dist.models.build import build_model, checkpoint_identity, resolved_dtype, skeleton_model
 from imagelora_dist.models.registry import ModelSpec
 from imagelora_dist.resources import deepspeed_json
 from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
@@ -153,11 +153,10 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     parts = {k: getattr(cfg, k).model_dump() for k in ("model", "probe", "selection")}
     data = cfg.data.model_dump(exclude={"synth", "num_workers", "train"})
     parts["data"] = {"index": data_id, **data}
-    # What build_model actually uses: the resolved dtype, and the checkpoint's own config, not just its path.
+    # What build_model actually uses: the resolved dtype, and the checkpoint's weights, not just its path.
     parts["dtype"] = resolved_dtype(cfg.model)
     if cfg.model.path:
-        cfg_file = Path(cfg.model.path) / "config.json"
-        parts["checkpoint"] = hashlib.sha256(cfg_file.read_bytes()).hexdigest() if cfg_file.exists() else None
+        parts["checkpoint"] = checkpoint_identity(cfg.model.path) if Path(cfg.model.path).is_dir() else None
     return config_hash(parts)
 
 

@@ -16,7 +16,12 @@ from imagelora_dist.models.vision_cache import VisionFeatureCache, attach_vision
 
 def model_fingerprint(cfg: RunConfig, dtype: str) -> str:
     """Names the weights the vision features come from (a cache must never serve another model)."""
-    source = cfg.model.path or f"tiny:{cfg.model.family}:{cfg.model.seed}"
+    if cfg.model.path:  # the weights there, not just the path (a checkpoint rewritten in place is new)
+        from imagelora_dist.models.build import checkpoint_identity
+
+        source = f"{cfg.model.path}@{checkpoint_identity(cfg.model.path)}"
+    else:
+        source = f"tiny:{cfg.model.family}:{cfg.model.seed}"
     if cfg.model.size is not None and not cfg.model.path:
         source += ":" + json.dumps(cfg.model.size.model_dump(), sort_keys=True)
     return f"{source}|{dtype}"

@@ -17,6 +17,7 @@ very object transformers set (or absent, if it was).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -59,6 +60,7 @@ class VisualTokenTracker:
         self.current: VisualRows | None = None  # of the model forward in progress
         self.active: VisualRows | None = None  # of the decoder layer being computed (or recomputed)
         self._depth = 0
+        self._warned_embeds = False  # said once that inputs_embeds alone adapt nothing
 
     def rows_from_ids(self, input_ids: torch.Tensor) -> VisualRows:
         """Visual row indices of a batch of token ids."""
@@ -81,6 +83,15 @@ class VisualTokenTracker:
                 )
             if self._depth == 1:
                 self.current = None
+                if kwargs.get("inputs_embeds") is not None and not self._warned_embeds:
+                    # The visual positions are read from the ids: embeddings alone hide them.
+                    self._warned_embeds = True
+                    warnings.warn(
+                        "Image-LoRA: called with inputs_embeds and no input_ids, so it cannot tell the visual "
+                        "tokens and adds nothing; pass input_ids (with pixel values) to adapt",
+                        UserWarning,
+                        stacklevel=2,
+                    )
             return
         self.current = self.rows_from_ids(input_ids)
 
@@ -219,9 +230,15 @@ def add_at_rows(
     """
     head_dim = delta.shape[-1]
     flat = out.view(-1, out.shape[-1] // head_dim, head_dim)
-    delta = delta.to(out.dtype)
     for first, end, offset in runs:
-        flat[:, first:end].index_add_(0, rows, delta[:, offset : offset + end - first])
+        part = delta[:, offset : offset + end - first]
+        if part.dtype == out.dtype:
+            flat[:, first:end].index_add_(0, rows, part)
+        else:
+            # An fp32 delta on a bf16 output: add in the delta's precision and round once, instead of
+            # rounding the delta to bf16 and then rounding the sum again. Rows are distinct: a plain copy.
+            summed = flat[:, first:end].index_select(0, rows).to(part.dtype) + part
+            flat[:, first:end].index_copy_(0, rows, summed.to(out.dtype))
     return out
 
 

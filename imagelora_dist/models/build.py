@@ -6,6 +6,7 @@ means the same weights, dtype and attention kernel wherever it runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +23,13 @@ def resolved_dtype(model_cfg: ModelConfig) -> str:
     if model_cfg.dtype != "auto":
         return model_cfg.dtype
     return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def training_dtype(model_cfg: ModelConfig, precision: str) -> str:
+    """The frozen base's dtype while training: train.precision, with `auto` following model.dtype."""
+    if precision == "auto":
+        return resolved_dtype(model_cfg)
+    return {"bf16": "bfloat16", "fp32": "float32"}[precision]
 
 
 def _tiny(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
@@ -64,6 +72,22 @@ def skeleton_model(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     return model, load_processor(model_cfg.path, config.model_type)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+
+
+def checkpoint_identity(path: str) -> str:
+    """Names the weights in a checkpoint directory: config.json's content and the name, size and mtime of
+    every weight and index file, so new weights at the same path never pass for the old (no GBs hashed)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    config = root / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"no config")
+    for file in sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+        stat = file.stat()
+        h.update(f"\0{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def check_checkpoint_dir(path: str) -> None:

@@ -52,6 +52,7 @@ def train_in_process(
     finally:
         if not had_group and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # the group DeepSpeed made for this call: its port is freed
+            _forget_deepspeed_groups()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -84,3 +85,20 @@ def _train(
             shutil.rmtree(dest)
         os.replace(tmp, dest)
     return metrics
+
+
+def _forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's cached process groups once the group they were cloned from is destroyed.
+
+    DeepSpeed keeps a clone of the world group (and the groups derived from it) in module globals; a
+    second training in this process would reuse them and fail ("Group ... is not registered").
+    """
+    import sys
+
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP"):  # fmt: skip
+        if hasattr(groups, name):
+            setattr(groups, name, None)

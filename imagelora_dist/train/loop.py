@@ -83,9 +83,10 @@ def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
 
 
 def deepspeed_config(
-    cfg: RunConfig, world_size: int, on_gpu: bool, template: dict[str, Any] | None = None
+    cfg: RunConfig, world_size: int, base_dtype: str, template: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The ZeRO JSON of `train.deepspeed` completed with this run's batch sizes, optimizer and schedule."""
+    """The ZeRO JSON of `train.deepspeed` completed with this run's batch sizes, optimizer, schedule and
+    precision (`base_dtype`: the frozen base's dtype while training, models.build.training_dtype)."""
     ds = json.loads(json.dumps(template if template is not None else load_deepspeed_template(cfg)))
     t = cfg.train
     ds["train_micro_batch_size_per_gpu"] = t.micro_batch_size
@@ -105,7 +106,10 @@ def deepspeed_config(
             "warmup_type": "linear",
         },
     }
-    if on_gpu:
+    if t.method == "full" and base_dtype == "bfloat16":
+        # Every parameter trains: DeepSpeed's bf16 mode keeps the fp32 masters in its optimizer. Adapters
+        # never use it: it would cast the fp32 adapter modules to bf16 (their weights, the export and the
+        # update all rounded); they stay fp32 and train as such beside the bf16 base.
         ds["bf16"] = {"enabled": True}
     return ds
 
@@ -290,13 +294,13 @@ class _Setup:
     pcache: Any
 
 
-def _adapted_model(cfg: RunConfig, ctx: WorkerContext) -> tuple[Adapted, Any, Any, Any]:
+def _adapted_model(cfg: RunConfig, ctx: WorkerContext, dtype: str) -> tuple[Adapted, Any, Any, Any]:
     """The configured model on this worker's device with the method attached and the speed flags set;
     also its processor, the speed-ups applied and the base model's ModelSpec."""
-    from imagelora_dist.models.build import build_model, resolved_dtype
+    from imagelora_dist.models.build import build_model
 
     torch.manual_seed(cfg.train.seed)
-    model, processor = build_model(cfg.model)
+    model, processor = build_model(cfg.model.model_copy(update={"dtype": dtype}))
     model.to(ctx.device)
     spec = resolve_model(model)
     adapted = attach_method(
@@ -316,7 +320,7 @@ def _adapted_model(cfg: RunConfig, ctx: WorkerContext) -> tuple[Adapted, Any, An
         adapted.model.disable_input_require_grads()
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
-    speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=resolved_dtype(cfg.model))
+    speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=dtype)
     return adapted, processor, speed, spec
 
 
@@ -328,9 +332,12 @@ def _setup(
     log: Callable[[str], None],
 ) -> _Setup:
     """Model, DeepSpeed engine, shard reader and collator of this worker."""
+    from imagelora_dist.models.build import training_dtype
+
     deepspeed = _import_deepspeed()
     on_gpu = ctx.device.type == "cuda"
-    adapted, processor, speed, spec = _adapted_model(cfg, ctx)
+    dtype = training_dtype(cfg.model, cfg.train.precision)  # the frozen base's; adapters stay fp32
+    adapted, processor, speed, spec = _adapted_model(cfg, ctx, dtype)
     vcache, pcache = speed.vision, speed.prefix
     # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: every
     # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So
@@ -347,7 +354,7 @@ def _setup(
     engine, _, _, _ = deepspeed.initialize(
         model=adapted.model,
         model_parameters=adapted.parameters,
-        config=deepspeed_config(cfg, ctx.world_size, on_gpu, ds_template),
+        config=deepspeed_config(cfg, ctx.world_size, dtype, ds_template),
     )
     t = cfg.train
     if ctx.rank == 0 and t.min_workers is not None and ctx.world_size != t.workers:  # elastic, below the most

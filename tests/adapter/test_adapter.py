@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -268,6 +269,63 @@ def test_fp32_adapter_on_bf16_model(tiny):
     loss.backward()
     for n, p in handle.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+    handle.detach()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_fp32_delta_on_a_bf16_model_is_rounded_once(tiny):
+    # bf16 output + fp32 delta, summed in fp32 and rounded to bf16 once: exactly
+    # (plain.float() + delta).bfloat16() at visual rows of selected heads, the plain projection elsewhere.
+    model, processor = tiny
+    spec = resolve_model(model)
+    model.to(torch.bfloat16)
+    batch = image_batch(processor)
+    batch = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()}
+    sel = _selection(spec, per_layer=min(2, spec.num_kv_heads - 1))
+    handle = attach_image_lora(model, sel, rank=4, alpha=8, dtype=torch.float32)
+    _randomize(handle)
+    records, hooks = _capture_vproj(model)
+    with torch.no_grad():
+        model(**batch)
+    mask = visual_mask(batch, spec)
+    for layer, m in handle.modules.items():
+        x, out = records[layer]
+        vproj = model.get_submodule(_vproj_path(model, layer))
+        plain = torch.nn.functional.linear(x, vproj.weight, vproj.bias)  # the bf16 projection
+        b, t = x.shape[:2]
+        expected = plain.view(b, t, spec.num_kv_heads, spec.head_dim).clone()
+        scale = (8 / 4) / math.sqrt(len(sel[layer])) * m.gamma
+        delta = torch.einsum("btd,dr,hrk->bthk", x.float(), m.A, m.B) * scale  # fp32, independent
+        for i, h in enumerate(sorted(sel[layer])):
+            once = (expected[:, :, h].float() + delta[:, :, i]).to(torch.bfloat16)
+            expected[:, :, h] = torch.where(mask[..., None], once, expected[:, :, h])
+        got = out.view(b, t, spec.num_kv_heads, spec.head_dim)
+        assert got.dtype == torch.bfloat16
+        # The einsum's summation order differs from the adapter's two matmuls: allow one bf16 step
+        # at most where the fp32 sums straddle a rounding boundary, and require most to match exactly.
+        diff = (got.float() - expected.float()).abs()
+        ulp = expected.float().abs().clamp_min(1e-3) * 2**-7
+        assert (diff <= ulp).all() and (diff == 0).float().mean() > 0.95
+        assert torch.equal(got[~mask], plain.view(b, t, spec.num_kv_heads, spec.head_dim)[~mask])
+    for h in hooks:
+        h.remove()
+    handle.detach()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl"])
+def test_inputs_embeds_without_ids_say_the_adapter_adds_nothing(tiny):
+    model, processor = tiny
+    spec = resolve_model(model)
+    batch = text_batch(processor)
+    handle = attach_image_lora(model, _selection(spec), rank=4, alpha=8)
+    _randomize(handle)
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad(), pytest.warns(UserWarning, match="inputs_embeds and no input_ids"):
+        model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per attachment, not at every call
+        model(inputs_embeds=embeds, attention_mask=batch["attention_mask"])
+        model(**batch)  # with ids: no warning
     handle.detach()
 
 
