@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only", action="append", default=[], metavar="CELL", help="run only this cell (repeatable)"
     )
+    p = sub.add_parser(
+        "plan",
+        help="per-GPU memory of a run (model, GPUs, ZeRO stage, offload, batch) and whether it fits",
+        description="Builds the model from its config on the meta device (no weights), counts its parameters "
+        "and the adapter's, and estimates per-GPU memory: base weights, adapter weights/gradients/Adam "
+        "moments, activations with and without gradient checkpointing, and one probe worker's need. "
+        "Training every parameter (--method full) uses DeepSpeed's own estimators.",
+    )
+    from imagelora_dist.plan import add_plan_arguments
+
+    add_plan_arguments(p)
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
@@ -178,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "shard":
         return _shard(args)
+    if args.command == "plan":
+        from imagelora_dist.plan import plan_command
+
+        return plan_command(args)
     if args.command == "study":
         from imagelora_dist.study import study_command
 

@@ -21,7 +21,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "core": ("models", "adapter", "selection", "probe", "probe.scores", "config", "speed"),
     "data": ("data",),
     "stages": ("probe.distributed", "train", "eval", "tracking", "run_queries", "ray_runtime"),
-    "app": ("pipeline", "infer", "compare", "study", "pretrain", "cli", "__main__", ""),
+    "app": ("pipeline", "infer", "compare", "study", "plan", "cli", "__main__", ""),
 }
 ORDER = list(FLOORS)
 
