@@ -8,18 +8,20 @@ checkpoint also carries the adapter in its inference format (`<tag>/adapter`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.collate import BatchCollator, move_to_device
@@ -292,16 +294,54 @@ class _Setup:
     collator: BatchCollator
     vcache: Any
     pcache: Any
+    memory: dict[str, float]  # parameter memory after loading: this rank's and the most any rank holds
 
 
-def _adapted_model(cfg: RunConfig, ctx: WorkerContext, dtype: str) -> tuple[Adapted, Any, Any, Any]:
+@contextlib.contextmanager
+def partitioned_loading(cfg: RunConfig, ds_config: dict[str, Any], dtype: str) -> Iterator[bool]:
+    """Under ZeRO-3, load a checkpoint (`model.path`) straight into this rank's partition: transformers'
+    from_pretrained runs the model's construction inside DeepSpeed's zero.Init while a HfDeepSpeedConfig is
+    alive, so no rank ever holds the whole model. Yields whether it is on. Tiny models are built whole
+    (their weights come from a seeded init that must not depend on the world size)."""
+    if zero_stage(ds_config, cfg) != 3 or not cfg.model.path:
+        yield False
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    loading = json.loads(json.dumps(ds_config))
+    if dtype == "bfloat16":  # zero.Init casts what it partitions to the config's dtype: keep the base bf16
+        loading["bf16"] = {"enabled": True}
+    keep = HfDeepSpeedConfig(loading)  # registered while referenced
+    try:
+        yield True
+    finally:
+        del keep
+        unset_hf_deepspeed_config()
+
+
+def local_parameter_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters this rank holds (its ZeRO-3 partitions, or whole tensors)."""
+    total = 0
+    for p in model.parameters():
+        held = p.ds_tensor if hasattr(p, "ds_tensor") else p
+        total += held.numel() * held.element_size()
+    return total
+
+
+def _adapted_model(
+    cfg: RunConfig, ctx: WorkerContext, dtype: str, ds_config: dict[str, Any]
+) -> tuple[Adapted, Any, Any, Any, int]:
     """The configured model on this worker's device with the method attached and the speed flags set;
-    also its processor, the speed-ups applied and the base model's ModelSpec."""
+    also its processor, the speed-ups applied, the base model's ModelSpec and its local parameter bytes."""
     from imagelora_dist.models.build import build_model
 
     torch.manual_seed(cfg.train.seed)
-    model, processor = build_model(cfg.model.model_copy(update={"dtype": dtype}))
-    model.to(ctx.device)
+    with partitioned_loading(cfg, ds_config, dtype) as partitioned:
+        model, processor = build_model(cfg.model.model_copy(update={"dtype": dtype}))
+    if not partitioned:  # zero.Init already placed each partition on this rank's device
+        model.to(ctx.device)
+    param_bytes = local_parameter_bytes(model)
     spec = resolve_model(model)
     adapted = attach_method(
         model,
@@ -321,7 +361,7 @@ def _adapted_model(cfg: RunConfig, ctx: WorkerContext, dtype: str) -> tuple[Adap
     # Image-LoRA's lowest adapted layer bounds the backward; LoRA adapts layer 0, so only the tower.
     lowest = min(adapted.handle.modules, default=0) if adapted.handle is not None else 0
     speed = apply_speed_flags(model, speed_config(cfg), lowest_layer=lowest, dtype=dtype)
-    return adapted, processor, speed, spec
+    return adapted, processor, speed, spec, param_bytes
 
 
 def _setup(
@@ -337,7 +377,15 @@ def _setup(
     deepspeed = _import_deepspeed()
     on_gpu = ctx.device.type == "cuda"
     dtype = training_dtype(cfg.model, cfg.train.precision)  # the frozen base's; adapters stay fp32
-    adapted, processor, speed, spec = _adapted_model(cfg, ctx, dtype)
+    # Before the model (ZeRO-3 partitions it while loading), and also where Ray Train already made the
+    # process group: DeepSpeed's own comm layer wraps it then (zero.Init reads the world size from it).
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    ds_config = deepspeed_config(cfg, ctx.world_size, dtype, ds_template)
+    adapted, processor, speed, spec, param_bytes = _adapted_model(cfg, ctx, dtype, ds_config)
+    held = torch.tensor([float(param_bytes)], device=ctx.device)
+    if ctx.world_size > 1:  # the most any rank holds: what decides whether a model fits
+        torch.distributed.all_reduce(held, op=torch.distributed.ReduceOp.MAX)
+    memory = {"param_memory_gb": param_bytes / 2**30, "param_memory_gb_max": float(held.item()) / 2**30}
     vcache, pcache = speed.vision, speed.prefix
     # ZeRO-3 shards the frozen model too and gathers each module's weights collectively as it runs: every
     # rank must run the same modules in every step, or the gathers mismatch and the ranks hang or die. So
@@ -349,12 +397,8 @@ def _setup(
         if cache is not None:
             cache.agree = functools.partial(on_every_rank, device=ctx.device)
     adapted.model.train()
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(
-        model=adapted.model,
-        model_parameters=adapted.parameters,
-        config=deepspeed_config(cfg, ctx.world_size, dtype, ds_template),
+        model=adapted.model, model_parameters=adapted.parameters, config=ds_config
     )
     t = cfg.train
     if ctx.rank == 0 and t.min_workers is not None and ctx.world_size != t.workers:  # elastic, below the most
@@ -378,7 +422,7 @@ def _setup(
         elif ctx.rank == 0:
             log("[train] speed.vision_cache_skip_processor is inactive: loader processes "
                 f"(data.num_workers: {cfg.data.num_workers}) cannot see the cache; every batch is processed")  # fmt: skip
-    return _Setup(adapted, engine, stage, reader, collator, vcache, pcache)
+    return _Setup(adapted, engine, stage, reader, collator, vcache, pcache, memory)
 
 
 def _step_metrics(
@@ -399,6 +443,7 @@ def _step_metrics(
         "step_time_s": elapsed,
         "step": float(step),
         "workers": float(ctx.world_size),  # an elastic run's group size, step by step
+        **run.memory,
     }
     if ctx.device.type == "cuda":
         metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
