@@ -4,6 +4,7 @@ trained is the one an unpartitioned run trains."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from imagelora_dist.config import load_config
 from imagelora_dist.models import build_tiny_vlm
 from imagelora_dist.models.tiny import TinySize
 from imagelora_dist.pipeline import ensure_train_shards
+from imagelora_dist.plan import PlanRequest, make_plan
 from imagelora_dist.train.ray_train import run_training
 
 pytestmark = pytest.mark.integration  # Ray Train + DeepSpeed runs
@@ -52,6 +54,13 @@ def test_zero3_ranks_load_their_partition_and_train_the_same_adapter(local_ray, 
     # Two ranks: each holds its half (ZeRO-3 pads partitions a little), never the whole model.
     assert 0.45 < two["param_memory_gb_max"] / one["param_memory_gb"] < 0.55
     assert two["param_memory_gb"] <= two["param_memory_gb_max"]
+    # `imagelora-dist plan` predicts these figures from the checkpoint's config.json alone.
+    config = json.loads((ckpt / "config.json").read_text())
+    for gpus, measured in ((1, one["param_memory_gb"]), (2, two["param_memory_gb_max"])):
+        plan = make_plan(
+            PlanRequest(config=config, name="ckpt", gpus_per_node=gpus, zero=3, precision="fp32")
+        )
+        assert plan.train["base weights"] == pytest.approx(measured, rel=0.05), gpus
     assert two_adapter.keys() == one_adapter.keys()
     for key in two_adapter:
         assert torch.allclose(two_adapter[key], one_adapter[key], rtol=1e-3, atol=1e-5), key
