@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DS_ACCELERATOR ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast lint format bench smoke-3b clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench: $(STAMP)  # the suite rewrites its section of bench/RESULTS.md; run it on
 	$(PY) bench/step_time.py
 	$(PY) bench/loader.py
 	$(PY) bench/probe_scaling.py
+
+smoke-3b: $(STAMP)  # Qwen2.5-VL-3B's real shape (random bf16 weights) end to end on CPU: minutes, ~7 GB disk; bench/out/smoke_3b.json
+	$(PY) bench/smoke_3b.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info runs
