@@ -1,5 +1,5 @@
 """train.precision bf16 on CPU (the GPU path): a bf16 base, fp32 adapter masters trained and exported as
-such, for Image-LoRA under ZeRO-3 and the peft LoRA baseline under ZeRO-2, then loaded and used."""
+such, for Image-LoRA and the peft LoRA baseline under ZeRO-2 and ZeRO-3, then loaded and used."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def _tensors(path):
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
 
 
-@pytest.mark.parametrize("method, stage", [("image_lora_all", 3), ("lora", 2)])
+@pytest.mark.parametrize(
+    "method, stage", [("image_lora_all", 3), ("image_lora_all", 2), ("lora", 2), ("lora", 3)]
+)
 def test_bf16_training_keeps_fp32_adapter_masters_and_exports_them(tmp_path, method, stage):
     cfg = _cfg(tmp_path, method, stage)
     shards = ensure_train_shards(cfg, log=lambda m: None)
