@@ -306,4 +306,4 @@ def synthesize_pretrain(
 ) -> ShardIndex:
     """Render `spec` into shards plus `index.json` in `out_dir`; the same bytes for any `workers`."""
     return render_shards(spec, make_pretrain_sample, out_dir, workers=workers, progress=progress,
-                         overwrite=overwrite, tag="pretrain", created_by="imagelora-dist pretrain-base")  # fmt: skip
+                         overwrite=overwrite, tag="pretrain", created_by="fidelity.pretrain")  # fmt: skip

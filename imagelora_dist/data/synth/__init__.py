@@ -21,7 +21,7 @@ from imagelora_dist.data.synth.sample import encode_png, make_sample, render, sy
 from imagelora_dist.data.synth.spec import PHRASINGS, SynthSpec
 from imagelora_dist.data.synth.styles import BUILTIN_STYLES, ScreenStyle, resolve_style
 
-# bench/vision_probe.py patches `synth._Screen.__init__` to fix the UI scale; the class is shared, so the
+# experiments/fidelity/fidelity/vision_probe.py patches `synth._Screen.__init__` to fix the UI scale; the class is shared, so the
 # patch reaches every screen.
 _Screen = Screen
 
