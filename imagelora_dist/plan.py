@@ -130,6 +130,7 @@ def _adapter_parameters(model: Any, spec: Any, req: PlanRequest) -> int:
 
 def make_plan(req: PlanRequest) -> Plan:
     """Per-GPU memory of training (with and without gradient checkpointing) and of a probe worker."""
+    from imagelora_dist.models.grad_scope import vision_tower
     from imagelora_dist.models.registry import resolve_model
 
     if req.offload not in OFFLOADS:
@@ -143,8 +144,7 @@ def make_plan(req: PlanRequest) -> Plan:
     total, largest = _parameter_counts(model)
     text = model.config.get_text_config()
     vision = getattr(model.config, "vision_config", None)
-    tower = next((m for n, m in model.named_children() if n in ("visual", "vision_tower")), None)
-    tower = tower or getattr(getattr(model, "model", None), "visual", None)
+    tower = vision_tower(model)
     vision_params = _parameter_counts(tower)[0] if tower is not None else 0
     b = 2 if req.precision == "bf16" else 4
     n = req.gpus_per_node * req.nodes
