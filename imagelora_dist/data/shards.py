@@ -16,6 +16,18 @@ Record (`json` member):
     element_text  str    the element's visible text ("" for icons)
     width, height int    of the stored image
     source        str    where the sample came from ("synth", or the converted file name)
+    data_source   str    the source's own grouping, for eval breakdowns (ScreenSpot's "ios", "windows"...;
+                         ScreenSpot-Pro's platform; else the converted file's stem)
+    application   str    the application shown (ScreenSpot-Pro's "vscode"...; "" when the source has none)
+    point_only    bool   true when the source gave a point and no box (absent otherwise)
+
+`shard` writes every field (`point_only` only for point-only records); `synth` writes all but
+`data_source` and `application` (GROUPING_FIELDS). Readers must treat a missing `data_source` as the
+record's `source`, a missing `application` as "" (`record_data_source`, `record_application`) and a
+missing `point_only` as false. A point-only source record gets a small box around its point
+(`ingest_records.point_box`), so the grounding hit test (click inside `bbox`) is always defined; its
+`answer` is the point, and the native answer formats answer it with the point, not that box
+(`answer_formats.is_point_only`).
 """
 
 from __future__ import annotations
@@ -41,6 +53,18 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 RECORD_FIELDS = (
     "id", "task", "instruction", "answer", "bbox", "point", "element_type", "element_text", "width", "height", "source",
 )  # fmt: skip
+# Written by `shard` after RECORD_FIELDS; optional for readers (synthetic records do not carry them).
+GROUPING_FIELDS = ("data_source", "application")
+
+
+def record_data_source(record: Mapping[str, Any]) -> str:
+    """The record's `data_source`, or its `source` when it has none (synthetic records)."""
+    return str(record.get("data_source") or record.get("source") or "")
+
+
+def record_application(record: Mapping[str, Any]) -> str:
+    """The record's `application`, or "" when it has none."""
+    return str(record.get("application") or "")
 
 
 # Screenshots larger than this are refused before decoding (decompression bombs), here and in the reader.
@@ -109,9 +133,7 @@ class ShardIndex:
         where = index_location(path)
         try:
             if is_url(where):
-                import fsspec
-
-                with fsspec.open(where, "rb") as f:
+                with open_url_stream(where) as f:
                     raw = f.read()
             else:
                 raw = Path(where).read_bytes()
@@ -120,7 +142,7 @@ class ShardIndex:
             raise ImageLoRAError(f"{where}: shard index not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ImageLoRAError(f"{where}: not valid JSON ({exc})") from None
-        except (OSError, ImportError) as exc:
+        except OSError as exc:
             raise ImageLoRAError(f"{where}: cannot read the shard index ({exc})") from None
         if not isinstance(data, Mapping) or data.get("format") != INDEX_FORMAT:
             raise ImageLoRAError(f"{where}: not an {INDEX_FORMAT} index (format field)")
@@ -161,8 +183,53 @@ def _is_absolute(url: str) -> bool:
 
 
 def is_url(path: str | os.PathLike) -> bool:
-    """True for `scheme://...` locations (read through fsspec), False for local paths."""
+    """True for `scheme://...` locations (read through pyarrow's filesystems), False for local paths."""
     return "://" in str(path) and not str(path).startswith("file://")
+
+
+# One pyarrow filesystem per (process, object-store bucket): `from_uri` resolves an S3 bucket's region with
+# a request, which every shard open would otherwise repeat. Keyed by pid: a DataLoader worker is a fork and
+# must not reuse its parent's connections.
+_FILESYSTEMS: dict[tuple[int, str], Any] = {}
+_BUCKET_SCHEMES = ("s3", "gs", "gcs")
+
+
+def url_filesystem(url: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) of a `scheme://` URL: s3://, gs://, hdfs://, abfs:// ...
+
+    pyarrow is what Ray Train already uses for checkpoints, so no fsspec backend (s3fs, gcsfs) is needed.
+    S3 credentials, region and endpoint come from the standard variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL for MinIO-like stores), ~/.aws, or the instance's role.
+    """
+    import pyarrow.fs as pafs
+
+    scheme, _, rest = url.partition("://")
+    location, _, query = rest.partition("?")
+    try:
+        if scheme not in _BUCKET_SCHEMES:
+            return pafs.FileSystem.from_uri(url)
+        key = (os.getpid(), f"{scheme}://{location.split('/', 1)[0]}?{query}")
+        if key not in _FILESYSTEMS:
+            _FILESYSTEMS[key] = pafs.FileSystem.from_uri(url)[0]
+    except ValueError as exc:  # pyarrow.ArrowInvalid: unknown scheme, malformed URI
+        raise ImageLoRAError(f"{url}: no filesystem for this URL ({exc})") from None
+    return _FILESYSTEMS[key], location
+
+
+def open_url_stream(url: str) -> io.BufferedIOBase:
+    """A readable binary stream of the object at a `scheme://` URL: through pyarrow (`url_filesystem`),
+    else through fsspec for the schemes pyarrow does not know (`memory://`, or any installed backend)."""
+    try:
+        fs, path = url_filesystem(url)
+    except ImageLoRAError as unknown:
+        try:
+            import fsspec
+
+            return fsspec.open(url, "rb").open()
+        except (ImportError, ValueError) as exc:  # no fsspec, no backend, or an unknown protocol
+            raise ImageLoRAError(f"{url}: no filesystem opens this URL ({unknown}; fsspec: {exc})") from None
+    return fs.open_input_stream(path)
 
 
 def index_location(path: str | os.PathLike) -> str:

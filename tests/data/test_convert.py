@@ -11,13 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imagelora_dist.data.convert import (
-    ConversionReport,
-    ConvertOptions,
-    _pixel_box,
-    convert_jsonl,
+from imagelora_dist.data.convert import ConversionReport, ConvertOptions, convert_jsonl
+from imagelora_dist.data.ingest_records import pixel_box
+from imagelora_dist.data.shards import (
+    GROUPING_FIELDS,
+    INDEX_NAME,
+    RECORD_FIELDS,
+    ShardIndex,
+    read_shard_raw,
+    shard_name,
 )
-from imagelora_dist.data.shards import INDEX_NAME, RECORD_FIELDS, ShardIndex, read_shard_raw, shard_name
 from imagelora_dist.data.tasks import parse_point
 from imagelora_dist.errors import ImageLoRAError
 
@@ -165,13 +168,14 @@ def test_mixed_file_reports_and_writes(tmp_path, image_dir):
     messages: list[str] = []
     report = _convert(tmp_path, jsonl, image_dir, messages=messages)
 
-    assert [line for line, _ in report.problems] == sorted(expected)
-    for line, reason in report.problems:
-        assert reason.startswith(expected[line]), (line, reason)
+    assert [p.row for p in report.problems] == sorted(expected)
+    for p in report.problems:
+        assert p.reason.startswith(expected[p.row]), p
+        assert (p.file, p.unit, p.element) == ("screens.jsonl", "line", None)
     assert report.skipped == len(expected)
     assert report.written == 6
-    assert report.total_lines == 21  # non-blank lines
-    assert report.written + report.skipped == report.total_lines
+    assert report.total_records == 21  # non-blank lines
+    assert report.written + report.skipped == report.total_records
     assert report.exit_code == 0  # not strict
 
     out = tmp_path / "out"
@@ -179,7 +183,8 @@ def test_mixed_file_reports_and_writes(tmp_path, image_dir):
     records = _records(out)
     assert set(records) == {"good-pixels", "good-norm", "7", "tolerance", "abs-inside", "screens-23"}
     for rec, sample in records.values():
-        assert list(rec) == list(RECORD_FIELDS)
+        assert list(rec) == list(RECORD_FIELDS + GROUPING_FIELDS)
+        assert rec["data_source"] == "screens" and rec["application"] == ""
         assert rec["task"] == "grounding" and rec["source"] == "screens.jsonl"
         x0, y0, x1, y1 = rec["bbox"]
         assert 0 <= x0 < x1 <= rec["width"] and 0 <= y0 < y1 <= rec["height"]
@@ -217,7 +222,7 @@ def test_mixed_file_reports_and_writes(tmp_path, image_dir):
     assert index.meta["options"]["bbox_format"] == "xyxy"
 
     summary = report.summary()
-    assert summary.startswith("21 lines: 6 written in 1 shard, 15 skipped (")
+    assert summary.startswith("21 records: 6 written in 1 shard, 15 skipped (")
     assert "3 unreadable image" in summary and "2 image path escapes image_dir" in summary
     assert messages[-1] == summary
     assert any(m.startswith("screens.jsonl:4: skipped: image not found") for m in messages)
@@ -296,7 +301,7 @@ def test_normalised_boxes_round_trip(w, h, fx, fy, fmt, norm):
     if box[2] - box[0] < 0.05 or box[3] - box[1] < 0.05:
         return
     options = ConvertOptions(bbox_format=fmt, normalized=norm)
-    got = _pixel_box(tuple(_encode(box, (w, h), fmt, norm)), w, h, options)
+    got = pixel_box(tuple(_encode(box, (w, h), fmt, norm)), w, h, options.bbox_format, options.normalized)
     assert got == pytest.approx(box, abs=0.011)
     assert 0 <= got[0] < got[2] <= w and 0 <= got[1] < got[3] <= h
 
@@ -358,10 +363,11 @@ def test_bad_inputs_raise_one_line(tmp_path, image_dir):
         ConvertOptions(bbox_format="cxcywh")
     with pytest.raises(ImageLoRAError, match="normalized"):
         ConvertOptions(normalized="100")
-    array = tmp_path / "array.json"
-    array.write_text(json.dumps([{"img_filename": "a.png"}]))
-    with pytest.raises(ImageLoRAError, match="JSON array"):
+    array = tmp_path / "array.json"  # a JSON array is read (tests/data/test_ingest_layouts.py), but whole
+    array.write_text('[{"img_filename": "a.png"},\n {"bbox": [1, 2}]')
+    with pytest.raises(ImageLoRAError, match=r"array.json: invalid JSON: .*\(line 2 column"):
         _convert(tmp_path, array, image_dir)
+    assert not (tmp_path / "out").exists()
 
 
 def test_nothing_valid_writes_no_index(tmp_path, image_dir):
@@ -404,7 +410,7 @@ def test_progress_lines(tmp_path, image_dir):
     )
     progress = [m for m in messages if "records/s" in m]
     assert len(progress) == 2 and progress[0].startswith("2 records: 2 written, 0 skipped (")
-    assert messages[-1] == "5 lines: 5 written in 1 shard, 0 skipped"
+    assert messages[-1] == "5 records: 5 written in 1 shard, 0 skipped"
 
 
 def test_size_estimate_matches_writer(tmp_path):
@@ -425,9 +431,9 @@ def test_size_estimate_matches_writer(tmp_path):
 
 
 def test_oversized_image_skipped(tmp_path, image_dir, monkeypatch):
-    import imagelora_dist.data.convert as convert
+    import imagelora_dist.data.ingest_records as ingest_records
 
-    monkeypatch.setattr(convert, "MAX_IMAGE_PIXELS", 200 * 100 - 1)  # a.png is 200x100
+    monkeypatch.setattr(ingest_records, "MAX_IMAGE_PIXELS", 200 * 100 - 1)  # a.png is 200x100
     jsonl = _write_jsonl(
         tmp_path / "big.jsonl",
         [
@@ -436,7 +442,7 @@ def test_oversized_image_skipped(tmp_path, image_dir, monkeypatch):
         ],
     )
     report = _convert(tmp_path, jsonl, image_dir)
-    assert [(line, reason.split(":")[0]) for line, reason in report.problems] == [(1, "image too large")]
+    assert [(p.row, p.reason.split(":")[0]) for p in report.problems] == [(1, "image too large")]
     assert report.written == 1
 
 
@@ -456,7 +462,7 @@ def test_symlink_out_of_image_dir_refused(tmp_path, image_dir):
         ],
     )
     report = _convert(tmp_path, jsonl, image_dir)
-    assert [(line, reason.split(":")[0]) for line, reason in report.problems] == [
+    assert [(p.row, p.reason.split(":")[0]) for p in report.problems] == [
         (1, "image path escapes image_dir"),
         (2, "image path escapes image_dir"),
         (3, "image path escapes image_dir"),
