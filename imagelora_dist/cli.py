@@ -40,27 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     p = sub.add_parser(
         "shard",
-        help="convert a GUI-grounding JSONL + image folder into WebDataset shards with index.json",
-        description="Bad records are reported with their line number and skipped; with --strict the exit code "
-        "is 1 when any record was skipped.",
+        help="convert GUI-grounding data (JSONL, JSON array, parquet) into WebDataset shards with index.json",
+        description="Reads ScreenSpot / ScreenSpot-v2 / ScreenSpot-Pro JSON arrays, JSON Lines, SeeClick / "
+        "OS-Atlas records with an `elements` list, and Hugging Face parquet exports (images embedded). Bad "
+        "records are reported with their file and line or row and skipped; with --strict the exit code is "
+        "1 when any record was skipped.",
     )
     p.add_argument(
-        "--jsonl", required=True, metavar="FILE", help="records: image file, instruction, bbox, type"
+        "--input",
+        "--jsonl",
+        dest="input",
+        required=True,
+        metavar="PATH",
+        help="a .jsonl, .json array or .parquet file, or a folder of them (Hugging Face: the dataset folder)",
     )
     p.add_argument(
-        "--images", required=True, metavar="DIR", help="folder the records' image paths are relative to"
+        "--images",
+        metavar="DIR",
+        help="folder the records' image paths are relative to (default: the input's folder; "
+        "not needed for embedded images)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for shards and index.json")
+    # Checked by ConvertOptions rather than argparse `choices`, so a bad value is one error line (exit 2).
     p.add_argument(
-        "--bbox-format", choices=["xyxy", "xywh"], default="xyxy", help="box layout (ScreenSpot: xywh)"
+        "--bbox-format", default="xyxy", metavar="{xyxy,xywh}", help="box layout (ScreenSpot: xywh)"
     )
     p.add_argument(
         "--normalized",
         nargs="?",
         const="1",
-        choices=["auto", "pixels", "1", "1000"],
         default="auto",
-        help="box units: pixels, 0..1, 0..1000, or auto (all values in [0, 1] -> normalized)",
+        metavar="{auto,pixels,1,1000}",
+        help="box and point units: pixels, 0..1, 0..1000, or auto (all values in [0, 1] -> normalized)",
     )
     p.add_argument("--max-count", type=int, default=1000, metavar="N", help="samples per shard at most")
     p.add_argument("--max-size", default="1G", metavar="SIZE", help="bytes per shard at most (e.g. 500M, 2G)")
@@ -81,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "eval",
-        help="evaluate <output_dir>/adapter: grounding accuracy, referring exact match, text preservation",
+        help="evaluate <output_dir>/adapter: grounding accuracy (also per data source x element type), "
+        "referring exact match, text preservation",
     )
     _add_config_args(p)
     p = sub.add_parser(
@@ -119,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config (after overrides) as YAML")
     _add_config_args(p)
     p = sub.add_parser(
-        "compare", help="table of the runs of an MLflow experiment (params, FLOPs, accuracy...)"
+        "compare",
+        help="table of the runs of an MLflow experiment (params, FLOPs, accuracy...), then their grounding "
+        "accuracy per data source x element type side by side",
     )
     _add_config_args(p)
     p.add_argument(
@@ -230,8 +244,20 @@ def _run(args: argparse.Namespace) -> int:
         stages = None if args.command == "run" else (args.command,)
         results = pipeline.run_pipeline(cfg, stages=stages, resume=getattr(args, "resume", False))
         print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
+        if "eval" in results:
+            print_eval_breakdown(results["eval"].output)
         print_where_to_look(cfg)
     return 0
+
+
+def print_eval_breakdown(report: object) -> None:
+    """Print the ScreenSpot-style accuracy table (data source x element type) of an eval_report.json."""
+    import json
+    from pathlib import Path
+
+    from imagelora_dist.eval.breakdown import breakdown_table
+
+    print(breakdown_table(json.loads(Path(str(report)).read_text())), end="")
 
 
 def print_where_to_look(cfg: object) -> None:
@@ -255,7 +281,7 @@ def _parse_size(text: str) -> int:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from imagelora_dist.data.convert import ConvertOptions, convert_jsonl
+    from imagelora_dist.data.convert import ConvertOptions, convert
 
     if args.max_count < 1:
         raise ImageLoRAError(f"--max-count must be >= 1, got {args.max_count}")
@@ -267,8 +293,8 @@ def _shard(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         strict=args.strict,
     )
-    report = convert_jsonl(args.jsonl, args.images, args.out, options, overwrite=args.overwrite)
-    return report.exit_code  # convert_jsonl printed the summary
+    report = convert(args.input, args.out, options, image_dir=args.images, overwrite=args.overwrite)
+    return report.exit_code  # convert printed the summary
 
 
 def _runtime_failures() -> tuple[type[BaseException], ...]:

@@ -6,6 +6,12 @@ from `adapter_config.json`: Image-LoRA (`adapter_type: image_lora`, our safetens
 (`peft_type: LORA`, from `save_pretrained`). Answers come from the evaluation's own greedy, left-padded
 generation (`eval.generate.generate_answers`), so `infer` and `eval` answer alike.
 
+Grounding questions are asked in the configured `data.answer_format` (`auto`: the family's own), with the
+output request the collator appends in training, and each answer is parsed back with that format's parser
+to a click in pixels of the input screenshot (`answer_clicks`). A question is grounding unless its JSONL
+record says `"task": "referring"` or it is a referring question (`What is the element in the box (...)`).
+With the default `point` format the prompt and the printed/written answers are as they always were.
+
 Image-LoRA acts at prefill only, by construction: its delta is added at visual-token rows, and visual
 tokens exist only in the prompt; each decode step feeds one new text token per sequence, which the
 adapter passes through bit for bit. The KV cache holds the adapted prefill values; decoding is unchanged.
@@ -17,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,10 +38,21 @@ from torch import nn
 
 from imagelora_dist.adapter.io import ADAPTER_TYPE, CONFIG_NAME, load_adapter
 from imagelora_dist.config import RunConfig
+from imagelora_dist.data.answer_formats import (
+    POINT,
+    QWEN25_ABS,
+    check_answer_format,
+    click_pixels,
+    format_instruction,
+    model_image_size,
+    resolve_answer_format,
+)
 from imagelora_dist.data.convert import IMAGE_KEYS, INSTRUCTION_KEYS
 from imagelora_dist.data.shards import MAX_IMAGE_PIXELS, atomic_write_bytes
+from imagelora_dist.data.tasks import GROUNDING, REFERRING, TASKS
 from imagelora_dist.errors import AdapterFormatError, ImageLoRAError
 from imagelora_dist.eval.generate import generate_answers
+from imagelora_dist.eval.run import NATIVE_MIN_NEW_TOKENS
 
 IMAGE_LORA = "image_lora"
 PEFT_LORA = "lora"
@@ -43,8 +61,11 @@ RUN_PREFIX = "mlflow-run:"
 ADAPTER_ARTIFACT = "adapter"  # where the pipeline logs the trained adapter (pipeline.run_pipeline)
 TRAIN_STAGE = "train"
 PROGRESS_INTERVAL_S = 5.0
+# The referring question of `data.tasks.referring_instruction`: answered as text, never given a format.
+_REFERRING_QUESTION = re.compile(r"\s*What is the element in the box \(")
 
 Progress = Callable[[str], None]
+Click = tuple[float, float]
 
 
 class InferenceError(ImageLoRAError):
@@ -270,6 +291,16 @@ def load_for_inference(
     return model, processor, kind
 
 
+def model_family(model: nn.Module, default: str) -> str:
+    """The loaded model's family, from its config's `model_type`; `default` when that names none."""
+    from imagelora_dist.models.registry import family_for_model_type
+
+    try:
+        return family_for_model_type(str(getattr(model.config, "model_type", ""))).name
+    except (AttributeError, ImageLoRAError):
+        return default
+
+
 # --- inputs -----------------------------------------------------------------------------------------------
 
 
@@ -364,6 +395,55 @@ def read_jsonl(path: str | Path, images_dir: str | Path | None = None) -> list[I
 # --- answering --------------------------------------------------------------------------------------------
 
 
+def item_task(item: InferItem) -> str:
+    """The item's task: its record's `task` when that names one, else referring for a referring question
+    (`data.tasks.referring_instruction`), else grounding."""
+    task = item.record.get("task")
+    if task in TASKS:
+        return str(task)
+    return REFERRING if _REFERRING_QUESTION.match(item.instruction) else GROUNDING
+
+
+def item_prompt(item: InferItem, answer_format: str = POINT) -> str:
+    """The text asked: a grounding instruction plus `answer_format`'s output request (as the collator
+    builds it in training); a referring question as it is."""
+    if item_task(item) != GROUNDING:
+        return item.instruction
+    return format_instruction(item.instruction, answer_format)
+
+
+def image_size(item: InferItem) -> tuple[int, int]:
+    """(width, height) of the item's screenshot, from its header."""
+    try:
+        with Image.open(item.image) as im:
+            return im.size
+    except Exception as exc:  # PIL raises many types for non-images
+        raise InferenceError(f"{item.where}: unreadable image {item.image} ({_first_line(exc)})") from None
+
+
+def answer_clicks(
+    items: Sequence[InferItem],
+    answers: Sequence[str],
+    answer_format: str = POINT,
+    processor: Any = None,
+    max_pixels: int | None = None,
+) -> list[Click | None]:
+    """Each grounding answer parsed in `answer_format` to a click in pixels of its input screenshot (a box
+    answer's centre), rounded to 0.1 px; None for a referring item or an answer without a click.
+
+    `processor` and `max_pixels` give the image size the model saw (needed by qwen25_abs only)."""
+    clicks: list[Click | None] = []
+    for item, text in zip(items, answers, strict=True):
+        if item_task(item) != GROUNDING:
+            clicks.append(None)
+            continue
+        width, height = image_size(item)
+        seen = model_image_size(processor, width, height, max_pixels) if answer_format == QWEN25_ABS else None
+        click = click_pixels(text, {"width": width, "height": height}, answer_format, seen)
+        clicks.append(None if click is None else (round(click[0], 1), round(click[1], 1)))
+    return clicks
+
+
 def answer_items(
     model: nn.Module,
     processor: Any,
@@ -374,8 +454,10 @@ def answer_items(
     max_pixels: int | None = None,
     progress: Progress | None = None,
     progress_interval_s: float = PROGRESS_INTERVAL_S,
+    answer_format: str = POINT,
 ) -> list[str]:
-    """Greedy answers, in order, `batch_size` images decoded and generated at a time (eval's generation)."""
+    """Greedy answers, in order, `batch_size` images decoded and generated at a time (eval's generation);
+    grounding questions asked in `answer_format` (`item_prompt`)."""
     if batch_size < 1:
         raise InferenceError(f"--batch-size must be >= 1, got {batch_size}")
     if max_new_tokens < 1:
@@ -384,7 +466,10 @@ def answer_items(
     start = last = time.monotonic()
     for first in range(0, len(items), batch_size):
         chunk = items[first : first + batch_size]
-        decoded = [{"image": load_image(it), "record": {"instruction": it.instruction}} for it in chunk]
+        decoded = [
+            {"image": load_image(it), "record": {"instruction": item_prompt(it, answer_format)}}
+            for it in chunk
+        ]
         answers += generate_answers(
             model,
             processor,
@@ -401,15 +486,35 @@ def answer_items(
     return answers
 
 
-def write_answers(path: str | Path, items: Sequence[InferItem], answers: Sequence[str], key: str) -> Path:
-    """JSONL of each input record plus `key: answer`, in input order; temp file then rename."""
+def write_answers(
+    path: str | Path,
+    items: Sequence[InferItem],
+    answers: Sequence[str],
+    key: str,
+    clicks: Sequence[Click | None] | None = None,
+) -> Path:
+    """JSONL of each input record plus `key: answer` (and with `clicks`, `{key}_click: [x, y]` pixels or
+    null), in input order; temp file then rename."""
+    extra = [{} for _ in items] if clicks is None else [{f"{key}_click": _xy(c)} for c in clicks]
     lines = [
-        json.dumps({**it.record, key: text}, ensure_ascii=False) + "\n"
-        for it, text in zip(items, answers, strict=True)
+        json.dumps({**it.record, key: text, **more}, ensure_ascii=False) + "\n"
+        for it, text, more in zip(items, answers, extra, strict=True)
     ]
     path = Path(path)
     atomic_write_bytes(path, "".join(lines).encode("utf-8"))
     return path
+
+
+def _xy(click: Click | None) -> list[float] | None:
+    return None if click is None else [click[0], click[1]]
+
+
+def click_line(item: InferItem, click: Click | None) -> str:
+    """The `[infer]` line that gives a grounding answer's click in pixels of the input screenshot."""
+    width, height = image_size(item)
+    if click is None:
+        return f"[infer] click: none found in the answer ({width}x{height} screenshot)"
+    return f"[infer] click: ({click[0]:g}, {click[1]:g}) px in the {width}x{height} screenshot"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -450,8 +555,17 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
             cfg = model_config_from_adapter(cfg, adapter_dir)
         cfg = with_model(cfg, args.model, args.family)
         model, processor, kind = load_for_inference(cfg, adapter_dir, args.device)
+    # `auto` follows the loaded model: a checkpoint's family is its own, whatever model.family says.
+    answer_format = resolve_answer_format(cfg.data.answer_format, model_family(model, cfg.model.family))
+    check_answer_format(answer_format, processor)
+    if answer_format != POINT and args.max_new_tokens is None:
+        # As eval does: eval.max_new_tokens is sized for "(x, y)", a native answer is longer.
+        max_new_tokens = max(max_new_tokens, NATIVE_MIN_NEW_TOKENS)
     what = cfg.model.path or f"tiny {cfg.model.family} (seed {cfg.model.seed})"
-    _stderr(f"[infer] {kind} adapter from {args.adapter} on {what}; {len(items)} question(s)")
+    _stderr(
+        f"[infer] {kind} adapter from {args.adapter} on {what}; {len(items)} question(s); "
+        f"answer format {answer_format}"
+    )
     answers = answer_items(
         model,
         processor,
@@ -460,10 +574,17 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
         max_new_tokens=max_new_tokens,
         max_pixels=cfg.data.max_pixels,
         progress=_stderr,
+        answer_format=answer_format,
     )
+    clicks = answer_clicks(items, answers, answer_format, processor, cfg.data.max_pixels)
     if args.jsonl is None:
         print(answers[0])
+        if item_task(items[0]) == GROUNDING:
+            _stderr(click_line(items[0], clicks[0]))
         return 0
-    out = write_answers(args.output, items, answers, args.answer_key)
+    # `point` output records stay as they were; a native format's coordinates need the parse to be used.
+    out = write_answers(
+        args.output, items, answers, args.answer_key, None if answer_format == POINT else clicks
+    )
     print(f"[infer] wrote {len(answers)} answers to {out}")
     return 0

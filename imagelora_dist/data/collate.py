@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from imagelora_dist.data.answer_formats import (
+    MIN_PIXELS_FLOOR,
+    POINT,
+    check_answer_format,
+    fitted_size,
+    sample_text,
+)
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.prefix_cache import sample_digests
 from imagelora_dist.models.vision_cache import is_pixel_stand_in, pixel_digests, pixel_stand_in
@@ -127,11 +134,8 @@ def collate(
 
 def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
     """Downscale (never upscale) so width*height <= max_pixels, keeping the aspect ratio."""
-    if max_pixels is None or image.width * image.height <= max_pixels:
-        return image
-    scale = (max_pixels / (image.width * image.height)) ** 0.5
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
+    size = fitted_size(image.width, image.height, max_pixels)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 # The image of the label-free filler row that `vision_every_batch` adds to a batch without images.
@@ -163,8 +167,13 @@ class BatchCollator:
         vision_every_batch: bool = False,
         image_digests: bool = False,
         sample_digests: bool = False,
+        answer_format: str = POINT,
     ) -> None:
         self.processor = processor
+        # Grounding answers (and prompts) in this format, built from each record (data/answer_formats.py).
+        # (a processor without Qwen's resize fails here, not mid-epoch)
+        self.answer_format = check_answer_format(answer_format, processor)
+        self.malformed = 0
         self.image_digests = image_digests
         self.sample_digests = sample_digests
         self.visual_token_ids = torch.tensor(list(visual_token_ids))
@@ -175,7 +184,7 @@ class BatchCollator:
         image_processor = getattr(processor, "image_processor", None)
         if max_pixels is not None and hasattr(image_processor, "merge_size"):
             # Dynamic-resolution (Qwen) processors resize to their own pixel range: make it ours.
-            min_pixels = min(max_pixels, 56 * 56)
+            min_pixels = min(max_pixels, MIN_PIXELS_FLOOR)
             self.processor_kwargs["size"] = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         # Set by an in-process training loop with the vision cache: does the cache hold the features of
         # the image with this pixel digest? A batch whose every image it holds skips the image processor
@@ -189,18 +198,35 @@ class BatchCollator:
         self._pixel_format: tuple[int, torch.dtype, bool] | None = None  # patch_dim, dtype, mm_token_type_ids
 
     def samples(self, decoded: Sequence[dict]) -> list[Sample]:
-        """Chat samples from decoded records (`instruction`, `answer`) and their fitted images."""
-        return [
-            Sample(
-                d["record"]["instruction"],
-                d["record"].get("answer"),
-                [] if d["record"].get("text_only") is True else [fit_pixels(d["image"], self.max_pixels)],
+        """Chat samples from decoded records (`instruction`, `answer` in `answer_format`) and fitted images."""
+        out = []
+        for d in decoded:
+            instruction, answer = sample_text(
+                d["record"], self.answer_format, self.processor, self.max_pixels
             )
-            for d in decoded
-        ]
+            images = [] if d["record"].get("text_only") is True else [fit_pixels(d["image"], self.max_pixels)]
+            out.append(Sample(instruction, answer, images))
+        return out
+
+    def _well_formed(self, decoded: Sequence[dict]) -> list[dict]:
+        """The decoded samples whose answer text can be built; the others (a grounding record without a
+        readable box or size, in a native format) are dropped and counted in `malformed`."""
+        if self.answer_format == POINT:
+            return list(decoded)
+        keep = []
+        for d in decoded:
+            try:
+                sample_text(d["record"], self.answer_format, self.processor, self.max_pixels)
+            except (KeyError, TypeError, ValueError):
+                self.malformed += 1
+                continue
+            keep.append(d)
+        return keep
 
     def __call__(self, decoded: Sequence[dict]) -> dict:
-        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "sample_digests" (with `sample_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long", "without_pixels"}."""
+        """{"inputs": model inputs or None, "image_digests" (with `image_digests`), "sample_digests" (with `sample_digests`), "records", "num_samples", "visual_tokens", "text_tokens", "too_long", "malformed", "without_pixels"}."""
+        malformed_before = self.malformed
+        decoded = self._well_formed(decoded)
         samples = self.samples(decoded)
         records = [d["record"] for d in decoded]
         too_long = 0
@@ -260,6 +286,7 @@ class BatchCollator:
             "visual_tokens": visual,
             "text_tokens": text,
             "too_long": too_long,
+            "malformed": self.malformed - malformed_before,
             "without_pixels": known is not None and inputs is not None,
         }
 

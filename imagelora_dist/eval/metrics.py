@@ -1,6 +1,7 @@
 """Scoring of generated answers against a shard record (see `imagelora_dist.data.shards`).
 
-Grounding: the first `(x, y)` in the text, in [0, 1000) coordinates, de-normalised with the record's
+Grounding: the click in the text, read in the run's answer format (`data/answer_formats.py`; by default the
+first `(x, y)` in [0, 1000) coordinates; a box answer's click is its centre), de-normalised with the record's
 `width`/`height`, must lie inside `bbox` (pixels, borders included). Referring: the text must equal
 `referring_answer(element_type, element_text)` up to case and surrounding whitespace/punctuation.
 
@@ -19,7 +20,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from imagelora_dist.data.tasks import COORD_SCALE, GROUNDING, REFERRING, parse_point, referring_answer
+from imagelora_dist.data.answer_formats import POINT, QWEN25_ABS, click_pixels, parse_click
+from imagelora_dist.data.tasks import COORD_SCALE, GROUNDING, REFERRING, referring_answer
 
 
 def denormalize_point(x: float, y: float, width: float, height: float) -> tuple[float, float]:
@@ -27,12 +29,18 @@ def denormalize_point(x: float, y: float, width: float, height: float) -> tuple[
     return x * width / COORD_SCALE, y * height / COORD_SCALE
 
 
-def grounding_hit(generated: str, record: Mapping[str, Any]) -> bool:
-    """True when the first point in `generated` falls inside the record's pixel `bbox` (inclusive)."""
-    point = parse_point(generated)
-    if point is None:
+def grounding_hit(
+    generated: str,
+    record: Mapping[str, Any],
+    answer_format: str = POINT,
+    image_size: tuple[int, int] | None = None,
+) -> bool:
+    """True when the click in `generated` (in `answer_format`; `image_size`: the model's (width, height),
+    for qwen25_abs) falls inside the record's pixel `bbox` (inclusive)."""
+    click = click_pixels(generated, record, answer_format, image_size)
+    if click is None:
         return False
-    x, y = denormalize_point(point[0], point[1], float(record["width"]), float(record["height"]))
+    x, y = click
     x0, y0, x1, y1 = (float(v) for v in record["bbox"])
     return x0 <= x <= x1 and y0 <= y <= y1
 
@@ -49,13 +57,25 @@ def _centre(record: Mapping[str, Any]) -> tuple[float, float]:
     return (x0 + x1) / 2 * COORD_SCALE / w, (y0 + y1) / 2 * COORD_SCALE / h
 
 
-def click_distance(generated: str, record: Mapping[str, Any]) -> float:
-    """Distance from the first point in `generated` to the target's centre, in [0, 1000) coordinates."""
-    point = parse_point(generated)
-    if point is None:
+def click_distance(
+    generated: str,
+    record: Mapping[str, Any],
+    answer_format: str = POINT,
+    image_size: tuple[int, int] | None = None,
+) -> float:
+    """Distance from the click in `generated` (as `grounding_hit` reads it) to the target's centre, in [0, 1000)
+    coordinates of the image (whatever the answer format's own coordinates)."""
+    if answer_format == QWEN25_ABS:
+        click = click_pixels(generated, record, answer_format, image_size)
+        w, h = float(record["width"]), float(record["height"])
+        click = None if click is None else (click[0] * COORD_SCALE / w, click[1] * COORD_SCALE / h)
+    else:  # already [0, 1000) coordinates: read them as they are
+        click = parse_click(generated, answer_format)
+    if click is None:
         return MAX_CLICK_DISTANCE
+    x, y = click
     cx, cy = _centre(record)
-    return min(MAX_CLICK_DISTANCE, math.hypot(point[0] - cx, point[1] - cy))
+    return min(MAX_CLICK_DISTANCE, math.hypot(x - cx, y - cy))
 
 
 def chance_baselines(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:

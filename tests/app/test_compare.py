@@ -6,6 +6,7 @@ import os
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
+import re  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
@@ -153,3 +154,49 @@ def test_unknown_experiment(store, tmp_path):
     with pytest.raises(ImageLoRAError, match="no MLflow store"):
         compare_runs(missing, "cmp")
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_breakdown_side_by_side(tmp_path, capsys):
+    """Per-group grounding accuracy read back from MLflow, a column per run (the eval stage logs it; the
+    pipeline copies it to the parent)."""
+    from imagelora_dist.compare import pipeline_runs as runs_of
+    from imagelora_dist.compare import render_breakdown, run_groups
+    from imagelora_dist.eval.breakdown import group_metrics
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    tracking = [f"tracking.uri={uri}", "tracking.experiment=bd", f"tracking.artifact_root={tmp_path}/art"]
+    outcomes = {
+        "zero-shot": [(("mobile", "icon"), False), (("mobile", "text"), True), (("web", "icon"), False)],
+        "tuned": [(("mobile", "icon"), True), (("mobile", "text"), True), (("Desktop_App", "icon"), True)],
+    }
+    for name, results in outcomes.items():
+        tracker = Tracker(load_config(None, [f"name={name}", *tracking]))
+        micro = {"grounding_accuracy": sum(ok for _, ok in results) / 3, "grounding_count": 3}
+        metrics = {**group_metrics(results), **micro}
+        with tracker.pipeline_run():
+            with tracker.stage_run("eval"):
+                tracker.log_metrics(metrics)
+            if name == "tuned":
+                tracker.log_metrics(metrics)  # as the pipeline does; zero-shot's stay on its stage run only
+        time.sleep(0.01)
+    groups = [run_groups(run, stages) for run, stages in runs_of(uri, "bd")]
+    assert [g["run"] for g in groups] == ["tuned", "zero-shot"]
+    assert groups[1]["cells"][("mobile", "text")] == (1.0, 1)
+    assert groups[1]["macro"] == pytest.approx(1 / 3)
+    table = render_breakdown(groups)
+    lines = table.splitlines()
+    assert lines[1].split() == ["group", "tuned", "zero-shot"]
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line.split() for line in lines[3:]}
+    assert rows["mobile / icon"][-4:] == ["100.0", "(1)", "0.0", "(1)"]
+    assert rows["Desktop_App / icon"][-3:] == ["100.0", "(1)", "-"]
+    assert rows["web / icon"][-3:] == ["-", "0.0", "(1)"]
+    assert rows["all / icon"][-4:] == ["100.0", "(2)", "0.0", "(2)"]
+    assert rows["macro average"][-2:] == ["100.0", "33.3"]
+    assert rows["all (micro)"][-4:] == ["100.0", "(3)", "33.3", "(3)"]
+    assert render_breakdown([{"run": "x", "run_id": "1", "cells": {}, "macro": None}]) == ""
+
+    path = compare_main(uri, "bd", tmp_path / "report")
+    out = capsys.readouterr().out
+    assert table in out
+    page = path.read_text()
+    assert "by data source / element type" in page and "Desktop_App / icon" in page

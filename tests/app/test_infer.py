@@ -341,3 +341,136 @@ def test_model_defaults_to_the_adapters_base(trained, tmp_path):
     for bad in ("runs:/", "mlflow-run:", "mlflow-run:a/b"):
         with pytest.raises(InferenceError, match="--adapter"):
             parse_run_source(bad)
+
+
+# --- answer formats (no trained model: a zero-initialised adapter, and canned or tiny-model answers) -------
+
+
+@pytest.fixture
+def blank_adapter(tmp_path):
+    """A freshly attached Image-LoRA adapter of the tiny qwen2_5_vl (no training), saved, and a 640x360 shot."""
+    model, _ = build_tiny_vlm("qwen2_5_vl", seed=0)
+    handle = attach_image_lora(model, {1: [0]}, rank=2, alpha=4)
+    adapter = save_adapter(tmp_path / "adapter", handle, {"method": "image_lora"})
+    handle.detach()
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (640, 360), (230, 230, 240)).save(shot)
+    return adapter, shot
+
+
+def test_prompts_and_clicks_per_answer_format(tmp_path):
+    from imagelora_dist.data.answer_formats import model_image_size
+    from imagelora_dist.infer import answer_clicks, item_prompt, item_task, read_jsonl
+
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (640, 360)).save(shot)
+    ask = "Click the Save button."
+    referring = "What is the element in the box (1, 2, 3, 4)? Answer with its type and text."
+    lines = [{"image": "shot.png", "instruction": ask}, {"image": "shot.png", "instruction": referring},
+             {"image": "shot.png", "instruction": "Describe it.", "task": "referring"}]  # fmt: skip
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    grounding, ref, told = read_jsonl(tmp_path / "q.jsonl")
+    assert [item_task(i) for i in (grounding, ref, told)] == ["grounding", "referring", "referring"]
+    # The collator's output request (data/answer_formats.py); `point` asks as before.
+    assert item_prompt(grounding) == item_prompt(grounding, "point") == ask
+    assert item_prompt(grounding, "qwen25_abs") == f"{ask} Output its bbox coordinates in JSON format."
+    assert item_prompt(grounding, "qwen3_rel") == f"{ask} Output its bbox coordinates in JSON format."
+    assert item_prompt(grounding, "qwen2_box") == f"{ask} Output the bounding box of the element."
+    assert item_prompt(ref, "qwen3_rel") == referring and item_prompt(told, "qwen2_box") == "Describe it."
+
+    processor = build_tiny_vlm("qwen2_5_vl", seed=0)[1]
+    items = [grounding, ref]
+    # Pixels of the 640 x 360 input: [0, 1000) coordinates scale by 0.64 and 0.36, a box by its centre.
+    assert answer_clicks(items, ["(250, 500)", "(1, 2)"], "point") == [(160.0, 180.0), None]
+    assert answer_clicks(items, ['{"bbox_2d": [100, 200, 300, 400]}', "x"], "qwen3_rel")[0] == (128.0, 108.0)
+    assert answer_clicks(items, ["(100,200),(300,400)", "x"], "qwen2_box")[0] == (128.0, 108.0)
+    # qwen25_abs: pixels of the image the model saw (fitted to the budget, then smart_resize).
+    budget = 200 * 200
+    w, h = model_image_size(processor, 640, 360, budget)
+    answer = f'{{"point_2d": [{w // 2}, {h // 4}]}}'
+    click = answer_clicks([grounding], [answer], "qwen25_abs", processor, budget)[0]
+    assert click == (round(w // 2 * 640 / w, 1), round(h // 4 * 360 / h, 1))
+    assert answer_clicks([grounding], ["no idea"], "qwen3_rel") == [None]
+
+
+def test_answer_items_asks_in_the_format_with_a_tiny_model(tmp_path, monkeypatch):
+    """Real generation with an untrained tiny model: the prompt carries the format's request."""
+    from imagelora_dist import infer
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (320, 200), (200, 220, 240)).save(shot)
+    seen = []
+
+    def spy(model, processor, decoded, **kw):
+        seen.extend(d["record"]["instruction"] for d in decoded)
+        return generate_answers(model, processor, decoded, **kw)
+
+    monkeypatch.setattr(infer, "generate_answers", spy)
+    item = single_item(str(shot), "Open the menu.")
+    answers = answer_items(model, processor, [item], max_new_tokens=2, answer_format="qwen25_abs")
+    assert seen == ["Open the menu. Output its bbox coordinates in JSON format."]
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    clicks = infer.answer_clicks([item], answers, "qwen25_abs", processor)
+    assert clicks[0] is None or all(isinstance(v, float) for v in clicks[0])
+
+
+@pytest.mark.parametrize("setting", ["point", "qwen3_rel", "auto"])
+def test_cli_answer_format_prompt_click_and_output(blank_adapter, tmp_path, capsys, monkeypatch, setting):
+    from imagelora_dist import infer
+    from imagelora_dist.data.answer_formats import model_image_size
+
+    adapter, shot = blank_adapter
+    fmt = "qwen25_abs" if setting == "auto" else setting  # auto: the loaded qwen2_5_vl's own format
+    prompts = []
+    w, h = model_image_size(build_tiny_vlm("qwen2_5_vl", seed=0)[1], 640, 360, MAX_PIXELS)
+    canned = {
+        "point": "(250, 500)",
+        "qwen3_rel": '{"bbox_2d": [200, 400, 300, 600]}',
+        "qwen25_abs": f'{{"bbox_2d": [0, 0, {w // 2}, {h}]}}',
+    }[fmt]
+
+    def fake(model, processor, decoded, **kw):
+        prompts.extend(d["record"]["instruction"] for d in decoded)
+        return [canned for _ in decoded]
+
+    monkeypatch.setattr(infer, "generate_answers", fake)
+    # Each canned answer is a click at (160, 180) px of the 640 x 360 shot.
+    code = main(["infer", f"data.answer_format={setting}", "--adapter", str(adapter), "--image", str(shot),
+                 "--instruction", "Click OK."])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out == canned + "\n"  # stdout: the answer, as before
+    assert "[infer] click: (160, 180) px in the 640x360 screenshot" in out.err
+    assert f"answer format {fmt}" in out.err
+    hint = "" if fmt == "point" else " Output its bbox coordinates in JSON format."
+    assert prompts == ["Click OK." + hint]
+
+    jsonl = tmp_path / "q.jsonl"
+    records = [{"image": "shot.png", "instruction": "Click OK.", "id": 1},
+               {"image": "shot.png", "instruction": "x", "task": "referring"}]  # fmt: skip
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    answers = tmp_path / "a.jsonl"
+    code = main(["infer", f"data.answer_format={setting}", "--adapter", str(adapter), "--jsonl", str(jsonl),
+                 "--output", str(answers)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    if fmt == "point":  # the default format writes exactly what infer always wrote
+        assert rows == [{**r, "answer": canned} for r in records]
+    else:
+        assert rows == [
+            {**records[0], "answer": canned, "answer_click": [160.0, 180.0]},
+            {**records[1], "answer": canned, "answer_click": None},
+        ]
+
+
+def test_cli_qwen25_abs_needs_a_qwen_processor(tmp_path, capsys):
+    model, _ = build_tiny_vlm("llava", seed=0)
+    handle = attach_image_lora(model, {1: [0]}, rank=2, alpha=4)
+    adapter = save_adapter(tmp_path / "adapter", handle, {"method": "image_lora"})
+    shot = tmp_path / "shot.png"
+    Image.new("RGB", (64, 64)).save(shot)
+    code = main(["infer", "data.answer_format=qwen25_abs", "--adapter", str(adapter), "--image", str(shot),
+                 "--instruction", "Click OK."])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "qwen25_abs needs a Qwen2-VL-family image processor" in err[-1]
