@@ -45,6 +45,7 @@ bench: $(STAMP)  # the suite rewrites its section of bench/RESULTS.md; run it on
 	$(PY) bench/step_time.py
 	$(PY) bench/loader.py
 	$(PY) bench/probe_scaling.py
+	$(PY) bench/probe_driver_memory.py
 
 smoke-3b: $(STAMP)  # Qwen2.5-VL-3B's real shape (random bf16 weights) end to end on CPU: minutes, ~7 GB disk; bench/out/smoke_3b.json
 	$(PY) bench/smoke_3b.py

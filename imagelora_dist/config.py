@@ -136,6 +136,12 @@ class DataConfig(_Strict):
     # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
     # path or a `pipe:` entry in an untrusted index would read any file or run a command.
     trust_index_urls: bool = False
+    # The grounding answers' text (data/answer_formats.py): point "(x, y)" in [0, 1000) (synthetic data, tiny
+    # models); a Qwen family's native format (qwen2_box, qwen25_abs, qwen3_rel); auto: the model family's own.
+    # Left out of dumps at point, so the stage hashes of configs without it stay as they were.
+    answer_format: Literal["point", "qwen2_box", "qwen25_abs", "qwen3_rel", "auto"] = Field(
+        "point", exclude_if=lambda v: v == "point"
+    )
     # Pre-training only (experiments/fidelity): the task mix (None: the generic five; see fidelity/pretrain_tasks.py,
     # which also has the opt-in `point` and `describe_at`). Left out of dumps when unset (stage hashes).
     pretrain_tasks: (
@@ -153,6 +159,10 @@ class ProbeConfig(_Strict):
     """Head influence probe settings."""
 
     method: Literal["rank1", "gate"] = "rank1"
+    # actors: one model replica per Ray actor. zero3: the probe runs inside a Ray Train + DeepSpeed ZeRO-3
+    # group (ray.num_workers ranks), for models that do not fit one worker. Each is bitwise the same for any
+    # worker count; between them scores differ in the last float32 bits.
+    backend: Literal["actors", "zero3"] = Field("actors", exclude_if=lambda v: v == "actors")
     num_examples: int = Field(8, ge=1)
     batch_size: int = Field(2, ge=1)
     seed: int = 0

@@ -54,6 +54,7 @@ class PlanRequest:
     precision: str = "bf16"
     gpu_memory_gib: float = 141.0  # an H200
     probe_batch: int = 2
+    probe_backend: str = "actors"  # probe.backend: whole replicas, or one ZeRO-3 group over every GPU
 
 
 @dataclass
@@ -184,8 +185,13 @@ def make_plan(req: PlanRequest) -> Plan:
     checkpointed = (layers * b * hidden + per_layer_token) * tokens / GIB
     plan.train_checkpointed = {**states, "activations": checkpointed, **common}
     probe_tokens = req.probe_batch * (req.visual_tokens + req.text_tokens)
+    if req.probe_backend == "zero3":
+        weights = {"model weights (ZeRO-3 partition)": total * b / n / GIB,
+                   "gathered module (ZeRO-3)": largest * b / GIB}  # fmt: skip
+    else:
+        weights = {"model weights (whole, one replica)": total * b / GIB}
     plan.probe = {
-        "model weights (whole, one replica)": total * b / GIB,
+        **weights,
         "activations": layers * per_layer_token * probe_tokens / GIB,
         "vision tower (no grad, one block)": vision_block * req.probe_batch / max(1, req.micro_batch) / GIB,
         "logits and loss": probe_tokens * vocab * (b + 4) / GIB,
@@ -248,7 +254,11 @@ def render_plan(plan: Plan) -> str:
         f"{plan.train_checkpointed['activations']:.2f}, total {sum(plan.train_checkpointed.values()):.2f} GiB: "
         + ("fits" if plan.fits(plan.train_checkpointed) else "does NOT fit"),
         "",
-        f"per probe worker (one whole replica per actor, batch {r.probe_batch}) (GiB)",
+        (
+            f"per probe worker (probe.backend zero3: one ZeRO-3 group of {plan.gpus} ranks, batch {r.probe_batch}) (GiB)"
+            if r.probe_backend == "zero3"
+            else f"per probe worker (one whole replica per actor, batch {r.probe_batch}) (GiB)"
+        ),
         *_column(plan.probe, r.gpu_memory_gib),
     ]
     if plan.deepspeed_estimate is not None:
@@ -304,6 +314,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--gpu-memory-gib", type=float, default=141.0, metavar="GIB", help="per GPU (H200: 141)")
     p.add_argument("--probe-batch", type=int, default=2, metavar="N", help="probe.batch_size")
+    p.add_argument(
+        "--probe-backend",
+        default="actors",
+        choices=["actors", "zero3"],
+        help="probe.backend (default actors)",
+    )
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -322,7 +338,7 @@ def plan_command(args: argparse.Namespace) -> int:
         offload=args.offload, micro_batch=args.micro_batch, visual_tokens=args.visual_tokens,
         text_tokens=args.text_tokens, method=args.method, rank=args.rank, budget=args.budget,
         lora_targets=targets, precision=args.precision, gpu_memory_gib=args.gpu_memory_gib,
-        probe_batch=args.probe_batch,
+        probe_batch=args.probe_batch, probe_backend=args.probe_backend,
     )  # fmt: skip
     print(render_plan(make_plan(req)), end="")
     return 0

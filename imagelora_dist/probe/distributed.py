@@ -1,17 +1,28 @@
-"""Ray fan-out of the head probe: actors score probe batches by index, the driver sums in fixed order.
+"""Ray fan-out of the head probe: actors build the probe set from the shards and score batches handed out
+one at a time; the driver sums in fixed order.
 
-Each actor loads the model once and scores the batches sent to it. Every batch is scored by the same
-code with the same thread count wherever it runs, and the float64 per-batch scores are summed in batch
-order, so head_selection.json is bitwise identical for 1, 2 or N workers. A crashed actor is restarted
-and its unfinished batches retried (Ray's max_restarts / max_task_retries); a batch that keeps failing
-stops the run with an error naming it.
+Each actor loads the model once and reads the probe set itself (data/probe_set.py): the driver sends batch
+indices, never pixels, so its memory does not grow with the probe set. Work is handed out dynamically: an
+actor gets the next batch when it returns one, so a slow or restarting actor holds up at most the batches
+it has, and once nothing is left an idle actor also takes a copy of a batch still running elsewhere (the
+first copy back counts; copies score the same bits). Every batch is scored by the same code with the same
+thread count wherever it runs, and the float64 per-batch scores are summed in batch order, so
+head_selection.json is bitwise identical for 1, 2 or N workers. The batch of an actor that fails (its
+process crashed, its node was lost) goes back in the queue for whichever actor is free next; the failed
+actor gets work again once it answers a ping (Ray restarts it up to `ray.max_retries` times, on another
+node if its own is gone), or is dropped when its restarts are spent. A batch that fails more than
+`ray.max_retries` times stops the run with an error naming it.
+
+`probe.backend: zero3` scores inside a Ray Train + DeepSpeed ZeRO-3 group instead (probe/zero3.py), for
+models that do not fit one worker.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +30,7 @@ import ray
 import torch
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.data.probe_set import ProbeBatchInfo, ProbeSet
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
 
@@ -26,38 +38,77 @@ Log = Callable[[str], None]
 
 # Fault injection (imagelora_dist.faults): the actor process dies on this probe batch index.
 FAULT_BATCH_ENV = "IMAGELORA_FAULT_PROBE_BATCH"
+# Straggler drill: "W:S" makes probe worker W sleep S seconds before each batch it scores.
+SLOW_WORKER_ENV = "IMAGELORA_FAULT_PROBE_SLOW"
+# How long the probe waits for a failed worker to come back when no other worker is scoring.
+STALL_S = 120.0
 
 
 class ProbeFailed(RuntimeError):
     """A probe batch failed on every retry."""
 
 
-class ProbeActor:
-    """Holds one model replica with the probe attached; scores batches by index."""
+@dataclass
+class ProbeOutcome:
+    """The summed scores and what the driver reports about the probe set."""
 
-    def __init__(self, cfg: dict[str, Any], threads: int) -> None:
+    scores: torch.Tensor  # float64 [layers, kv_heads], summed in batch order
+    examples_per_s: float
+    batches: list[ProbeBatchInfo]
+    first_input_ids: torch.Tensor  # batch 0's ids, for the adapter cost figures
+    per_worker: list[int]  # batches each worker's result was taken from
+
+
+def straggle(worker: int) -> None:
+    """Sleep as SLOW_WORKER_ENV asks, when it names this worker."""
+    spec = os.environ.get(SLOW_WORKER_ENV, "")
+    if spec.partition(":")[0] == str(worker):
+        time.sleep(float(spec.partition(":")[2] or 0))
+
+
+def plan_record(probe_set: ProbeSet) -> dict[str, Any]:
+    """What a worker tells the driver about the probe set it built."""
+    return {
+        "digest": probe_set.digest,
+        "batches": probe_set.infos,
+        "first_input_ids": probe_set.first_input_ids,
+    }
+
+
+class ProbeActor:
+    """Holds one model replica with the probe attached and the probe set; scores batches by index."""
+
+    def __init__(self, cfg: dict[str, Any], threads: int, shards: str, worker: int) -> None:
         from imagelora_dist.models.build import build_model, resolved_dtype
+        from imagelora_dist.models.registry import resolve_model
         from imagelora_dist.probe.scores import HeadProbe
         from imagelora_dist.speed import apply_speed_flags
 
         torch.set_num_threads(max(1, threads))
+        self.worker = worker
         run_cfg = RunConfig.model_validate(cfg)
-        model, _ = build_model(run_cfg.model)
+        model, processor = build_model(run_cfg.model)
         if torch.cuda.is_available():
             model = model.to("cuda")
+        self.probe_set = ProbeSet(run_cfg, processor, resolve_model(model), shards)
         # The probe scores every layer (lowest 0); the vision cache it fills is reused by training.
         apply_speed_flags(model, run_cfg, lowest_layer=0, dtype=resolved_dtype(run_cfg.model))
         self.probe = HeadProbe(
             model, run_cfg.probe.method, seed=run_cfg.probe.seed, num_vectors=run_cfg.probe.num_vectors
         )
 
-    def score(self, index: int, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """float64 [layers, kv_heads] scores of probe batch `index`."""
+    def plan(self) -> dict[str, Any]:
+        """The probe set this actor built (every actor builds the same)."""
+        return plan_record(self.probe_set)
+
+    def score(self, index: int) -> tuple[np.ndarray, int]:
+        """float64 [layers, kv_heads] scores of probe batch `index`, and this actor's worker number."""
         crash_if(FAULT_BATCH_ENV, str(index))
-        return self.probe.score_batch(batch, index).numpy()
+        straggle(self.worker)
+        return self.probe.score_batch(self.probe_set.batch(index), index).numpy(), self.worker
 
     def ready(self) -> int:
-        """Return the process id once the model is loaded (for tests and progress)."""
+        """Return the process id once the model and the probe set are loaded (for tests and progress)."""
         return os.getpid()
 
 
@@ -107,15 +158,34 @@ def _wait_for_actors(actors: list[Any], wait_s: float, cpus: float, gpus: float,
     return ready
 
 
-def distributed_probe_scores(
-    cfg: RunConfig, batches: Sequence[dict[str, torch.Tensor]], log: Log = print
-) -> tuple[torch.Tensor, float]:
-    """Score `batches` on `ray.num_workers` actors; float64 [layers, kv_heads] summed in batch order.
+def check_plans(plans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' common probe plan; workers that built different probe sets are an error."""
+    digests = sorted({p["digest"] for p in plans})
+    if len(digests) > 1:
+        raise ImageLoRAError(
+            f"probe workers built different probe sets ({', '.join(digests)}): do all nodes see the same "
+            "shards and the same package version?"
+        )
+    return plans[0]
 
-    Returns (scores, examples per second of the scoring phase).
-    """
+
+def sum_in_order(results: dict[int, np.ndarray], count: int) -> torch.Tensor:
+    """The float64 sum of per-batch scores 0..count-1, in that order (the same bits for any worker count)."""
+    missing = [i for i in range(count) if i not in results]
+    if missing:
+        raise ProbeFailed(f"probe batches {missing} have no scores")
+    total = np.zeros_like(results[0])
+    for index in range(count):
+        total += results[index]
+    if total.dtype != np.float64:
+        raise ImageLoRAError("probe scores must be float64")
+    return torch.from_numpy(total)
+
+
+def actor_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOutcome:
+    """`probe.backend: actors`: one model replica per actor, batches handed out as actors free up."""
     cpus, gpus = worker_resources(cfg)
-    n_workers = min(cfg.ray.num_workers, len(batches))
+    n_workers = min(cfg.ray.num_workers, -(-cfg.probe.num_examples // cfg.probe.batch_size))
     wait_s = cfg.ray.autoscale_wait_s
     if not wait_s:  # a static cluster: actors that can never be placed would wait forever
         n_workers = _workers_that_fit(n_workers, cpus, gpus, log)
@@ -124,50 +194,141 @@ def distributed_probe_scores(
         "num_cpus": cpus,
         "num_gpus": gpus,
         "max_restarts": retries,
-        "max_task_retries": retries,
+        # Retried by the hand-out, on whichever actor is free: Ray's own retries would wait for this actor
+        # (on a lost node they are spent before Ray declares the node dead).
+        "max_task_retries": 0,
     }
-    fault = {k: os.environ[k] for k in (FAULT_BATCH_ENV, FAULT_MARKER_ENV) if k in os.environ}
+    fault = {
+        k: os.environ[k] for k in (FAULT_BATCH_ENV, FAULT_MARKER_ENV, SLOW_WORKER_ENV) if k in os.environ
+    }
     if fault:
         options["runtime_env"] = {"env_vars": fault}
     actor_cls = ray.remote(ProbeActor).options(**options)
     cfg_dict = cfg.model_dump(mode="json")
-    actors = [actor_cls.remote(cfg_dict, int(cpus)) for _ in range(n_workers)]
+    actors = [actor_cls.remote(cfg_dict, int(cpus), shards, w) for w in range(n_workers)]
     try:
         if wait_s:
             actors = _wait_for_actors(actors, wait_s, cpus, gpus, log)
             n_workers = len(actors)
         else:
             ray.get([a.ready.remote() for a in actors])
-        log(f"[probe] {n_workers} Ray workers ready ({cpus:g} CPU, {gpus:g} GPU each)")
-        refs = [ray.put(b) for b in batches]
-        # retry_exceptions: an exception inside `score` (say a transient CUDA OOM) is retried like a
-        # crash of the actor process, up to the same count.
-        pending = {
-            actors[i % n_workers].score.options(retry_exceptions=True).remote(i, refs[i]): i
-            for i in range(len(batches))
-        }
-        results: dict[int, np.ndarray] = {}
-        examples = [int(b["input_ids"].shape[0]) for b in batches]
-        start = time.perf_counter()
-        done_examples = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
-            try:
-                results[index] = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                reason = str(exc).strip().splitlines()[0][:300]
-                raise ProbeFailed(f"probe batch {index} failed after {retries} retries: {reason}") from None
-            done_examples += examples[index]
-            rate = done_examples / (time.perf_counter() - start)
-            log(f"[probe] batches {len(results)}/{len(batches)}  {rate:.1f} examples/s")
-        elapsed = time.perf_counter() - start
+        plan = check_plans(ray.get([a.plan.remote() for a in actors]))
+        infos: list[ProbeBatchInfo] = plan["batches"]
+        log(f"[probe] {n_workers} Ray workers ready ({cpus:g} CPU, {gpus:g} GPU each); "
+            f"{sum(i.examples for i in infos)} examples in {len(infos)} batches")  # fmt: skip
+        stall_s = max(STALL_S, cfg.ray.autoscale_wait_s)
+        results, per_worker, elapsed = _HandOut(actors, infos, retries, stall_s, log).run()
+        log(f"[probe] batches per worker: {per_worker}")
     finally:
         for a in actors:
             ray.kill(a)
-    total = np.zeros_like(results[0])
-    for index in range(len(batches)):  # fixed order: the same bits for any worker count
-        total += results[index]
-    if total.dtype != np.float64:
-        raise ImageLoRAError("probe scores must be float64")
-    return torch.from_numpy(total), sum(examples) / elapsed
+    total = sum_in_order(results, len(infos))
+    examples = sum(i.examples for i in infos)
+    return ProbeOutcome(total, examples / elapsed, infos, plan["first_input_ids"], per_worker)
+
+
+# The batch index of a liveness ping: after a failure an actor gets new work only once it answers one.
+_PING = -1
+
+
+class _HandOut:
+    """Hands probe batches to actors one at a time; requeues the batch of an actor that fails, benches
+    that actor until it answers a ping (Ray restarts it, on another node if its own is gone), and drops
+    it when it is dead for good."""
+
+    def __init__(
+        self, actors: list[Any], infos: list[ProbeBatchInfo], retries: int, stall_s: float, log: Log
+    ):
+        self.actors, self.infos, self.retries, self.stall_s, self.log = actors, infos, retries, stall_s, log
+        self.todo = list(range(len(infos)))
+        self.pending: dict[Any, tuple[int, int]] = {}  # ref -> (batch index or _PING, actor slot)
+        self.results: dict[int, np.ndarray] = {}
+        self.per_worker: dict[int, int] = {}
+        self.failures: dict[int, int] = {}
+        self.dead: set[int] = set()
+
+    def _busy(self, slot: int) -> bool:
+        return any(s == slot for _, s in self.pending.values())
+
+    def _submit(self, slot: int) -> None:
+        if self.todo:
+            index = self.todo.pop(0)
+        else:  # nothing new: take a copy of the batch running longest, unless every batch already has two
+            copies = [i for i, _ in self.pending.values() if i != _PING]
+            spare = [i for i in dict.fromkeys(copies) if copies.count(i) < 2]
+            if not spare:
+                return
+            index = spare[0]
+        self.pending[self.actors[slot].score.remote(index)] = (index, slot)
+
+    def _feed(self) -> None:
+        if len(self.results) < len(self.infos):
+            for slot in range(len(self.actors)):
+                if slot not in self.dead and not self._busy(slot):
+                    self._submit(slot)
+
+    def _failed(self, index: int, slot: int, exc: Exception) -> None:
+        reason = str(exc).strip().splitlines()[0][:300]
+        if index == _PING and isinstance(exc, ray.exceptions.ActorUnavailableError):
+            time.sleep(1.0)  # restarting, or its node is unreachable for now: ask again
+            self.pending[self.actors[slot].ready.remote()] = (_PING, slot)
+            return
+        if index == _PING:  # the actor is gone for good (its restarts are spent)
+            self.dead.add(slot)
+            self.log(
+                f"[probe] worker {slot} is lost ({reason}); {len(self.actors) - len(self.dead)} workers go on"
+            )
+            if len(self.dead) == len(self.actors):
+                raise ProbeFailed(f"every probe worker was lost; the last: {reason}")
+            return
+        self.failures[index] = self.failures.get(index, 0) + 1
+        # Benched whatever became of the batch: new work would fail at once on a restarting actor.
+        self.pending[self.actors[slot].ready.remote()] = (_PING, slot)
+        if any(i == index for i, _ in self.pending.values()) or index in self.results:
+            return  # another copy of this batch is still running, or has won
+        if self.failures[index] > self.retries:
+            raise ProbeFailed(f"probe batch {index} failed after {self.retries} retries: {reason}")
+        self.log(
+            f"[probe] worker {slot} failed on batch {index} ({reason}); the batch goes back in the queue"
+        )
+        self.todo.insert(0, index)
+
+    def run(self) -> tuple[dict[int, np.ndarray], list[int], float]:
+        """Score every batch; (scores by batch, batches per worker, seconds)."""
+        start = time.perf_counter()
+        done_examples = 0
+        self._feed()
+        stalled_since: float | None = None  # no batch in flight since then, only pings
+        while len(self.results) < len(self.infos):
+            scoring = any(i != _PING for i, _ in self.pending.values())
+            stalled_since = None if scoring else (stalled_since or time.perf_counter())
+            left = None if stalled_since is None else self.stall_s - (time.perf_counter() - stalled_since)
+            ready, _ = ray.wait(
+                list(self.pending), num_returns=1, timeout=None if left is None else max(left, 0)
+            )
+            if not ready:
+                raise ProbeFailed(
+                    f"no probe worker came back within {self.stall_s:g}s after failures "
+                    f"({len(self.results)} of {len(self.infos)} batches scored)"
+                )
+            index, slot = self.pending.pop(ready[0])
+            try:
+                value = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                self._failed(index, slot, exc)
+                self._feed()
+                continue
+            if index != _PING and index not in self.results:
+                scores, worker = value
+                self.results[index] = scores
+                self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
+                done_examples += self.infos[index].examples
+                rate = done_examples / (time.perf_counter() - start)
+                self.log(f"[probe] batches {len(self.results)}/{len(self.infos)}  {rate:.1f} examples/s")
+            for ref, (i, _) in list(self.pending.items()):
+                if i in self.results:  # the other copy won: free its actor
+                    ray.cancel(ref, force=False)
+                    del self.pending[ref]
+            self._feed()
+        per_worker = [self.per_worker.get(w, 0) for w in range(max(self.per_worker) + 1)]
+        return self.results, per_worker, time.perf_counter() - start

@@ -100,3 +100,18 @@ def test_render_names_the_setup():
     text = render_plan(make_plan(PlanRequest(config=known_config("qwen2_5_vl", "72b"), name="72b", zero=3)))
     assert "73.41 B parameters" in text and "ZeRO-3" in text and "gathered module (ZeRO-3)" in text
     assert "does NOT fit" in text  # one whole 72B replica per probe actor is more than an H200 holds
+
+
+def test_a_zero3_probe_holds_its_partition_plus_one_gathered_module():
+    from imagelora_dist.models.known_shapes import known_config
+
+    config = known_config("qwen2_5_vl", "72b")
+    actors = make_plan(PlanRequest(config=config, name="72b", zero=3, gpus_per_node=8, probe_batch=1))
+    zero3 = make_plan(
+        PlanRequest(config=config, name="72b", zero=3, gpus_per_node=8, probe_batch=1, probe_backend="zero3")
+    )
+    whole = actors.probe["model weights (whole, one replica)"]
+    assert whole == pytest.approx(actors.model["parameters"] * 2 / GIB)
+    assert zero3.probe["model weights (ZeRO-3 partition)"] == pytest.approx(whole / 8)
+    assert zero3.probe["gathered module (ZeRO-3)"] == pytest.approx(zero3.model["largest_module"] * 2 / GIB)
+    assert not actors.fits(actors.probe) and zero3.fits(zero3.probe)

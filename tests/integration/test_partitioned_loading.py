@@ -1,6 +1,6 @@
-"""ZeRO-3 loads a checkpoint (`model.path`) straight into each rank's partition: with 2 ranks each holds
-about half the parameter bytes one rank does (measured per rank, logged as metrics), and the adapter
-trained is the one an unpartitioned run trains."""
+"""ZeRO-3 loads a checkpoint (`model.path`), or builds a tiny model, straight into each rank's partition:
+with 2 ranks each holds about half the parameter bytes one rank does (measured per rank, logged as
+metrics), and the adapter trained is the one an unpartitioned run trains."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def checkpoint(tmp_path_factory):
     return path, sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _run(out: Path, ckpt: Path, **overrides):
+def _run(out: Path, ckpt: Path | None, **overrides):
     items = {
-        "output_dir": str(out), "model.path": str(ckpt), "data.synth.num_samples": 4,
+        "output_dir": str(out), **({"model.path": str(ckpt)} if ckpt else {}), "data.synth.num_samples": 4,
         "data.synth.samples_per_shard": 2, "data.synth.workers": 1, "data.shuffle_buffer": 0,
         "train.method": "image_lora_all", "train.steps": 2, "train.checkpoint_every": 2, "train.lr": 0.01,
         "train.micro_batch_size": 2, "tracking.enabled": False, **overrides,
@@ -65,3 +65,16 @@ def test_zero3_ranks_load_their_partition_and_train_the_same_adapter(local_ray, 
     for key in two_adapter:
         assert torch.allclose(two_adapter[key], one_adapter[key], rtol=1e-3, atol=1e-5), key
     assert any(t.abs().sum() > 0 for k, t in one_adapter.items() if k.endswith(".B"))
+
+
+def test_a_tiny_model_is_built_into_each_ranks_partition_with_the_same_weights(local_ray, tmp_path):
+    # ZeRO-2 on one worker builds the tiny model whole: the unpartitioned reference. Under ZeRO-3 its
+    # constructor runs inside zero.Init with the seeded weight init on gathered modules: each of 2 ranks
+    # holds half, and training from those weights gives the reference's adapter.
+    whole, whole_adapter = _run(tmp_path / "whole", None, **{"train.workers": 1, "train.grad_accum": 2,
+                                                              "train.deepspeed": "zero2"})  # fmt: skip
+    two, two_adapter = _run(tmp_path / "two", None, **{"train.workers": 2, "train.deepspeed": "zero3"})
+    assert 0.45 < two["param_memory_gb_max"] / whole["param_memory_gb"] < 0.55
+    assert two_adapter.keys() == whole_adapter.keys()
+    for key in two_adapter:
+        assert torch.allclose(two_adapter[key], whole_adapter[key], rtol=1e-3, atol=1e-5), key
