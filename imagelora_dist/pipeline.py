@@ -19,8 +19,8 @@ import torch
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
 from imagelora_dist.adapter.io import load_adapter
 from imagelora_dist.config import RunConfig
-from imagelora_dist.data.collate import BatchCollator
-from imagelora_dist.data.reader import ShardReader, ShardStream
+from imagelora_dist.data.answer_formats import resolve_answer_format
+from imagelora_dist.data.probe_set import ProbeSet
 from imagelora_dist.data.shard_pool import spec_record
 from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_bytes
 from imagelora_dist.data.synth import SynthSpec, synthesize
@@ -119,31 +119,9 @@ def _synthesized(path: str | Path, spec: SynthSpec, cfg: RunConfig, log: Log, wh
 def probe_batches(
     cfg: RunConfig, processor: object, spec: ModelSpec, shards: str
 ) -> list[dict[str, torch.Tensor]]:
-    """The probe set: the first `probe.num_examples` samples of the shards in a `probe.seed` order."""
-    size = cfg.probe.batch_size
-    reader = ShardReader.from_path(
-        shards, size, seed=cfg.probe.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-        trust_index_urls=cfg.data.trust_index_urls,
-    )  # fmt: skip
-    if reader.index.total_samples < cfg.probe.num_examples:
-        raise ImageLoRAError(
-            f"probe.num_examples {cfg.probe.num_examples} exceeds the {reader.index.total_samples} samples in {shards}"
-        )
-    collator = BatchCollator(
-        processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length
-    )
-    batches, taken = [], 0
-    for raw in ShardStream(reader, epoch=0):
-        want = min(size, cfg.probe.num_examples - taken)
-        out = collator(raw["samples"][:want])
-        if out["inputs"] is not None:
-            batches.append(out["inputs"])
-            taken += out["num_samples"]
-        if taken >= cfg.probe.num_examples:
-            break
-    if taken < cfg.probe.num_examples:
-        raise ImageLoRAError(f"only {taken} usable probe examples in {shards} (corrupt or too long samples)")
-    return batches
+    """The probe set's batches, collated here (the probe itself builds them in its workers: ProbeSet)."""
+    probe_set = ProbeSet(cfg, processor, spec, shards)
+    return [probe_set.batch(i) for i in range(len(probe_set))]
 
 
 def selection_hash(cfg: RunConfig, shards: str) -> str:
@@ -184,7 +162,7 @@ def run_probe_select(
     cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None
 ) -> StageResult:
     """Probe the heads on Ray, select them, write `head_selection.json` (+ heatmap); skipped if done."""
-    from imagelora_dist.probe.distributed import distributed_probe_scores
+    from imagelora_dist.probe.distributed import actor_probe_scores
     from imagelora_dist.ray_runtime import ensure_ray
 
     out = Path(cfg.output_dir) / "head_selection.json"
@@ -197,13 +175,23 @@ def run_probe_select(
     model, processor = skeleton_model(cfg.model)
     spec = resolve_model(model)
     resolve_budget(cfg.selection.budget, spec.total_kv_heads)  # fail before the probe, not after it
-    batches = probe_batches(cfg, processor, spec, shards)
     log(
         f"[probe] {spec.family}: {spec.num_layers} layers x {spec.num_kv_heads} KV heads, "
-        f"{cfg.probe.num_examples} examples in {len(batches)} batches, method {cfg.probe.method}"
+        f"{cfg.probe.num_examples} examples in batches of {cfg.probe.batch_size}, method {cfg.probe.method}, "
+        f"backend {cfg.probe.backend}"
     )
     (on_ray or (lambda: ensure_ray(cfg, log)))()  # Ray only when there is work for it
-    total, rate = distributed_probe_scores(cfg, batches, log)
+    # The workers read the probe set from the shards themselves: no pixels pass through here.
+    if "://" not in shards and multi_node():
+        log(f"[probe] data.train {shards} is a local path on a multi-node cluster: every node must see it "
+            "at that path (else put the shards on an object store, s3://...)")  # fmt: skip
+    if cfg.probe.backend == "zero3":
+        from imagelora_dist.probe.zero3 import zero3_probe_scores
+
+        outcome = zero3_probe_scores(cfg, shards, log)
+    else:
+        outcome = actor_probe_scores(cfg, shards, log)
+    total, rate = outcome.scores, outcome.examples_per_s
     if not float(total.sum()) > 0:
         raise ImageLoRAError(
             "probe scores are all zero: the probe set has no visual tokens, or the model's image token id "
@@ -220,11 +208,9 @@ def run_probe_select(
     )
     selection.to_json(out)
     selection_heatmap(selection, heatmap)
-    visual = real = 0
-    for batch in batches:
-        counts = count_tokens(batch["input_ids"], spec, batch.get("attention_mask"))
-        visual, real = visual + counts.visual, real + counts.visual + counts.text
-    costs = compare_costs(model, selection, cfg.adapter.rank, batches[0]["input_ids"])
+    visual = sum(b.visual_tokens for b in outcome.batches)
+    real = visual + sum(b.text_tokens for b in outcome.batches)
+    costs = compare_costs(model, selection, cfg.adapter.rank, outcome.first_input_ids)
     log(
         f"[select] {selection.total_heads} heads; per layer {selection.layer_budgets()} (tau={cfg.selection.tau})"
     )
@@ -300,7 +286,12 @@ def run_train(
         f"{cfg.train.steps} steps of {cfg.train.micro_batch_size} x {cfg.train.grad_accum} x {cfg.train.workers}"
     )
     start = time.perf_counter()
-    result = run_training(cfg, shards, resume=resume, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id)
+    if "://" not in shards and multi_node():
+        log(f"[train] data.train {shards} is a local path on a multi-node cluster: every node must see it "
+            "at that path (else put the shards on an object store, s3://...)")  # fmt: skip
+    result = run_training(
+        cfg, shards, resume=resume, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id, log=log
+    )
     elapsed = time.perf_counter() - start
     samples = cfg.train.steps * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.train.workers
     metrics_cost = method_costs(cfg, shards)
@@ -328,7 +319,7 @@ def method_costs(cfg: RunConfig, shards: str) -> dict[str, float]:
     spec = resolve_model(model)
     size = {"num_examples": cfg.train.micro_batch_size, "batch_size": cfg.train.micro_batch_size}
     probe_cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update=size)})
-    batch = probe_batches(probe_cfg, processor, spec, shards)[0]
+    batch = ProbeSet(probe_cfg, processor, spec, shards).batch(0)
     counts = count_tokens(batch["input_ids"], spec, batch.get("attention_mask"))
     rank = cfg.adapter.rank
     if cfg.train.method == "lora":
@@ -361,16 +352,58 @@ def eval_shards(cfg: RunConfig, log: Log = print) -> str:
     )
 
 
-def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
-    """Load the model and the trained adapter, score the held-out set and text preservation (one worker)."""
+def multi_node() -> bool:
+    """True when the connected Ray cluster has more than one live node (tasks may run off the driver's)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+def pack_dir(path: Path) -> dict[str, bytes]:
+    """Every file under `path` by relative name: a driver-local directory, sent along with a task."""
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def unpack_dir(files: dict[str, bytes], dest: Path) -> Path:
+    """Write `pack_dir`'s files below `dest` (refusing names that leave it); returns `dest`."""
+    for name, data in files.items():
+        target = (dest / name).resolve()
+        if not target.is_relative_to(dest.resolve()):
+            raise ImageLoRAError(f"refusing to unpack {name!r} outside {dest}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return dest
+
+
+def evaluate_adapter(
+    cfg_dict: dict,
+    shards: str,
+    adapter_files: dict[str, bytes] | None = None,
+    shard_files: dict[str, bytes] | None = None,
+) -> dict:
+    """Load the model and the trained adapter, score the held-out set and text preservation (one worker).
+
+    `adapter_files` / `shard_files` (from `pack_dir`) are the driver's adapter and eval shards, sent with
+    the task when it may run on another node; they are unpacked to a node-local scratch dir. Without
+    them the task reads `<output_dir>/adapter` and `shards` itself."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="imagelora-eval-") as scratch:
+        if shard_files is not None:
+            shards = str(unpack_dir(shard_files, Path(scratch) / "shards"))
+        adapter = unpack_dir(adapter_files, Path(scratch) / "adapter") if adapter_files is not None else None
+        return _evaluate(RunConfig.model_validate(cfg_dict), shards, adapter)
+
+
+def _evaluate(cfg: RunConfig, shards: str, adapter: Path | None) -> dict:
     from imagelora_dist.eval import evaluate, image_lora_disabled, peft_disabled, text_max_abs_logit_diff
+    from imagelora_dist.eval.run import shard_samples
     from imagelora_dist.eval.text_preservation import default_text_prompts
 
-    cfg = RunConfig.model_validate(cfg_dict)
     model, processor = build_model(cfg.model)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    adapter_dir = Path(cfg.output_dir) / "adapter"
+    adapter_dir = adapter or Path(cfg.output_dir) / "adapter"
     if cfg.train.method == "none":  # zero-shot: the base model itself, so text is trivially unchanged
         disabled = contextlib.nullcontext
     elif cfg.train.method == "lora":
@@ -381,11 +414,11 @@ def evaluate_adapter(cfg_dict: dict, shards: str) -> dict:
     else:
         handle = load_adapter(model, adapter_dir)
         disabled = lambda: image_lora_disabled(handle)  # noqa: E731
-    reader = ShardReader.from_path(shards, cfg.eval.batch_size, shuffle_buffer=0, shuffle_shards=False,
-                                   trust_index_urls=cfg.data.trust_index_urls)  # fmt: skip
-    samples = (s for batch in ShardStream(reader) for s in batch["samples"])
+    # Every sample, the last part-batch included (a reader of eval.batch_size yields whole batches only).
+    samples = shard_samples(shards, trust_index_urls=cfg.data.trust_index_urls)
     result = evaluate(model, processor, samples, max_samples=cfg.eval.num_samples, max_pixels=cfg.data.max_pixels,
-                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)  # fmt: skip
+                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                      answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family))  # fmt: skip
     result["text_max_abs_logit_diff"] = text_max_abs_logit_diff(
         model, processor, default_text_prompts(), disabled
     )
@@ -411,7 +444,16 @@ def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | No
     cpus = cfg.ray.cpus_per_worker
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     task = ray.remote(evaluate_adapter).options(num_cpus=cpus, num_gpus=gpus, max_retries=cfg.ray.max_retries)
-    result = ray.get(task.remote(cfg.model_dump(mode="json"), shards))
+    adapter_files = shard_files = None
+    if multi_node():  # the task may land on a node that cannot read the driver's disk: send what it reads
+        if cfg.train.method != "none":
+            adapter_files = pack_dir(adapter_dir)
+        if "://" not in shards:
+            shard_files = pack_dir(Path(shards))
+        sent = sum(len(b) for f in (adapter_files, shard_files) if f for b in f.values())
+        log(f"[eval] sending the adapter and local eval shards with the task ({sent / 2**20:.1f} MB)")
+    args = (cfg.model_dump(mode="json"), shards, ray.put(adapter_files), ray.put(shard_files))
+    result = ray.get(task.remote(*args))
     report = Path(cfg.output_dir) / "eval_report.json"
     atomic_write_bytes(report, json.dumps(result, indent=2, default=str).encode())
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}

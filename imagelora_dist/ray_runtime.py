@@ -34,6 +34,12 @@ def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
         # Under `ray job submit` the job's runtime env is inherited, and Ray refuses a driver env that
         # repeats any of its keys: add only what the job does not already set.
         missing = {k: v for k, v in env.items() if k not in os.environ}
+        if "://" not in address and address != "auto":
+            # Ray Train's PlacementGroupCleaner asks the State API for the cluster's address: without
+            # RAY_ADDRESS a worker reads the default temp dir's /tmp/ray/ray_current_cluster, not this
+            # cluster's --temp-dir (another or a stale cluster there made it time out at the end of a run).
+            # The driver has it from `ray job submit`, the workers not; no job runtime env of ours sets it.
+            missing["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env={"env_vars": missing} if missing else None, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -28,15 +28,21 @@
 #   * --min-worker-port=0 --max-worker-port=0: workers bind OS-chosen ports instead of the fixed
 #     10002-19999 range, so this cluster cannot collide with another Ray on the same machine.
 #   * --disable-usage-stats / RAY_USAGE_STATS_ENABLED=0: no telemetry (the machine may be offline).
+#   * --join GCS_ADDRESS: a worker node for a running head (another machine, or a second raylet on this
+#     one for tests): same flags, no dashboard, its own --temp-dir (and marker, so stop_cluster.sh stops
+#     exactly this node), `--resources` to tag it. Every process of the node, workers included, inherits
+#     this script's environment: set TMPDIR for a node-local scratch dir. In token mode it needs the
+#     head's token (it never generates one: a new token would not match).
 set -euo pipefail
 
 usage() {
     cat <<'USAGE'
 Usage: launch/start_cluster.sh [--cpus N] [--port PORT] [--temp-dir DIR] [--gcs-port PORT]
                                [--object-store-memory BYTES] [--auth token|disabled]
+                               [--join GCS_ADDRESS] [--resources JSON]
                                [-- EXTRA_RAY_START_ARGS...]
 
-Start a local Ray head bound to 127.0.0.1, from the repo's .venv.
+Start a local Ray head bound to 127.0.0.1, from the repo's .venv (or, with --join, a worker node).
 
   --cpus N                     CPUs Ray may schedule on (default: 2)
   --port PORT                  dashboard / job API port on 127.0.0.1 (default: 8265)
@@ -47,10 +53,14 @@ Start a local Ray head bound to 127.0.0.1, from the repo's .venv.
   --auth MODE                  token (default; clients need `export RAY_AUTH_MODE=token`, token in
                                ~/.ray/auth_token, generated if missing, or $RAY_AUTH_TOKEN_PATH) or
                                disabled (only where no one else can reach this machine's ports)
+  --join GCS_ADDRESS           start a worker node of the head at GCS_ADDRESS (host:port, what the
+                               head printed as RAY_ADDRESS) instead of a head; --port and --gcs-port
+                               are then unused
+  --resources JSON             custom resources of this node, e.g. '{"node_w1": 1}'
   -- ARGS...                   passed to `ray start` as is (e.g. --ray-client-server-port 10001)
 
-Prints the job address (http://127.0.0.1:PORT) as the last line of stdout; ray's own output goes
-to stderr. Stop it with: launch/stop_cluster.sh --temp-dir DIR
+Prints the job address (http://127.0.0.1:PORT) as the last line of stdout (with --join: the GCS
+address joined); ray's own output goes to stderr. Stop it with: launch/stop_cluster.sh --temp-dir DIR
 USAGE
 }
 
@@ -61,6 +71,8 @@ TEMP_DIR="/tmp/ray-ild-$(id -u)"
 GCS_PORT=6379
 OBJECT_STORE=1000000000
 AUTH=token
+JOIN=""
+RESOURCES=""
 EXTRA=()
 
 while [[ $# -gt 0 ]]; do
@@ -72,6 +84,8 @@ while [[ $# -gt 0 ]]; do
         --gcs-port) GCS_PORT="${2:?--gcs-port needs a value}"; shift 2 ;;
         --object-store-memory) OBJECT_STORE="${2:?--object-store-memory needs a value}"; shift 2 ;;
         --auth) AUTH="${2:?--auth needs a value}"; shift 2 ;;
+        --join) JOIN="${2:?--join needs a value}"; shift 2 ;;
+        --resources) RESOURCES="${2:?--resources needs a value}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "start_cluster.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -144,6 +158,11 @@ if [[ "$AUTH" == token ]]; then
         TOKEN_SOURCE="$RAY_AUTH_TOKEN_PATH"
     else
         TOKEN_SOURCE="$HOME/.ray/auth_token"
+        if [[ -n "$JOIN" && ! -s "$TOKEN_SOURCE" ]]; then
+            echo "start_cluster.sh: --join in token mode needs the head's token (RAY_AUTH_TOKEN," \
+                "RAY_AUTH_TOKEN_PATH or $TOKEN_SOURCE)" >&2
+            exit 1
+        fi
         if [[ ! -s "$TOKEN_SOURCE" ]]; then
             (
                 umask 077
@@ -163,11 +182,50 @@ mkdir -p -- "$TEMP_DIR"
     echo "# Written by launch/start_cluster.sh; launch/stop_cluster.sh only acts on a temp dir with this file."
     echo "started=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "start_pid=$$"
-    echo "dashboard_port=$PORT"
-    echo "gcs_port=$GCS_PORT"
+    if [[ -n "$JOIN" ]]; then
+        echo "role=worker"
+        echo "joined=$JOIN"
+    else
+        echo "role=head"
+        echo "dashboard_port=$PORT"
+        echo "gcs_port=$GCS_PORT"
+    fi
     echo "auth=$AUTH"
     echo "extra_ray_start_args=${EXTRA[*]}"
 } >"$MARKER"
+
+RESOURCE_ARGS=()
+if [[ -n "$RESOURCES" ]]; then
+    RESOURCE_ARGS=(--resources="$RESOURCES")
+fi
+# record_node_id: append this node's id (from its raylet's command line) to the marker, so that
+# stop_cluster.sh also finds the processes that name only the node id (the Ray client server).
+record_node_id() {
+    local pid args
+    for pid in $(pgrep -u "$(id -u)" -f "raylet --raylet_socket_name=$TEMP_DIR/session_" || true); do
+        args="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+        if [[ "$args" =~ \ --node_id=([0-9a-f]+)\  ]]; then
+            echo "node_id=${BASH_REMATCH[1]}" >>"$MARKER"
+        fi
+    done
+}
+
+if [[ -n "$JOIN" ]]; then
+    ray start --address="$JOIN" \
+        --num-cpus="$CPUS" \
+        --object-store-memory="$OBJECT_STORE" \
+        --node-ip-address=127.0.0.1 \
+        --temp-dir="$TEMP_DIR" \
+        --min-worker-port=0 --max-worker-port=0 \
+        --disable-usage-stats \
+        "${RESOURCE_ARGS[@]}" \
+        "${EXTRA[@]}" >&2
+    record_node_id
+    echo "Ray worker node up: CPUs $CPUS, resources ${RESOURCES:-none}, temp dir $TEMP_DIR, joined $JOIN" >&2
+    echo "  stop:        launch/stop_cluster.sh --temp-dir $TEMP_DIR" >&2
+    echo "$JOIN"
+    exit 0
+fi
 
 ray start --head \
     --num-cpus="$CPUS" \
@@ -179,7 +237,9 @@ ray start --head \
     --temp-dir="$TEMP_DIR" \
     --min-worker-port=0 --max-worker-port=0 \
     --disable-usage-stats \
+    "${RESOURCE_ARGS[@]}" \
     "${EXTRA[@]}" >&2
+record_node_id
 
 # `ray start` can return before the job API answers; wait for it so a submit right after works.
 ADDRESS="http://127.0.0.1:$PORT"

@@ -7,6 +7,10 @@
 #   * job drivers and workers of a working_dir job have their current directory under DIR;
 #   * workers rename themselves (`ray::IDLE`, `ray::ProbeActor`), so they are found as descendants of
 #     the processes above (workers are children of the raylet, job drivers of the JobSupervisor actor).
+#   * the head's Ray client server (`python -m ray.util.client.server`, reparented to init) names neither
+#     DIR nor a parent of the cluster: it is found by its `--node-id=`, one of the node ids of DIR (from
+#     the raylet's command line, or the marker, where start_cluster.sh records it for when the raylet is
+#     already gone).
 # All of them get SIGTERM (as `ray stop` sends), the GCS last, then SIGKILL whatever outlives the grace
 # period. It is safe to run more than once, and with no cluster running.
 #
@@ -67,23 +71,37 @@ fi
 # PIDs of this user's processes that belong to the cluster (see the header), one per line. This script,
 # its subshells and its ancestors (e.g. a shell whose cwd is inside DIR) are never included.
 cluster_pids() {
-    local table pid ppid stat args cwd
-    local -A parent=() member=() mine=() ancestors=()
+    local table pid ppid stat args cwd id
+    local -A parent=() member=() mine=() ancestors=() nodes=() clients=()
     # One snapshot of the process table. Zombies (state Z) are skipped: they have already exited and
     # only wait to be reaped by their parent (in a container whose PID 1 does not reap, forever).
     table="$(ps -u "$(id -u)" -o pid=,ppid=,stat=,args=)"
     while read -r pid ppid stat args; do
         parent[$pid]=$ppid
         [[ "$stat" == Z* ]] && continue
+        if [[ "$args" == *" -m ray.util.client.server "* ]]; then
+            clients[$pid]="$args"
+        fi
         # Literal (not regex) match of "DIR/..." or of "DIR" as a whole argument.
         if [[ "$args " == *"$TEMP_DIR/"* || "$args " == *"$TEMP_DIR "* ]]; then
             member[$pid]=1
+            if [[ "$args " =~ \ --node_id=([0-9a-f]+)\  ]]; then
+                nodes[${BASH_REMATCH[1]}]=1
+            fi
         fi
         cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
         if [[ "$cwd" == "$TEMP_DIR" || "$cwd" == "$TEMP_DIR"/* ]]; then
             member[$pid]=1
         fi
     done <<<"$table"
+    while IFS= read -r id; do
+        [[ -n "$id" ]] && nodes[$id]=1
+    done < <(sed -n 's/^node_id=\([0-9a-f][0-9a-f]*\)$/\1/p' "$MARKER")
+    for pid in "${!clients[@]}"; do
+        for id in "${!nodes[@]}"; do
+            [[ "${clients[$pid]} " == *" --node-id=$id "* ]] && member[$pid]=1
+        done
+    done
     pid="${parent[$$]:-}"
     while [[ -n "$pid" && "$pid" != 0 && -z "${ancestors[$pid]:-}" ]]; do
         ancestors[$pid]=1

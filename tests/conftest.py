@@ -37,6 +37,31 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_nodes(tmp_path_factory):
+    """A Ray head (0 CPUs) and two 1-CPU worker nodes, separate raylets on this machine tagged `node_w1` and
+    `node_w2`, each with its own temp and scratch dir (tests/ray_cluster.py); where the machine allows mount
+    namespaces, the worker nodes do not see pytest's tmp dirs (the driver's side). Stopped and checked after
+    the module. Module-scoped: one cluster for all multi-node tests (tests/integration/test_multinode.py);
+    its node-loss tests kill `node_w2` and start a fresh one in its place (`replace_worker`), so the cluster
+    is whole again for whatever runs next."""
+    from ray_cluster import private_ray_nodes
+
+    hide = [str(tmp_path_factory.getbasetemp())]
+    with private_ray_nodes(workers=2, cpus_per_worker=1, hide=hide) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """AWS_* variables of a private moto S3 server on 127.0.0.1 (tests/s3_server.py) with the bucket `mnode`;
+    not put into os.environ. Stopped after the module."""
+    from s3_server import moto_s3
+
+    with moto_s3("mnode") as env:
+        yield env
+
+
 @pytest.fixture(params=TINY_FAMILIES)
 def family(request) -> str:
     return request.param
@@ -51,7 +76,18 @@ def tiny(family):
 # Fixtures that start Ray, train with DeepSpeed or run a whole pipeline: a test using one is an
 # integration test (`make test-fast` leaves those out; `make test` and CI run everything).
 INTEGRATION_FIXTURES = frozenset(
-    {"local_ray", "cluster", "trained", "pretrained", "reference", "two_workers", "lora_zero2", "s3_storage"}
+    {
+        "local_ray",
+        "cluster",
+        "trained",
+        "pretrained",
+        "reference",
+        "two_workers",
+        "lora_zero2",
+        "s3_storage",
+        "ray_nodes",
+        "s3_server",
+    }
 )
 
 

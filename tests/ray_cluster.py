@@ -1,9 +1,12 @@
-"""A private, single-node Ray head for tests that submit jobs (tests/integration/test_ray_job.py.py, tests/integration/test_k8s_rayjob.py.py).
+"""Private Ray clusters for tests: a single-node head for tests that submit jobs
+(tests/integration/test_ray_job.py, tests/integration/test_k8s_rayjob.py), and a head plus worker nodes as
+separate raylets on this machine (tests/integration/test_multinode.py, through conftest's `ray_nodes`).
 
-The cluster never joins or stops anyone else's: every port it could collide on is a free one picked here, and
-its temp dir is a fresh short directory under /tmp. `ray stop` is never used, because it kills every Ray
-process of the user (other tests, other people's clusters); teardown runs launch/stop_cluster.sh, which stops
-only the processes of this temp dir, and then checks that no process mentioning the temp dir is left.
+A cluster never joins or stops anyone else's: every port it could collide on is a free one picked here, and
+each node's temp dir is a fresh short directory under /tmp. `ray stop` is never used, because it kills every
+Ray process of the user (other tests, other people's clusters); teardown runs launch/stop_cluster.sh per node,
+which stops only the processes of that temp dir (and the Ray client server of its node id), and then checks
+that no process mentioning a temp dir or node id is left.
 
 Use it from a test module as
 
@@ -15,6 +18,7 @@ Use it from a test module as
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,8 +26,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +57,17 @@ def free_ports(n: int) -> list[int]:
         return ports
 
 
-def processes_using(temp_dir: str) -> list[str]:
-    """'pid: cmdline' of live processes whose command line mentions `temp_dir` or whose current directory
-    is inside it (a job driver), zombies excluded (they have no command line and no cwd)."""
+def marker_node_ids(temp_dir: str) -> list[str]:
+    """The node ids start_cluster.sh recorded in `temp_dir`'s marker."""
+    marker = Path(temp_dir) / ".imagelora-cluster"
+    text = marker.read_text() if marker.is_file() else ""
+    return [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("node_id=")]
+
+
+def processes_using(temp_dir: str, node_ids: Sequence[str] = ()) -> list[str]:
+    """'pid: cmdline' of live processes whose command line mentions `temp_dir` or one of `node_ids` (the Ray
+    client server names only its node id) or whose current directory is inside `temp_dir` (a job driver),
+    zombies excluded (they have no command line and no cwd)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -64,9 +77,52 @@ def processes_using(temp_dir: str) -> list[str]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue  # gone, or not ours
-        if temp_dir in cmdline or cwd == temp_dir or cwd.startswith(temp_dir + "/"):
+        named = temp_dir in cmdline or any(node_id in cmdline for node_id in node_ids)
+        if named or cwd == temp_dir or cwd.startswith(temp_dir + "/"):
             found.append(f"{proc.name}: {cmdline[:200]}")
     return found
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every live (non-zombie) process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            out[int(stat.parent.name)] = int(fields[1])
+    return out
+
+
+def node_pids(temp_dir: str) -> list[int]:
+    """The processes of one node: those naming its temp dir or node id (raylet, log_monitor, agents, the
+    client server) and everything below them (workers rename themselves `ray::...` and name neither)."""
+    found = {int(line.split(":", 1)[0]) for line in processes_using(temp_dir, marker_node_ids(temp_dir))}
+    tree = parents()
+    grew = True
+    while grew:
+        below = {pid for pid, parent in tree.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    return sorted(found - {os.getpid()})
+
+
+def kill_node(temp_dir: str, timeout: float = 30) -> list[int]:
+    """A node lost at once: SIGKILL to its raylet, its workers and its log_monitor (else an orphan), with
+    no goodbye to the GCS; returns the pids killed, after they are gone."""
+    pids = node_pids(temp_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in node_pids(temp_dir) if p in pids]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes of {temp_dir} outlived SIGKILL: {left}"
+    return pids
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
@@ -75,8 +131,9 @@ def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.Compl
 
 
 def client_env() -> dict[str, str]:
-    """This process's environment without RAY_* (no RAY_ADDRESS & co.), plus what the test cluster needs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    """This process's environment without RAY_* (no RAY_ADDRESS & co.) and AWS_* (credentials must reach
+    the workers through a job's runtime env, not the nodes' environment), plus what the test cluster needs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(
         RAY_AUTH_MODE="disabled",  # the cluster is started with --auth disabled; clients must match
         RAY_USAGE_STATS_ENABLED="0",
@@ -89,11 +146,8 @@ def client_env() -> dict[str, str]:
     return env
 
 
-@contextmanager
-def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
-    """(job API address, env for client commands) of a private Ray head; stopped and checked at the end."""
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix sockets live below it
-    env = client_env()
+def start_head(temp_dir: str, env: dict[str, str], cpus: int) -> tuple[str, str]:
+    """(job API address, GCS address) of a Ray head started by launch/start_cluster.sh on free ports."""
     dashboard, gcs, *others = free_ports(2 + len(PORT_FLAGS))
     extra = [str(a) for pair in zip(PORT_FLAGS, others, strict=True) for a in pair]
     cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--cpus", str(cpus), "--port", str(dashboard)]
@@ -109,20 +163,166 @@ def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
         "--",
         *extra,
     ]
+    started = run(cmd, env, timeout=120)
+    assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stdout}\n{started.stderr}"
+    address = started.stdout.strip().splitlines()[-1]
+    assert address == f"http://127.0.0.1:{dashboard}", started.stdout
+    marker = (Path(temp_dir) / ".imagelora-cluster").read_text()  # what lets stop_cluster.sh act
+    assert f"dashboard_port={dashboard}" in marker and f"gcs_port={gcs}" in marker
+    assert marker_node_ids(temp_dir), marker
+    gcs_address = (Path(temp_dir) / "ray_current_cluster").read_text().strip() or f"127.0.0.1:{gcs}"
+    return address, gcs_address
+
+
+# A worker node's own ports (the client server port is the head's only).
+WORKER_PORT_FLAGS = tuple(f for f in PORT_FLAGS if f != "--ray-client-server-port")
+
+
+def start_worker(
+    gcs_address: str, temp_dir: str, env: dict[str, str], cpus: int, resources: dict, hide: Sequence[str] = ()
+) -> None:
+    """A worker node of the head at `gcs_address`, started by launch/start_cluster.sh --join (in a mount
+    namespace that hides `hide`, see `hiding`)."""
+    extra = [
+        str(a)
+        for pair in zip(WORKER_PORT_FLAGS, free_ports(len(WORKER_PORT_FLAGS)), strict=True)
+        for a in pair
+    ]
+    cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--join", gcs_address, "--cpus", str(cpus)]
+    cmd += ["--temp-dir", temp_dir, "--object-store-memory", "200000000", "--auth", "disabled"]
+    cmd += ["--resources", json.dumps(resources), "--", *extra]
+    started = run(hiding(hide, cmd), env, timeout=120)
+    assert started.returncode == 0, f"start_cluster.sh --join failed:\n{started.stdout}\n{started.stderr}"
+    assert marker_node_ids(temp_dir), (Path(temp_dir) / ".imagelora-cluster").read_text()
+
+
+def stop_node(temp_dir: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """launch/stop_cluster.sh --rm on one node's temp dir; (its result, processes of the node still alive)."""
+    node_ids = marker_node_ids(temp_dir)
+    stop = run(["bash", str(LAUNCH / "stop_cluster.sh"), "--temp-dir", temp_dir, "--rm"], env, timeout=90)
+    leftovers = processes_using(temp_dir, node_ids)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return stop, leftovers
+
+
+@contextmanager
+def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
+    """(job API address, env for client commands) of a private Ray head; stopped and checked at the end."""
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix sockets live below it
+    env = client_env()
     try:
-        started = run(cmd, env, timeout=120)
-        assert started.returncode == 0, f"start_cluster.sh failed:\n{started.stdout}\n{started.stderr}"
-        address = started.stdout.strip().splitlines()[-1]
-        assert address == f"http://127.0.0.1:{dashboard}", started.stdout
-        marker = (Path(temp_dir) / ".imagelora-cluster").read_text()  # what lets stop_cluster.sh act
-        assert f"dashboard_port={dashboard}" in marker and f"gcs_port={gcs}" in marker
+        address, _ = start_head(temp_dir, env, cpus)
         yield address, env
     finally:
-        stop = run(["bash", str(LAUNCH / "stop_cluster.sh"), "--temp-dir", temp_dir, "--rm"], env, timeout=90)
-        leftovers = processes_using(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop, leftovers = stop_node(temp_dir, env)
         assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
         assert not leftovers, "Ray processes of the test cluster still running:\n" + "\n".join(leftovers)
+
+
+@dataclass
+class WorkerNode:
+    """One worker raylet of `private_ray_nodes`: its custom resource, temp dir and scratch dir (its TMPDIR)."""
+
+    resource: str
+    temp_dir: str
+    scratch: str
+
+
+@dataclass
+class RayNodes:
+    """A head (0 CPUs) and worker nodes on this machine, each a raylet with its own temp and scratch dir."""
+
+    address: str  # the job API, http://127.0.0.1:PORT
+    gcs_address: str  # what ray.init(address=...) joins
+    env: dict[str, str]  # for client commands (ray, launch/*.sh)
+    head_dir: str
+    workers: list[WorkerNode] = field(default_factory=list)
+    start_s: float = 0.0
+    hidden: list[str] = field(default_factory=list)  # paths the worker nodes cannot see
+    cpus_per_worker: int = 1
+
+
+def unshare_prefix() -> list[str]:
+    """The command prefix that runs a command in a private mount namespace (`unshare -m`), or [] where this
+    process may not mount there (not root, or no CAP_SYS_ADMIN as in most containers); probed with a mount."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return []  # a user namespace would do as non-root, but Ray inside one is untested
+    prefix = ["unshare", "-m", "--propagation", "private"]
+    with tempfile.TemporaryDirectory() as target:
+        probe = subprocess.run([*prefix, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", target],
+                               capture_output=True, timeout=30)  # fmt: skip
+    return prefix if probe.returncode == 0 else []
+
+
+def hiding(paths: Sequence[str], cmd: list[str]) -> list[str]:
+    """`cmd` run in a private mount namespace with an empty tmpfs over each of `paths` (what a node on
+    another host would not see), or `cmd` itself where namespaces are not allowed."""
+    prefix = unshare_prefix() if paths else []
+    if not prefix:
+        return cmd
+    script = 'while [ "$1" != -- ]; do mount -t tmpfs -o size=1m tmpfs "$1" || exit 1; shift; done; shift; exec "$@"'
+    return [*prefix, "sh", "-c", script, "sh", *paths, "--", *cmd]
+
+
+@contextmanager
+def private_ray_nodes(
+    workers: int = 2, cpus_per_worker: int = 1, hide: Sequence[str] = ()
+) -> Iterator[RayNodes]:
+    """A head with 0 CPUs (so work lands on the workers) plus `workers` worker nodes tagged with the custom
+    resources node_w1, node_w2 ...; loopback only, auth disabled; every node stopped and checked at the end.
+    Each worker node runs in its own mount namespace with `hide` (directories of the driver's side) covered
+    by an empty tmpfs, where the machine allows it (`RayNodes.hidden`): no disk shared with the driver."""
+    t0 = time.monotonic()
+    env = client_env()
+    nodes = RayNodes("", "", env, tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus_per_worker=cpus_per_worker)
+    nodes.hidden = list(hide) if hide and unshare_prefix() else []
+    try:
+        # The GCS declares a node dead after 5 failed health checks, 3 s apart by default: 1 s here, so a
+        # node-loss test waits ~5 s, not ~15 s, for Ray to give up on a killed node. Ray Train's controller
+        # (a process of the head) may restart an elastic group before that at its old size and wait for it
+        # one start timeout (60 s by default) before it shrinks the group: 20 s here.
+        head_env = {
+            **env,
+            "RAY_health_check_period_ms": "1000",
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
+        }
+        nodes.address, nodes.gcs_address = start_head(nodes.head_dir, head_env, cpus=0)
+        for i in range(1, workers + 1):
+            node = WorkerNode(f"node_w{i}", tempfile.mkdtemp(prefix=f"rw{i}", dir="/tmp"),
+                              tempfile.mkdtemp(prefix=f"imagelora-w{i}-scratch-"))  # fmt: skip
+            nodes.workers.append(node)
+            # TMPDIR: the node's raylet and every worker process it starts use this scratch dir.
+            start_worker(nodes.gcs_address, node.temp_dir, {**env, "TMPDIR": node.scratch}, cpus_per_worker,
+                         {node.resource: 1}, hide=nodes.hidden)  # fmt: skip
+        nodes.start_s = time.monotonic() - t0
+        yield nodes
+    finally:
+        problems = []
+        for temp_dir in [w.temp_dir for w in nodes.workers] + [nodes.head_dir]:  # the GCS last
+            stop, leftovers = stop_node(temp_dir, env)
+            if stop.returncode != 0:
+                problems.append(f"stop_cluster.sh {temp_dir} failed:\n{stop.stdout}\n{stop.stderr}")
+            if leftovers:
+                problems.append(f"processes of {temp_dir} still running:\n" + "\n".join(leftovers))
+        for w in nodes.workers:
+            shutil.rmtree(w.scratch, ignore_errors=True)
+        assert not problems, "\n".join(problems)
+
+
+def replace_worker(nodes: RayNodes, index: int) -> WorkerNode:
+    """A fresh worker node in place of `nodes.workers[index]` (killed, or to be lost): the old node's
+    leftovers stopped and checked (stop_cluster.sh), a new raylet with the same custom resource started."""
+    old = nodes.workers[index]
+    stop, leftovers = stop_node(old.temp_dir, nodes.env)
+    assert stop.returncode == 0 and not leftovers, f"{stop.stdout}\n{stop.stderr}\n{leftovers}"
+    shutil.rmtree(old.scratch, ignore_errors=True)
+    number = old.resource.removeprefix("node_w")
+    node = WorkerNode(old.resource, tempfile.mkdtemp(prefix=f"rw{number}", dir="/tmp"),
+                      tempfile.mkdtemp(prefix=f"imagelora-w{number}-scratch-"))  # fmt: skip
+    nodes.workers[index] = node
+    start_worker(nodes.gcs_address, node.temp_dir, {**nodes.env, "TMPDIR": node.scratch}, nodes.cpus_per_worker,
+                 {node.resource: 1}, hide=nodes.hidden)  # fmt: skip
+    return node
 
 
 def group_members(pgid: int) -> list[int]:

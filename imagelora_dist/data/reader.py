@@ -36,7 +36,13 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from imagelora_dist.data.shards import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ShardIndex, dataset_base
+from imagelora_dist.data.shards import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ShardIndex,
+    dataset_base,
+    open_url_stream,
+)
 from imagelora_dist.errors import ImageLoRAError
 
 _READ_SUFFIXES = {*IMAGE_EXTENSIONS, "json"}
@@ -106,6 +112,7 @@ class Counters:
     incomplete: int = 0
     missing: int = 0
     too_long: int = 0
+    malformed: int = 0  # grounding records whose box or size cannot be read (the collator drops them)
 
     def add(self, other: dict[str, int]) -> None:
         """Add a batch's counts."""
@@ -158,19 +165,14 @@ class EpochPlan:
 
 
 def open_url(url: str) -> io.BufferedIOBase:
-    """Open a shard: a local path, `file://`, `pipe:cmd`, or any fsspec URL (`s3://` with s3fs installed)."""
+    """Open a shard: a local path, `file://`, `pipe:cmd`, or any URL pyarrow opens (`s3://`, `gs://` ...)."""
     if url.startswith("pipe:"):
         return wds.gopen(url, "rb")
     if url.startswith("file://"):
         url = url[len("file://") :]
     if "://" not in url:
         return open(url, "rb")
-    import fsspec
-
-    try:
-        return fsspec.open(url, "rb").open()
-    except ImportError as exc:
-        raise ImageLoRAError(f"{url}: the filesystem client for this URL is not installed ({exc})") from None
+    return open_url_stream(url)
 
 
 class ShardReader:
@@ -403,7 +405,8 @@ class ShardStream(IterableDataset):
     """An IterableDataset over one rank's share of an epoch; use with a DataLoader(batch_size=None).
 
     Yields `{"samples": [...decoded...], "stats": {...counts...}, "batch_index": g}` or, with
-    `collate_fn`, whatever it returns for the decoded samples plus "stats" and "batch_index".
+    `collate_fn`, whatever it returns for the decoded samples plus "stats" and "batch_index". With
+    `keep_raw` each decoded sample also holds its stored members under "raw" (data/probe_set.py).
     """
 
     def __init__(
@@ -417,9 +420,11 @@ class ShardStream(IterableDataset):
         num_workers: int = 0,
         collate_fn: BatchFn | None = None,
         history: Sequence[dict[str, int]] = (),
+        keep_raw: bool = False,
     ) -> None:
         super().__init__()
         self.reader = reader
+        self.keep_raw = keep_raw
         self.rank, self.world_size = rank, world_size
         self.epoch = epoch
         self.skip_batches = skip_batches
@@ -455,7 +460,7 @@ class ShardStream(IterableDataset):
             decoded = []
             for s in chunk:
                 try:
-                    decoded.append(decode_sample(s))
+                    decoded.append(decode_sample(s) | ({"raw": s} if self.keep_raw else {}))
                 except KeyError:
                     counters["incomplete"] += 1
                 except (OSError, ValueError, Image.DecompressionBombError):
@@ -466,6 +471,8 @@ class ShardStream(IterableDataset):
             if self.collate_fn is not None:
                 batch = self.collate_fn(decoded)
                 stats["too_long"] = stats.get("too_long", 0) + int(batch.pop("too_long", 0))
+                # grounding records whose box or size the answer format cannot read (data/collate.py)
+                stats["malformed"] = stats.get("malformed", 0) + int(batch.pop("malformed", 0))
             batch["stats"] = stats
             batch["batch_index"] = role + local * n_workers
             yield batch

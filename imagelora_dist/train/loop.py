@@ -8,22 +8,20 @@ checkpoint also carries the adapter in its inference format (`<tag>/adapter`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.collate import BatchCollator, move_to_device
 from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
@@ -34,6 +32,7 @@ from imagelora_dist.selection import HeadSelection
 from imagelora_dist.speed import apply_speed_flags
 from imagelora_dist.train.methods import Adapted, attach_method
 from imagelora_dist.train.portable_state import PORTABLE_FILE, load_portable_state, save_portable_state
+from imagelora_dist.train.zero3_loading import import_deepspeed, local_parameter_bytes, partitioned_loading
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -52,18 +51,9 @@ class WorkerContext:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-
-
-def _import_deepspeed() -> Any:
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-    import deepspeed.comm.torch  # noqa: F401 - the module object is patched below
-
-    # The CPU accelerator JIT-compiles a shared-memory comm op in init_distributed (~40 s, needs a
-    # compiler); gloo does not use it. `import deepspeed.comm.torch as m` would bind torch itself.
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-    return deepspeed
+    # The probe stage's head_selection.json content, sent along by the driver: a worker on another node
+    # cannot read the driver's output_dir. None: read it from output_dir (one machine, or a shared disk).
+    selection: dict[str, Any] | None = None
 
 
 def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
@@ -149,11 +139,15 @@ def finite_on_every_rank(loss: torch.Tensor, world_size: int) -> bool:
     return on_every_rank(finite, loss.device) if world_size > 1 else finite
 
 
-def load_selection(cfg: RunConfig) -> HeadSelection | None:
-    """The probe stage's head selection (image_lora only)."""
+def load_selection(cfg: RunConfig, content: dict[str, Any] | None = None) -> HeadSelection | None:
+    """The probe stage's head selection (image_lora only): `content` (the JSON the driver sent), else
+    `<output_dir>/head_selection.json`."""
     if cfg.train.method != "image_lora":
         return None
-    return HeadSelection.from_json(Path(cfg.output_dir) / "head_selection.json")
+    path = Path(cfg.output_dir) / "head_selection.json"
+    if content is not None:
+        return HeadSelection.from_dict(content, source=f"{path} (sent by the driver)")
+    return HeadSelection.from_json(path)
 
 
 def speed_config(cfg: RunConfig) -> RunConfig:
@@ -297,38 +291,6 @@ class _Setup:
     memory: dict[str, float]  # parameter memory after loading: this rank's and the most any rank holds
 
 
-@contextlib.contextmanager
-def partitioned_loading(cfg: RunConfig, ds_config: dict[str, Any], dtype: str) -> Iterator[bool]:
-    """Under ZeRO-3, load a checkpoint (`model.path`) straight into this rank's partition: transformers'
-    from_pretrained runs the model's construction inside DeepSpeed's zero.Init while a HfDeepSpeedConfig is
-    alive, so no rank ever holds the whole model. Yields whether it is on. Tiny models are built whole
-    (their weights come from a seeded init that must not depend on the world size)."""
-    if zero_stage(ds_config, cfg) != 3 or not cfg.model.path:
-        yield False
-        return
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    loading = json.loads(json.dumps(ds_config))
-    if dtype == "bfloat16":  # zero.Init casts what it partitions to the config's dtype: keep the base bf16
-        loading["bf16"] = {"enabled": True}
-    keep = HfDeepSpeedConfig(loading)  # registered while referenced
-    try:
-        yield True
-    finally:
-        del keep
-        unset_hf_deepspeed_config()
-
-
-def local_parameter_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters this rank holds (its ZeRO-3 partitions, or whole tensors)."""
-    total = 0
-    for p in model.parameters():
-        held = p.ds_tensor if hasattr(p, "ds_tensor") else p
-        total += held.numel() * held.element_size()
-    return total
-
-
 def _adapted_model(
     cfg: RunConfig, ctx: WorkerContext, dtype: str, ds_config: dict[str, Any]
 ) -> tuple[Adapted, Any, Any, Any, int]:
@@ -348,7 +310,7 @@ def _adapted_model(
         cfg.train.method,
         rank=cfg.adapter.rank,
         alpha=cfg.adapter.alpha,
-        selection=load_selection(cfg),
+        selection=load_selection(cfg, ctx.selection),
         lora_targets=cfg.train.lora_targets,
         seed=cfg.train.seed,
         processor=processor,
@@ -374,7 +336,7 @@ def _setup(
     """Model, DeepSpeed engine, shard reader and collator of this worker."""
     from imagelora_dist.models.build import training_dtype
 
-    deepspeed = _import_deepspeed()
+    deepspeed = import_deepspeed()
     on_gpu = ctx.device.type == "cuda"
     dtype = training_dtype(cfg.model, cfg.train.precision)  # the frozen base's; adapters stay fp32
     # Before the model (ZeRO-3 partitions it while loading), and also where Ray Train already made the
@@ -415,6 +377,7 @@ def _setup(
         # a trained vision tower, or ZeRO-3's gathers, need the tower to run on every rank
         vision_every_batch=cfg.train.method == "full" or lockstep,
         image_digests=vcache is not None, sample_digests=pcache is not None,
+        answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family),
     )  # fmt: skip
     if vcache is not None and cfg.speed.vision_cache_skip_processor:
         if cfg.data.num_workers == 0:

@@ -8,14 +8,22 @@ to a node-local scratch dir and reports them under one checkpoint name; Ray merg
 every worker downloads the latest checkpoint and resumes; `--resume` reuses the same run directory.
 The final checkpoint holds the adapter in its inference format, which the driver copies to
 `<output_dir>/adapter`.
+
+Nothing a worker needs comes from the driver's disk: the head selection travels in the train loop's
+config, and rank 0 sends its metrics to an actor on the driver's node that logs them to MLflow, so the
+workers may run on nodes that share no filesystem with the driver (shards and storage then on an object
+store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,23 +47,145 @@ from imagelora_dist.train.loop import (
     WorkerContext,
     check_resume_layout,
     load_deepspeed_template,
+    load_selection,
     train_worker,
 )
 from imagelora_dist.train.portable_state import PORTABLE_FILE
 
+# Recovery drill: every rank pauses SECONDS right after reporting the checkpoint of step S, given
+# "S:SECONDS" (a test kills a node in that window, once Ray has registered the checkpoint). A resumed
+# group does not report that step again, so it pauses once.
+PAUSE_ENV = "IMAGELORA_FAULT_TRAIN_PAUSE"
+# Ray Train's wait for a worker group's resources, per try (its default, 60 s, where unset).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+# How long a restart's line waits for a lost node to be declared dead (Ray's default: ~15 s).
+NODE_DEATH_WAIT_S = 30.0
+
 
 @ray.remote(num_cpus=0)
 class _Outcome:
-    """Where a worker leaves why it ended early (Ray Train's result only carries checkpointed reports)."""
+    """The driver's side of a training run, pinned to the driver's node (`driver_side`): where a worker
+    leaves why it ended early (Ray Train's result only carries checkpointed reports), and where rank 0
+    sends its per-step metrics, which this actor logs to MLflow. Rank 0 may run on another node, which
+    cannot reach a tracking store local to the driver (a `sqlite:///` file); this actor can. It also
+    records on which node each rank of each worker group ran, so that a restart (or a failure) can say
+    which node was lost, and holds the lines the driver logs about it."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, mlflow_uri: str | None = None, mlflow_run_id: str | None = None, where: str = ""
+    ) -> None:
         self.message: str | None = None
+        self.run_id = mlflow_run_id
+        self.client: Any = None
+        if mlflow_uri and mlflow_run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(mlflow_uri)
+        self.logging_error: str | None = None
+        self.where = where  # the run's checkpoint directory in the storage
+        self.groups: list[dict[int, str]] = []  # per worker-group start: rank -> node id
+        # Restarts not yet told: (deadline, the previous group, the checkpoint resumed from, new world size).
+        self.restarts: list[tuple[float, dict[int, str], str | None, int]] = []
+
+    def joined(self, rank: int, node_id: str, restored: str | None, world: int) -> None:
+        """Record where `rank` runs. A rank seen again means Ray restarted the group: the driver will log
+        what was lost and where the run resumed (`take_lines`)."""
+        if not self.groups or rank in self.groups[-1]:
+            self.groups.append({})
+            if len(self.groups) > 1:
+                # Ray may restart the group before the GCS has declared a lost node dead (5 missed health
+                # checks): a restart is told once a node of the previous group is gone, or after this wait.
+                self.restarts.append((time.monotonic() + NODE_DEATH_WAIT_S, self.groups[-2], restored, world))
+        self.groups[-1][rank] = node_id
+
+    @staticmethod
+    def _lost(group: dict[int, str]) -> str:
+        """'lost node <id8> (rank r)' for each node of `group` that is no longer alive ('' for none)."""
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        gone: dict[str, list[int]] = {}
+        for rank, node in sorted(group.items()):
+            if node not in alive:
+                gone.setdefault(node, []).append(rank)
+        return ", ".join(
+            f"lost node {node[:8]} (rank{'s' * (len(r) > 1)} {', '.join(map(str, r))})"
+            for node, r in gone.items()
+        )
+
+    def lost_now(self) -> tuple[str, int]:
+        """(the lost nodes of the latest group, '' for none; how many restarts Ray made)."""
+        return (self._lost(self.groups[-1]) if self.groups else ""), max(0, len(self.groups) - 1)
+
+    def take_lines(self, final: bool = False) -> list[str]:
+        """One line per restart not yet logged by the driver: what was lost and where the run resumed."""
+        lines, waiting = [], []
+        for deadline, group, restored, world in self.restarts:
+            lost = self._lost(group)
+            if not (lost or final or time.monotonic() > deadline):
+                waiting.append((deadline, group, restored, world))
+                continue
+            cause = lost or "a worker failed (no node lost)"
+            where = (
+                f"resumed from {restored} in {self.where}"
+                if restored
+                else "restarted from step 0 (no checkpoint yet)"
+            )
+            lines.append(f"[train] {cause}; {where} on {world} worker{'s' * (world > 1)}")
+        self.restarts = waiting
+        return lines
 
     def diverged(self, message: str) -> None:
         self.message = self.message or message
 
+    def log_metrics(self, step: int, timestamp_ms: int, metrics: dict[str, float]) -> None:
+        """Log one step of rank 0's metrics to the MLflow `train` run; a tracking error never stops training."""
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        try:
+            self.client.log_batch(
+                self.run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+            )
+        except Exception as exc:  # noqa: BLE001 - reported once by the driver, training goes on
+            self.logging_error = self.logging_error or f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
     def get(self) -> str | None:
         return self.message
+
+    def error(self) -> str | None:
+        """The first MLflow error, if any."""
+        return self.logging_error
+
+
+def driver_side(mlflow_uri: str | None, mlflow_run_id: str | None, where: str = "") -> Any:
+    """An `_Outcome` actor on this driver's node: it must outlive any worker node, and only the driver's
+    node surely reaches a tracking store that is local to it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    return _Outcome.options(scheduling_strategy=strategy).remote(mlflow_uri, mlflow_run_id, where)
+
+
+def _relay(outcome: Any, log: Callable[[str], None], stop: threading.Event) -> None:
+    """Log the driver-side actor's lines as they come (a restart's line while training goes on): a
+    worker's own output reaches the driver only where Ray forwards worker logs (log_to_driver)."""
+    while True:
+        stopping = stop.wait(1.0)
+        with contextlib.suppress(ray.exceptions.RayError):
+            for line in ray.get(outcome.take_lines.remote(final=stopping), timeout=30):
+                log(line)
+        if stopping:
+            return
+
+
+def start_retries(cfg: RunConfig) -> int:
+    """Ray Train's `controller_failure_limit`: how often a worker group that could not be placed within
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) is tried again. Ray's default is forever (fixed workers
+    after a lost node with no spare wait until one joins); here train.max_failures tries, plus enough to
+    cover ray.autoscale_wait_s on an autoscaling cluster."""
+    timeout = float(os.environ.get(START_TIMEOUT_ENV) or 60)
+    return cfg.train.max_failures + math.ceil(cfg.ray.autoscale_wait_s / max(timeout, 1.0))
 
 
 def train_storage(cfg: RunConfig) -> str:
@@ -87,15 +217,21 @@ def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
         raise ImageLoRAError(f"train.storage: cannot open {storage!r}: {exc}") from None
 
 
+def stored_steps(storage: str, name: str) -> list[str]:
+    """The `step-N` checkpoint directories of run `name` in the storage (paths in its filesystem), newest
+    first."""
+    fs, root = storage_filesystem(storage)
+    found = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
+    return sorted((i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step-")),
+                  reverse=True)  # fmt: skip
+
+
 def check_stored_layout(cfg: RunConfig, storage: str, name: str, log: Callable[[str], None] = print) -> None:
     """Before any worker starts: a resume on another data layout needs the newest stored checkpoint's
     world-size-independent state (else every worker would fail on it, after Ray had retried the group
     train.max_failures times)."""
-    fs, root = storage_filesystem(storage)
-    found = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
-    steps = sorted((i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step-")),
-                   reverse=True)  # fmt: skip
-    for step in steps:
+    fs, _ = storage_filesystem(storage)
+    for step in stored_steps(storage, name):
         try:
             with fs.open_input_stream(f"{step}/{CURSOR_FILE}") as f:
                 saved = json.loads(f.read())
@@ -165,20 +301,22 @@ def _worker_entry(config: dict[str, Any]) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:
         _restore(restored, scratch)
-    mlflow_client = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        from mlflow import MlflowClient
-
-        mlflow_client = MlflowClient(config["mlflow_uri"])
+    # Where this rank runs, for the driver's line when a node is lost (awaited: it must precede any failure).
+    resumed = Path(restored.path.rstrip("/")).name if restored is not None else None
+    node = ray.get_runtime_context().get_node_id()
+    ray.get(config["outcome"].joined.remote(rank, node, resumed, world))
+    pause_step, _, pause_s = os.environ.get(PAUSE_ENV, "").partition(":")
+    # Rank 0's metrics go to the driver-side actor, which logs them to MLflow: this node may not reach the
+    # tracking store (a sqlite file on the driver's disk). Not awaited: a step never waits for tracking.
+    to_mlflow = rank == 0 and bool(config.get("mlflow_run_id"))
+    sent: list[Any] = []  # the last metrics call: waited for before this worker ends (its calls run in order)
 
     def report(metrics: dict[str, float], tag: str | None) -> None:
-        if mlflow_client is not None:
-            from mlflow.entities import Metric
-
-            step, now = int(metrics["step"]), int(time.time() * 1000)
-            mlflow_client.log_batch(
-                config["mlflow_run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-            )
+        if to_mlflow:
+            values = {k: float(v) for k, v in metrics.items()}
+            sent[:] = [
+                config["outcome"].log_metrics.remote(int(metrics["step"]), int(time.time() * 1000), values)
+            ]
         if tag is None:
             # Only checkpoints go through Ray: Ray Train drains each worker's result queue (one slot) once
             # per controller poll (2 s), so a report per step held every step to that pace (measured with
@@ -192,11 +330,13 @@ def _worker_entry(config: dict[str, Any]) -> None:
         for old in scratch.glob("step-*"):  # uploaded: keep only the newest local copy
             if old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
+        if pause_step and int(metrics["step"]) == int(pause_step):
+            time.sleep(float(pause_s or 0))
 
     try:
         train_worker(
             cfg,
-            WorkerContext(rank, world, device),
+            WorkerContext(rank, world, device, selection=config.get("selection")),
             config["shards"],
             ckpt_dir=scratch,
             resume=restored is not None,
@@ -210,6 +350,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
         ray.get(config["outcome"].diverged.remote(str(exc)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if sent:  # a worker that exits first could drop its calls still on the way
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(sent[-1])
 
 
 def run_training(
@@ -220,6 +363,7 @@ def run_training(
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
     dest: Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> Any:
     """Run a TorchTrainer with `train.workers` workers, then copy the final adapter (for method `full`:
     the whole model) to `dest`, default `<output_dir>/adapter`; returns Ray Train's Result, raises
@@ -235,7 +379,13 @@ def run_training(
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
-    outcome = _Outcome.remote()
+    if "://" not in storage and sum(1 for n in ray.nodes() if n.get("Alive")) > 1:
+        log(f"[train] train.storage {storage} is a local path on a multi-node cluster: every node must "
+            "see it as the same shared filesystem (else use an object store, s3://...)")  # fmt: skip
+    # Validated here, before any worker starts, and sent as content: workers on other nodes cannot read
+    # the driver's output_dir.
+    selection = load_selection(cfg)
+    outcome = driver_side(mlflow_uri, mlflow_run_id, f"{storage}/{name}")
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={
@@ -243,11 +393,13 @@ def run_training(
             "shards": str(Path(shards).absolute()) if "://" not in shards else shards,
             "deepspeed": load_deepspeed_template(cfg),
             "threads": int(cfg.train.cpus_per_worker),
-            "mlflow_uri": mlflow_uri,
             "mlflow_run_id": mlflow_run_id,
+            "selection": selection.to_dict() if selection is not None else None,
             "outcome": outcome,
             "fault_env": {
-                k: os.environ[k] for k in (FAULT_ENV, NAN_FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ
+                k: os.environ[k]
+                for k in (FAULT_ENV, NAN_FAULT_ENV, FAULT_MARKER_ENV, PAUSE_ENV)
+                if k in os.environ
             },
         },
         scaling_config=ScalingConfig(
@@ -257,21 +409,63 @@ def run_training(
         run_config=RayRunConfig(
             name=name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=start_retries(cfg)
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
     )
+    stop = threading.Event()
+    relay = threading.Thread(target=_relay, args=(outcome, log, stop), daemon=True)
+    relay.start()
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise TrainingFailed(f"training failed: {failure_summary(exc)}") from exc
+        lost, restarts = ray.get(outcome.lost_now.remote())
+        raise TrainingFailed(
+            f"training failed: {failure_cause(exc, cfg, lost, restarts)}; {kept_checkpoint(storage, name)}"
+        ) from exc
     finally:
+        stop.set()
+        relay.join()
         diverged = ray.get(outcome.get.remote())
+        tracking_error = ray.get(outcome.error.remote())
         ray.kill(outcome)
+    if tracking_error:
+        log(f"[train] WARNING: some step metrics did not reach MLflow: {tracking_error}")
     if diverged:
         raise TrainingDiverged(diverged)
     fetch_final_adapter(result.checkpoint, Path(dest or Path(cfg.output_dir) / "adapter").absolute())
     return result
+
+
+def failure_cause(exc: BaseException, cfg: RunConfig, lost: str, restarts: int) -> str:
+    """Why a run failed, in words: the node lost with no restart left, the workers that could not be
+    placed, else the last line of each failed rank's error."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    limit = f"train.max_failures={cfg.train.max_failures}, {restarts} used"
+    if isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        timeout = float(os.environ.get(START_TIMEOUT_ENV) or 60)
+        return (f"the cluster has no room for {cfg.train.workers} training workers (waited {timeout:g} s, "
+                f"{start_retries(cfg) + 1} times; a node lost with no spare? train.min_workers lets the run go "
+                "on with fewer)")  # fmt: skip
+    if lost:
+        return f"{lost}, no restart left ({limit})"
+    return f"{failure_summary(exc)} ({limit})"
+
+
+def kept_checkpoint(storage: str, name: str) -> str:
+    """Where the newest checkpoint stays for `--resume`, or that there is none."""
+    try:
+        steps = stored_steps(storage, name)
+    except (OSError, ImageLoRAError):
+        steps = []
+    if not steps:
+        return f"no checkpoint in {storage}/{name}"
+    return (
+        f"the last checkpoint, {Path(steps[0]).name}, stays in {storage}/{name} (--resume continues from it)"
+    )
 
 
 def failure_summary(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import os
 import pyarrow.fs as pafs
 import pytest
 import torch
+from s3_server import moto_s3
 from safetensors.torch import load_file
 from test_train import _cfg, _train
 
@@ -27,37 +28,25 @@ BUCKET = "ckpt"
 
 @pytest.fixture(scope="module")
 def s3_storage():
-    """An S3 bucket on a private moto server, with the credentials in the environment Ray's workers
-    inherit (the env must be set before ray.init); the server and Ray are stopped at the end."""
-    import boto3
+    """An S3 bucket on a private moto server (tests/s3_server.py), with the credentials in the environment
+    Ray's workers inherit (the env must be set before ray.init); the server and Ray are stopped at the end."""
     import ray
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with moto_s3(BUCKET) as env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
-            yield f"s3://{BUCKET}/runs"
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            try:
+                yield f"s3://{BUCKET}/runs"
+            finally:
+                ray.shutdown()
         finally:
-            ray.shutdown()
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

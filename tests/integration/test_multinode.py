@@ -1,0 +1,472 @@
+"""Several Ray nodes on one machine, sharing no disk: shards, checkpoints and MLflow artifacts in S3.
+
+One cluster for the module (conftest's `ray_nodes`: a 0-CPU head and two 1-CPU worker raylets tagged
+`node_w1` / `node_w2`, each with its own temp and scratch dir) and one moto S3 server (`s3_server`). The
+worker nodes do not have the AWS_* variables in their environment: what reaches them comes through a job's
+runtime env (launch/submit.sh passes the submitter's AWS_* on) or this driver's `ray.init` runtime env.
+
+* the reader: 2 ranks on 2 nodes stream `s3://` shards (pyarrow's S3 filesystem, 2 loader processes each)
+  and read every sample of the epoch exactly once between them;
+* the pipeline under `ray job submit`: probe actors, Ray Train workers and the eval task land on the worker
+  nodes (asserted by node id through Ray's State API); output_dir and the MLflow sqlite store are local to
+  the driver (the head); the head selection, rank 0's metrics and the adapter travel through Ray, not a
+  path; the adapter, eval report and MLflow runs end up on the driver's side, the checkpoints and artifacts
+  in the bucket;
+* node loss (worker node node_w2 killed by pid: raylet, workers, log_monitor): mid-training after a
+  checkpoint the run resumes from the bucket on the node left and ends at the uninterrupted run's adapter,
+  with one line saying so; with train.max_failures=0 it fails in one line and the checkpoint stays;
+  mid-probe the selection bytes are those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray_cluster import LAUNCH
+from ray_cluster import run as _run
+
+pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
+
+BUCKET = "mnode"  # conftest's s3_server
+JOB_TIMEOUT_S = 300
+
+
+def _s3(env: dict[str, str]):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+def _keys(env: dict[str, str], prefix: str) -> list[str]:
+    pages = _s3(env).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="module")
+def s3_shards(s3_server, tmp_path_factory) -> str:
+    """A small synthetic training set (32 samples in 4 shards), uploaded to s3://mnode/train."""
+    from imagelora_dist.config import load_config
+    from imagelora_dist.pipeline import ensure_train_shards
+
+    out = tmp_path_factory.mktemp("synth")
+    cfg = load_config(None, [f"output_dir={out}", "data.synth.num_samples=32", "data.synth.samples_per_shard=8",
+                             "data.synth.workers=1"])  # fmt: skip
+    local = Path(ensure_train_shards(cfg, log=lambda m: None))
+    client = _s3(s3_server)
+    for f in sorted(local.iterdir()):
+        client.upload_file(str(f), BUCKET, f"train/{f.name}")
+    return f"s3://{BUCKET}/train"
+
+
+@pytest.fixture(scope="module")
+def driver(ray_nodes, s3_server):
+    """This process as a Ray driver of the cluster; the S3 credentials reach its tasks via the runtime env."""
+    import ray
+
+    from imagelora_dist.ray_runtime import WORKER_ENV
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the test cluster's mode; the client reads it from here
+    try:
+        ray.init(address=ray_nodes.gcs_address, runtime_env={"env_vars": {**WORKER_ENV, **s3_server}},
+                 log_to_driver=False)  # fmt: skip
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+def _node_ids(ray_nodes) -> dict[str, str]:
+    """Custom resource (node_w1, node_w2, and `head`) -> node id, from Ray's State API."""
+    from ray.util.state import list_nodes
+
+    out = {}
+    for node in list_nodes(address=ray_nodes.address, detail=True):
+        if node.state != "ALIVE":
+            continue
+        if node.is_head_node:
+            out["head"] = node.node_id
+        for name in node.resources_total:
+            if name.startswith("node_w"):
+                out[name] = node.node_id
+    assert set(out) == {"head", "node_w1", "node_w2"}, out
+    assert len(set(out.values())) == 3, out
+    return out
+
+
+def test_ranks_on_two_nodes_read_s3_shards_exactly_once(driver, ray_nodes, s3_shards):
+    def read_rank(url: str, rank: int, world: int, batch: int, loader_workers: int) -> tuple[str, list[str]]:
+        """(node id, sample ids) of one rank's epoch 0, read as a training worker reads it (defined here:
+        the workers cannot import this test module, so it travels by value)."""
+        import ray
+
+        from imagelora_dist.data.reader import ShardReader, make_loader
+
+        reader = ShardReader.from_path(url, batch, seed=0, shuffle_buffer=8)
+        loader = make_loader(reader, rank=rank, world_size=world, num_workers=loader_workers)
+        ids = [s["record"]["id"] for b in loader for s in b["samples"]]
+        return ray.get_runtime_context().get_node_id(), ids
+
+    nodes = _node_ids(ray_nodes)
+    task = driver.remote(read_rank)
+    refs = [
+        task.options(num_cpus=1, resources={f"node_w{r + 1}": 1}).remote(s3_shards, r, 2, 2, 2)
+        for r in (0, 1)
+    ]
+    (node0, ids0), (node1, ids1) = driver.get(refs, timeout=120)
+    assert (node0, node1) == (nodes["node_w1"], nodes["node_w2"])
+    assert len(ids0) == len(ids1) == 16  # 32 samples, 2 ranks, batches of 2: nothing left out
+    assert not set(ids0) & set(ids1)
+    assert len(set(ids0) | set(ids1)) == 32
+
+
+def test_worker_nodes_do_not_see_the_drivers_disk(driver, ray_nodes, tmp_path):
+    if not ray_nodes.hidden:
+        pytest.skip("no mount namespaces here (unshare -m): the worker nodes share this machine's disk")
+    (tmp_path / "mine.txt").write_text("driver side")
+
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    task, path = driver.remote(sees), str(tmp_path / "mine.txt")
+    seen = driver.get(
+        [task.options(num_cpus=1, resources={r: 1}).remote(path) for r in ("node_w1", "node_w2")]
+    )
+    assert seen == [False, False]
+
+
+def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s3_shards, tmp_path):
+    from mlflow import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors, list_tasks
+
+    out = tmp_path / "out"  # the driver's side: the head runs the job's driver
+    db = f"sqlite:///{out}/mlruns.db"
+    out.mkdir()
+    # MLflow's artifacts in the bucket: an experiment created with an s3:// location (what an operator of a
+    # shared tracking server sets up); the pipeline finds and uses it.
+    mlflow = MlflowClient(tracking_uri=db)
+    mlflow.create_experiment("multinode", artifact_location=f"s3://{BUCKET}/mlartifacts")
+    submission_id = f"multinode-{os.getpid()}-{time.time_ns() % 10**9}"
+    overrides = [
+        f"output_dir={out}",
+        f"tracking.uri={db}",
+        "tracking.experiment=multinode",
+        f"data.train={s3_shards}",
+        f"train.storage=s3://{BUCKET}/ckpt",
+        "probe.num_examples=4",
+        "ray.num_workers=2",  # one probe actor per worker node (1 CPU each)
+        "train.workers=2",
+        "train.steps=2",
+        "train.checkpoint_every=2",
+        "eval.num_samples=4",
+        "eval.text_task_problems=4",
+        "data.synth.workers=1",
+    ]
+    cmd = [
+        "bash",
+        str(LAUNCH / "submit.sh"),
+        "--address",
+        ray_nodes.address,
+        "--submission-id",
+        submission_id,
+    ]
+    submitter = {**ray_nodes.env, **s3_server}  # submit.sh passes the AWS_* on in the job's runtime env
+    submitted = _run([*cmd, "--no-wait", "--", *overrides], submitter, timeout=120)
+    assert submitted.returncode == 0, f"submit.sh failed:\n{submitted.stdout}\n{submitted.stderr}"
+    assert "AWS_ENDPOINT_URL" in submitted.stderr and "testing" not in submitted.stderr + submitted.stdout
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        client = JobSubmissionClient(ray_nodes.address)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        status = client.get_job_status(submission_id)
+        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            if time.monotonic() > deadline:
+                client.stop_job(submission_id)
+                break
+            time.sleep(1)
+            status = client.get_job_status(submission_id)
+        log = client.get_job_logs(submission_id)
+        if status != JobStatus.SUCCEEDED:
+            pytest.fail(f"job ended {status}: {client.get_job_info(submission_id).message}\n{log}")
+
+        # Where everything ran, by node id.
+        nodes = _node_ids(ray_nodes)
+        workers = {nodes["node_w1"], nodes["node_w2"]}
+        actors = list_actors(address=ray_nodes.address, detail=True, limit=1000)
+        probe = [a.node_id for a in actors if a.class_name == "ProbeActor"]
+        train = [a.node_id for a in actors if a.class_name == "RayTrainWorker"]
+        outcome = [a.node_id for a in actors if a.class_name == "_Outcome"]
+        evals = [t.node_id for t in list_tasks(address=ray_nodes.address, detail=True, limit=1000)
+                 if t.func_or_class_name == "evaluate_adapter"]  # fmt: skip
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+    assert sorted(probe) == sorted(workers), (probe, nodes)  # one probe actor on each worker node
+    assert sorted(train) == sorted(workers), (train, nodes)  # the two ranks on different nodes
+    assert outcome == [nodes["head"]], (outcome, nodes)  # pinned to the driver's node
+    assert evals and set(evals) <= workers, (evals, nodes)
+    assert "[eval] sending the adapter" in log, log
+
+    # The driver's side: selection, adapter, eval report, MLflow runs (rank 0's step metrics included).
+    assert json.loads((out / "head_selection.json").read_text())["kv_indices"]
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["eval_samples"] == 4
+    exp = mlflow.get_experiment_by_name("multinode")
+    runs = {r.data.tags.get("imagelora.stage"): r for r in mlflow.search_runs([exp.experiment_id])}
+    assert {"probe", "train", "eval"} <= set(runs), set(runs)
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    steps = [m.step for m in mlflow.get_metric_history(runs["train"].info.run_id, "loss")]
+    assert steps == [1, 2], steps  # from rank 0 on a worker node, through the driver-side actor
+    # The bucket: both ranks' checkpoint files, and MLflow's artifacts.
+    ckpt = _keys(s3_server, "ckpt/")
+    assert any(k.endswith("zero_pp_rank_1_mp_rank_00_optim_states.pt") for k in ckpt), ckpt
+    artifacts = _keys(s3_server, "mlartifacts/")
+    assert any(k.endswith("head_selection.json") for k in artifacts), artifacts
+    assert any("adapter_model.safetensors" in k for k in artifacts), artifacts
+
+
+def test_object_store_urls_read_through_pyarrow_with_clear_errors(s3_server, s3_shards, monkeypatch):
+    from imagelora_dist.data.reader import open_url
+    from imagelora_dist.data.shards import ShardIndex
+    from imagelora_dist.errors import ImageLoRAError
+
+    for key, value in s3_server.items():  # pyarrow's S3 client reads the standard variables
+        monkeypatch.setenv(key, value)
+    assert ShardIndex.read(s3_shards).total_samples == 32
+    with open_url(f"{s3_shards}/train-000000.tar") as f:
+        assert len(f.read()) > 0
+    with pytest.raises(ImageLoRAError, match=r"s3://mnode/nothing/index.json: shard index not found"):
+        ShardIndex.read(f"s3://{BUCKET}/nothing")
+    with pytest.raises(ImageLoRAError, match=r"nosuch://x/index.json: no filesystem opens this URL"):
+        ShardIndex.read("nosuch://x")
+
+
+def test_submit_refuses_an_unset_env_name(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "IMAGELORA_UNSET"}
+    done = _run(["bash", str(LAUNCH / "submit.sh"), "--env", "IMAGELORA_UNSET"], env, timeout=30)
+    assert done.returncode == 2 and "--env IMAGELORA_UNSET: not set in this shell" in done.stderr
+
+
+# Node loss (last in the module: each test kills worker node node_w2 by pid, raylet, workers and log_monitor
+# alike, and starts a fresh node_w2 afterwards, so the module's cluster stays whole).
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(s3_server, tmp_path_factory) -> str:
+    """4 samples in 2 shards at s3://mnode/tiny, read without shuffling: 2 ranks x 1 micro-batch of 2 and
+    1 rank x 2 micro-batches see the same 4 samples in every step (one step = one epoch)."""
+    from imagelora_dist.config import load_config
+    from imagelora_dist.pipeline import ensure_train_shards
+
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = load_config(None, [f"output_dir={out}", "data.synth.num_samples=4", "data.synth.samples_per_shard=2",
+                             "data.synth.workers=1"])  # fmt: skip
+    local = Path(ensure_train_shards(cfg, log=lambda m: None))
+    for f in sorted(local.iterdir()):
+        _s3(s3_server).upload_file(str(f), BUCKET, f"tiny/{f.name}")
+    return f"s3://{BUCKET}/tiny"
+
+
+def _train_cfg(out: Path, shards: str, prefix: str, **overrides):
+    from imagelora_dist.config import load_config
+
+    items = {
+        "output_dir": str(out),
+        "data.train": shards,
+        "data.shuffle_buffer": 0,
+        "train.method": "image_lora_all",
+        "train.workers": 2,
+        "train.steps": 6,
+        "train.checkpoint_every": 2,
+        "train.lr": 0.01,
+        "train.micro_batch_size": 2,
+        "train.storage": f"s3://{BUCKET}/{prefix}",
+        "tracking.enabled": False,
+        **overrides,
+    }
+    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def _wait_for_keys(env: dict[str, str], prefix: str, suffixes: tuple[str, ...], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        keys = _keys(env, prefix)
+        if all(any(k.endswith(s) for k in keys) for s in suffixes):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{suffixes} never appeared under s3://{BUCKET}/{prefix}")
+
+
+def _kill_w2_when(ray_nodes, ready) -> str:
+    """Wait for `ready()`, then kill worker node node_w2 by pid; its node id."""
+    from ray_cluster import kill_node, marker_node_ids
+
+    assert ready() is not False, "the moment to kill the node never came"
+    node = ray_nodes.workers[1]
+    node_id = marker_node_ids(node.temp_dir)[0]
+    assert kill_node(node.temp_dir)
+    return node_id
+
+
+CKPT_FILES = ("cursor.json", "portable_state.safetensors", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+              "zero_pp_rank_1_mp_rank_00_optim_states.pt")  # fmt: skip
+
+
+def _train_and_kill(ray_nodes, s3_server, cfg, prefix: str, lines: list[str]) -> tuple[str, Exception | None]:
+    """Train `cfg` with every rank pausing 20 s after checkpoint step-000002; kill node_w2 once it is in
+    the bucket (and Ray has registered it); then a fresh node_w2. (killed node id, the run's error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_cluster import replace_worker
+
+    from imagelora_dist.train.ray_train import run_training
+
+    step2 = f"{prefix}/{cfg.name}-train/step-000002/"
+
+    def registered() -> None:
+        _wait_for_keys(s3_server, step2, CKPT_FILES)
+        time.sleep(2)  # Ray Train registers a checkpoint at its next poll of the workers (0.25 s apart)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(run_training, cfg, cfg.data.train, log=lines.append)
+            killed = _kill_w2_when(ray_nodes, registered)
+            error = run.exception(timeout=JOB_TIMEOUT_S)
+    finally:
+        replace_worker(ray_nodes, 1)
+    return killed, error
+
+
+def test_node_lost_mid_training_resumes_from_the_bucket(driver, ray_nodes, s3_server, tiny_shards, tmp_path,
+                                                        monkeypatch):  # fmt: skip
+    from safetensors.torch import load_file
+
+    from imagelora_dist.train.ray_train import PAUSE_ENV, run_training
+
+    for key, value in s3_server.items():  # the driver's own S3 calls: clearing the run, fetching the adapter
+        monkeypatch.setenv(key, value)
+    run_training(_train_cfg(tmp_path / "clean", tiny_shards, "loss-clean"), tiny_shards, log=lambda m: None)
+    clean = load_file(str(tmp_path / "clean" / "adapter" / "adapter_model.safetensors"))
+
+    monkeypatch.setenv(PAUSE_ENV, "2:20")
+    # Elastic: with no spare node the group goes on with 1 worker, which accumulates the 2 micro-batches
+    # the 2 ranks had: the same samples per step, so the same adapter.
+    cfg = _train_cfg(tmp_path / "killed", tiny_shards, "loss-killed", **{"train.min_workers": 1})
+    lines: list[str] = []
+    killed, error = _train_and_kill(ray_nodes, s3_server, cfg, "loss-killed", lines)
+    assert error is None, f"{error}\n" + "\n".join(lines)
+    said = [line for line in lines if "lost node" in line]
+    where = f"s3://{BUCKET}/loss-killed/{cfg.name}-train"
+    assert len(said) == 1 and re.fullmatch(
+        rf"\[train\] lost node {killed[:8]} \(rank [01]\); resumed from step-000002 in {where} on 1 worker",
+        said[0],
+    ), lines
+    got = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert got.keys() == clean.keys()
+    for key in clean:  # the tolerance of test_train.py's killed-worker resume
+        torch.testing.assert_close(got[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_node_lost_with_no_restart_left_fails_in_one_line_and_keeps_the_checkpoint(
+    driver, ray_nodes, s3_server, tiny_shards, tmp_path, monkeypatch
+):
+    from imagelora_dist.errors import TrainingFailed
+    from imagelora_dist.train.ray_train import PAUSE_ENV
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(PAUSE_ENV, "2:20")
+    cfg = _train_cfg(tmp_path, tiny_shards, "loss-fail", **{"train.max_failures": 0})
+    killed, error = _train_and_kill(ray_nodes, s3_server, cfg, "loss-fail", [])
+    assert isinstance(error, TrainingFailed), error
+    where = f"s3://{BUCKET}/loss-fail/{cfg.name}-train"
+    assert re.fullmatch(
+        rf"training failed: lost node {killed[:8]} \(rank [01]\), no restart left \(train.max_failures=0, 0 used\); "
+        rf"the last checkpoint, step-000002, stays in {where} \(--resume continues from it\)",
+        str(error),
+    ), str(error)
+    kept = _keys(s3_server, f"loss-fail/{cfg.name}-train/step-000002/")
+    assert all(any(k.endswith(f) for k in kept) for f in CKPT_FILES), kept
+    assert not _keys(s3_server, f"loss-fail/{cfg.name}-train/step-000004/")
+
+
+def test_node_lost_mid_probe_gives_the_same_selection_bytes(driver, ray_nodes, s3_server, s3_shards, tmp_path,
+                                                          monkeypatch):  # fmt: skip
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_cluster import replace_worker
+
+    from imagelora_dist.config import load_config
+    from imagelora_dist.pipeline import run_probe_select
+    from imagelora_dist.probe.distributed import SLOW_WORKER_ENV
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+
+    def cfg(out: Path):
+        items = {"output_dir": str(out), "data.train": s3_shards, "probe.num_examples": 12, "probe.batch_size": 2,
+                 "selection.budget": 5, "ray.num_workers": 2, "tracking.enabled": False}  # fmt: skip
+        return load_config(None, [f"{k}={v}" for k, v in items.items()])
+
+    clean = run_probe_select(cfg(tmp_path / "clean"), log=lambda m: None, on_ray=lambda: None)
+    monkeypatch.setenv(SLOW_WORKER_ENV, "1:2")  # worker 1 takes 2 s a batch: the kill lands mid-probe
+    lines: list[str] = []
+    first = threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "[probe] batches 1/" in line:
+            first.set()
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(run_probe_select, cfg(tmp_path / "killed"), log, lambda: None)
+            _kill_w2_when(ray_nodes, lambda: first.wait(JOB_TIMEOUT_S))
+            lost = run.result(timeout=JOB_TIMEOUT_S)
+    finally:
+        replace_worker(ray_nodes, 1)
+    assert any("failed on batch" in line and "goes back in the queue" in line for line in lines), lines
+    assert lost.output.read_bytes() == clean.output.read_bytes()
+
+
+def test_fixed_workers_with_no_room_fail_after_bounded_tries_in_one_line(monkeypatch):
+    # Fixed workers after a lost node with no spare: Ray Train's default retries the group start forever
+    # (one WorkerGroupStartupTimeoutError a minute); run_training bounds the tries and says why in one line.
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    from imagelora_dist.config import load_config
+    from imagelora_dist.train.ray_train import START_TIMEOUT_ENV, failure_cause, start_retries
+
+    monkeypatch.setenv(START_TIMEOUT_ENV, "30")
+    cfg = load_config(None, ["train.workers=2", "train.max_failures=2", "ray.autoscale_wait_s=45"])
+    assert start_retries(cfg) == 2 + 2  # 45 s of autoscaling wait needs 2 more tries of 30 s
+    cause = failure_cause(ControllerError(WorkerGroupStartupTimeoutError(2)), cfg, lost="", restarts=0)
+    assert cause == (
+        "the cluster has no room for 2 training workers (waited 30 s, 5 times; a node lost with no spare? "
+        "train.min_workers lets the run go on with fewer)"
+    )
