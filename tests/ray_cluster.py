@@ -378,3 +378,32 @@ def run_in_group(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float)
             stop_group(proc)
     assert not group_members(proc.pid), f"processes of {cmd[:3]} still running"
     return code, out
+
+
+@contextmanager
+def auth_mode(mode: str) -> Iterator[None]:
+    """RAY_AUTH_MODE set to `mode` in this process while open (Ray's clients read it from here)."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = mode
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+def wait_for_job(client: object, submission_id: str, timeout_s: float) -> object:
+    """Poll a Ray job until it ends, or stop it after `timeout_s`; its last status (a JobStatus)."""
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout_s
+    status = client.get_job_status(submission_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        if time.monotonic() > deadline:
+            client.stop_job(submission_id)
+            break
+        time.sleep(1)
+        status = client.get_job_status(submission_id)
+    return status

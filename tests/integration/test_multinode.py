@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray_cluster import LAUNCH
+from ray_cluster import LAUNCH, auth_mode, wait_for_job
 from ray_cluster import run as _run
 
 pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
@@ -77,20 +77,13 @@ def driver(ray_nodes, s3_server):
 
     from imagelora_dist.ray_runtime import WORKER_ENV
 
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the test cluster's mode; the client reads it from here
-    try:
+    with auth_mode("disabled"):  # the test cluster's mode; the client reads it from here
         ray.init(address=ray_nodes.gcs_address, runtime_env={"env_vars": {**WORKER_ENV, **s3_server}},
                  log_to_driver=False)  # fmt: skip
         try:
             yield ray
         finally:
             ray.shutdown()
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def _node_ids(ray_nodes) -> dict[str, str]:
@@ -193,18 +186,9 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
     assert submitted.returncode == 0, f"submit.sh failed:\n{submitted.stdout}\n{submitted.stderr}"
     assert "AWS_ENDPOINT_URL" in submitted.stderr and "testing" not in submitted.stderr + submitted.stdout
 
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    try:
+    with auth_mode("disabled"):
         client = JobSubmissionClient(ray_nodes.address)
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        status = client.get_job_status(submission_id)
-        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            if time.monotonic() > deadline:
-                client.stop_job(submission_id)
-                break
-            time.sleep(1)
-            status = client.get_job_status(submission_id)
+        status = wait_for_job(client, submission_id, JOB_TIMEOUT_S)
         log = client.get_job_logs(submission_id)
         if status != JobStatus.SUCCEEDED:
             pytest.fail(f"job ended {status}: {client.get_job_info(submission_id).message}\n{log}")
@@ -218,11 +202,6 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
         outcome = [a.node_id for a in actors if a.class_name == "_Outcome"]
         evals = [t.node_id for t in list_tasks(address=ray_nodes.address, detail=True, limit=1000)
                  if t.func_or_class_name == "evaluate_adapter"]  # fmt: skip
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
     assert sorted(probe) == sorted(workers), (probe, nodes)  # one probe actor on each worker node
     assert sorted(train) == sorted(workers), (train, nodes)  # the two ranks on different nodes
     assert outcome == [nodes["head"]], (outcome, nodes)  # pinned to the driver's node

@@ -12,7 +12,7 @@ import subprocess
 import time
 
 import pytest
-from ray_cluster import LAUNCH, private_ray_cluster
+from ray_cluster import LAUNCH, auth_mode, private_ray_cluster, wait_for_job
 from ray_cluster import run as _run
 
 pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
@@ -57,24 +57,10 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
     assert submitted.returncode == 0, f"submit.sh failed:\n{submitted.stdout}\n{submitted.stderr}"
     assert submitted.stdout.strip().splitlines()[-1] == submission_id
 
-    old_auth = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the SDK client reads it from this process's environment
-    try:
+    with auth_mode("disabled"):  # the test cluster's mode; the SDK client reads it from this process
         client = JobSubmissionClient(address)
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        status = client.get_job_status(submission_id)
-        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            if time.monotonic() > deadline:
-                client.stop_job(submission_id)
-                break
-            time.sleep(1)
-            status = client.get_job_status(submission_id)
+        status = wait_for_job(client, submission_id, JOB_TIMEOUT_S)
         message = client.get_job_info(submission_id).message
-    finally:
-        if old_auth is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old_auth
 
     logs = _run(["bash", str(LAUNCH / "logs.sh"), submission_id, "--address", address], env, timeout=60)
     log = logs.stdout
