@@ -136,11 +136,12 @@ class DataConfig(_Strict):
     # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
     # path or a `pipe:` entry in an untrusted index would read any file or run a command.
     trust_index_urls: bool = False
-    # The grounding answers' text (data/answer_formats.py): point "(x, y)" in [0, 1000) (synthetic data, tiny
-    # models); a Qwen family's native format (qwen2_box, qwen25_abs, qwen3_rel); auto: the model family's own.
-    # Left out of dumps at point, so the stage hashes of configs without it stay as they were.
+    # The grounding answers' text (data/answer_formats.py): point "(x, y)" in [0, 1000), or a Qwen family's
+    # native format (qwen2_box, qwen25_abs, qwen3_rel). auto: a checkpoint's (model.path) own family format,
+    # since Image-LoRA cannot teach a base a new output format; point for tiny random-weight models. Left
+    # out of dumps at auto; the selection hash carries the resolved format when it is not point.
     answer_format: Literal["point", "qwen2_box", "qwen25_abs", "qwen3_rel", "auto"] = Field(
-        "point", exclude_if=lambda v: v == "point"
+        "auto", exclude_if=lambda v: v == "auto"
     )
     # Pre-training only (experiments/fidelity): the task mix (None: the generic five; see fidelity/pretrain_tasks.py,
     # which also has the opt-in `point` and `describe_at`). Left out of dumps when unset (stage hashes).

@@ -556,7 +556,9 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
         cfg = with_model(cfg, args.model, args.family)
         model, processor, kind = load_for_inference(cfg, adapter_dir, args.device)
     # `auto` follows the loaded model: a checkpoint's family is its own, whatever model.family says.
-    answer_format = resolve_answer_format(cfg.data.answer_format, model_family(model, cfg.model.family))
+    answer_format = resolve_answer_format(
+        cfg.data.answer_format, model_family(model, cfg.model.family), bool(cfg.model.path)
+    )
     check_answer_format(answer_format, processor)
     if answer_format != POINT and args.max_new_tokens is None:
         # As eval does: eval.max_new_tokens is sized for "(x, y)", a native answer is longer.

@@ -133,6 +133,9 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     parts["data"] = {"index": data_id, **data}
     # What build_model actually uses: the resolved dtype, and the checkpoint's weights, not just its path.
     parts["dtype"] = resolved_dtype(cfg.model)
+    fmt = resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path))
+    if fmt != "point":  # the labels the probe (and training) see; point keeps the hashes made before formats
+        parts["answer_format"] = fmt
     if cfg.model.path:
         parts["checkpoint"] = checkpoint_identity(cfg.model.path) if Path(cfg.model.path).is_dir() else None
     return config_hash(parts)
@@ -418,7 +421,7 @@ def _evaluate(cfg: RunConfig, shards: str, adapter: Path | None) -> dict:
     samples = shard_samples(shards, trust_index_urls=cfg.data.trust_index_urls)
     result = evaluate(model, processor, samples, max_samples=cfg.eval.num_samples, max_pixels=cfg.data.max_pixels,
                       batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                      answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family))  # fmt: skip
+                      answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path)))  # fmt: skip
     result["text_max_abs_logit_diff"] = text_max_abs_logit_diff(
         model, processor, default_text_prompts(), disabled
     )

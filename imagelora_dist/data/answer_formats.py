@@ -53,10 +53,11 @@ _HINTS = {
 _POINT_HINT = "Output its point coordinates in JSON format."
 
 
-def resolve_answer_format(name: str, family: str) -> str:
-    """`auto` -> the family's native format (point when it has none); any other known name as is."""
+def resolve_answer_format(name: str, family: str, pretrained: bool = True) -> str:
+    """`auto` -> a pretrained checkpoint's native format (its family's; point when it has none, and for a
+    tiny random-weight model, which has no format of its own); any other known name as is."""
     if name == AUTO:
-        return FAMILY_FORMATS.get(family, POINT)
+        return FAMILY_FORMATS.get(family, POINT) if pretrained else POINT
     if name not in ANSWER_FORMATS:
         raise ImageLoRAError(
             f"data.answer_format: unknown format {name!r}; known: auto, {', '.join(ANSWER_FORMATS)}"

@@ -62,7 +62,7 @@ class ProbeSet:
         self.collator = BatchCollator(
             processor, spec.visual_token_ids, max_pixels=cfg.data.max_pixels, max_length=cfg.data.max_length,
             vision_every_batch=vision_every_batch,
-            answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family),
+            answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path)),
         )  # fmt: skip
         self._raw: list[list[dict[str, Any]]] = []
         self.infos: list[ProbeBatchInfo] = []

@@ -377,7 +377,7 @@ def _setup(
         # a trained vision tower, or ZeRO-3's gathers, need the tower to run on every rank
         vision_every_batch=cfg.train.method == "full" or lockstep,
         image_digests=vcache is not None, sample_digests=pcache is not None,
-        answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family),
+        answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path)),
     )  # fmt: skip
     if vcache is not None and cfg.speed.vision_cache_skip_processor:
         if cfg.data.num_workers == 0:

@@ -421,7 +421,8 @@ def test_cli_answer_format_prompt_click_and_output(blank_adapter, tmp_path, caps
     from imagelora_dist.data.answer_formats import model_image_size
 
     adapter, shot = blank_adapter
-    fmt = "qwen25_abs" if setting == "auto" else setting  # auto: the loaded qwen2_5_vl's own format
+    # auto: a tiny random-weight model has no format of its own, so point
+    fmt = "point" if setting == "auto" else setting
     prompts = []
     w, h = model_image_size(build_tiny_vlm("qwen2_5_vl", seed=0)[1], 640, 360, MAX_PIXELS)
     canned = {

@@ -50,6 +50,7 @@ def test_resolve_per_family():
     expected = {"qwen2_vl": "qwen2_box", "qwen2_5_vl": "qwen25_abs", "qwen3_vl": "qwen3_rel"}
     for family in FAMILIES:
         assert resolve_answer_format("auto", family) == expected.get(family, "point")
+        assert resolve_answer_format("auto", family, pretrained=False) == "point"  # a tiny random model
         for fmt in ANSWER_FORMATS:
             assert resolve_answer_format(fmt, family) == fmt
     with pytest.raises(ImageLoRAError, match="unknown format 'boxes'"):
@@ -58,11 +59,11 @@ def test_resolve_per_family():
 
 def test_config_field_default_keeps_hashes():
     default = load_config(None, [])
-    assert default.data.answer_format == "point"
+    assert default.data.answer_format == "auto"
     # Left out of the dump at its default, so every stage hash of an existing config stays the same.
     assert "answer_format" not in default.data.model_dump()
-    assert load_config(None, ["data.answer_format=point"]).model_dump() == default.model_dump()
-    assert load_config(None, ["data.answer_format=auto"]).data.model_dump()["answer_format"] == "auto"
+    assert load_config(None, ["data.answer_format=auto"]).model_dump() == default.model_dump()
+    assert load_config(None, ["data.answer_format=point"]).data.model_dump()["answer_format"] == "point"
     with pytest.raises(ImageLoRAError, match=r"data\.answer_format.*'qwen25_abs'.*got 'pixels'"):
         load_config(None, ["data.answer_format=pixels"])
 
