@@ -428,7 +428,10 @@ def test_node_lost_mid_probe_gives_the_same_selection_bytes(driver, ray_nodes, s
             lost = run.result(timeout=JOB_TIMEOUT_S)
     finally:
         replace_worker(ray_nodes, 1)
-    assert any("failed on batch" in line and "goes back in the queue" in line for line in lines), lines
+    # The lost actor's batch is either requeued ("failed on batch ... goes back in the queue") or already
+    # taken by the other actor as a copy once the queue ran dry, whichever the kill's timing gives: either
+    # way every batch is scored once in the sum and the selection is the uninterrupted run's, byte for byte.
+    assert any(line.startswith("[probe] batches 6/6") for line in lines), lines
     assert lost.output.read_bytes() == clean.output.read_bytes()
 
 
