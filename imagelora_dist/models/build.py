@@ -41,23 +41,59 @@ def _tiny(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
     )
 
 
-def build_model(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
-    """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one."""
+def build_model(
+    model_cfg: ModelConfig, device_map: str | dict | None = None
+) -> tuple[torch.nn.Module, object]:
+    """The configured model and processor: a local checkpoint if `model.path` is set, else a tiny one.
+    `device_map` (a checkpoint only) places its weights over devices while loading (eval's device_map)."""
     dtype = getattr(torch, resolved_dtype(model_cfg))
+    if device_map is not None and not model_cfg.path:
+        raise ImageLoRAError("a device map needs a checkpoint (model.path); a tiny model loads on one device")
     if model_cfg.path:
-        model, processor = load_vlm(model_cfg.path, dtype=dtype)
+        model, processor = load_vlm(model_cfg.path, dtype=dtype, device_map=device_map)
     else:
         model, processor = _tiny(model_cfg)
         model = model.to(dtype)
-    if model_cfg.attn_implementation != "auto":
-        try:
-            model.set_attn_implementation(model_cfg.attn_implementation)
-        except (ImportError, ValueError) as exc:
-            raise ImageLoRAError(
-                f"model.attn_implementation {model_cfg.attn_implementation!r} is not available here: "
-                f"{str(exc).strip().splitlines()[0][:200]}"
-            ) from None
+    apply_attn_implementation(model, model_cfg)
     return model, processor
+
+
+def apply_attn_implementation(model: torch.nn.Module, model_cfg: ModelConfig) -> None:
+    """Switch the model to `model.attn_implementation` unless it is `auto`; one error line if unavailable."""
+    if model_cfg.attn_implementation == "auto":
+        return
+    try:
+        model.set_attn_implementation(model_cfg.attn_implementation)
+    except (ImportError, ValueError) as exc:
+        raise ImageLoRAError(
+            f"model.attn_implementation {model_cfg.attn_implementation!r} is not available here: "
+            f"{str(exc).strip().splitlines()[0][:200]}"
+        ) from None
+
+
+def local_metadata_dir(path: str) -> str:
+    """A local directory holding the checkpoint's small files (config, processor, generation config): the
+    checkpoint itself when local; for a URI (`s3://...`) a temp copy of every file but the weights, whose
+    bytes are read by range where they lie (models/safetensors_ranges.py)."""
+    if "://" not in path:
+        check_checkpoint_dir(path)
+        return path
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    try:
+        fs, base = pafs.FileSystem.from_uri(path.rstrip("/"))
+        infos = fs.get_file_info(pafs.FileSelector(base))
+    except (OSError, ValueError) as exc:
+        raise ImageLoRAError(f"model.path {path}: cannot list it ({exc})") from None
+    local = Path(tempfile.mkdtemp(prefix="imagelora-ckpt-meta-"))
+    for info in infos:
+        if info.type == pafs.FileType.File and not info.base_name.endswith((".safetensors", ".bin", ".pt")):
+            with fs.open_input_stream(info.path) as f:
+                (local / info.base_name).write_bytes(f.read())
+    check_checkpoint_dir(str(local))
+    return str(local)
 
 
 def skeleton_model(model_cfg: ModelConfig) -> tuple[torch.nn.Module, object]:
