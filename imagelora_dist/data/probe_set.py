@@ -23,6 +23,7 @@ from imagelora_dist.adapter.accounting import count_tokens
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.collate import BatchCollator
+from imagelora_dist.data.drops import Counters, check_dropped, describe_drops
 from imagelora_dist.data.reader import ShardReader, ShardStream, decode_sample
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.registry import ModelSpec
@@ -67,10 +68,19 @@ class ProbeSet:
         self._raw: list[list[dict[str, Any]]] = []
         self.infos: list[ProbeBatchInfo] = []
         self.first_input_ids: torch.Tensor | None = None
+        # What building skipped, by reason (data/drops.py), and the samples it read: bounded like training's.
+        self.dropped, self.read, self.lost_shards = Counters(), 0, []
+        allowed = cfg.data.max_dropped_fraction
         taken = 0
         for chunk in ShardStream(reader, epoch=0, keep_raw=True):
             decoded = chunk["samples"][: min(size, wanted - taken)]
             out = self.collator(decoded)
+            self.dropped.add(chunk["stats"])
+            self.dropped.add({k: out[k] for k in ("too_long", "malformed")})
+            self.lost_shards += chunk["lost_shards"]
+            self.read = taken + out["num_samples"] + self.dropped.total
+            check_dropped(self.dropped.as_dict(), self.read, allowed, self.lost_shards, where="probe set",
+                          planned=wanted)  # fmt: skip
             if out["inputs"] is None:
                 continue
             inputs = out["inputs"]
@@ -81,12 +91,16 @@ class ProbeSet:
                 self.first_input_ids = inputs["input_ids"]
             taken += out["num_samples"]
             if progress is not None:
-                progress(f"[probe] probe set: {taken}/{wanted} examples")
+                dropped = describe_drops(self.dropped.as_dict())
+                progress(
+                    f"[probe] probe set: {taken}/{wanted} examples"
+                    + (f", dropped {dropped}" if dropped else "")
+                )
             if taken >= wanted:
                 break
         if taken < wanted:
             raise ImageLoRAError(
-                f"only {taken} usable probe examples in {shards} (corrupt or too long samples)"
+                f"only {taken} usable probe examples in {shards} (dropped: {describe_drops(self.dropped.as_dict())})"
             )
         keys = "\n".join("\t".join(str(r.get("__key__")) for r in raws) for raws in self._raw)
         self.digest = hashlib.sha256(keys.encode()).hexdigest()[:16]

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import tarfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,17 +37,30 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from imagelora_dist.data.drops import Counters, one_line
 from imagelora_dist.data.shards import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
     ShardIndex,
     dataset_base,
+    forget_filesystem,
     open_url_stream,
 )
 from imagelora_dist.errors import ImageLoRAError
 
 _READ_SUFFIXES = {*IMAGE_EXTENSIONS, "json"}
 _PIL_FORMATS = ("PNG", "JPEG", "WEBP")
+# A shard that cannot be opened, or whose stream breaks off with an I/O error (a deleted object, an expired
+# credential, a reset connection), is tried this many times in all, waiting OPEN_BACKOFF_S before the
+# second try and twice as long before each next one (at most OPEN_BACKOFF_MAX_S); then its unread samples
+# count as `missing`. pyarrow's S3 client retries transient network errors below this on its own.
+OPEN_TRIES = 3
+OPEN_BACKOFF_S = 1.0
+OPEN_BACKOFF_MAX_S = 8.0
+
+
+def _wait_before_retry(tries: int) -> None:
+    time.sleep(min(OPEN_BACKOFF_MAX_S, OPEN_BACKOFF_S * 2 ** (tries - 1)))
 
 
 @dataclass
@@ -56,6 +70,8 @@ class Cursor:
     The training loop calls `advance(batch)` once per batch it consumed (not per batch prefetched).
     `history` lists the layouts the epoch was read with before this one (a resume on another worker
     count or micro-batch): the samples they consumed are left out of the rest of the epoch.
+    `run_read` and `run_dropped` are the run's totals over all epochs and ranks (samples read, of them
+    dropped; the training loop keeps them, see data/drops.py), so a resumed run keeps its loss budget.
     """
 
     epoch: int = 0
@@ -65,6 +81,8 @@ class Cursor:
     num_workers: int = 0
     batch_size: int = 1
     history: list[dict[str, int]] = field(default_factory=list)
+    run_read: int = 0
+    run_dropped: int = 0
 
     def advance(self, num_samples: int, batches_per_epoch: int) -> None:
         """Count one consumed batch; roll over to the next epoch after its last batch."""
@@ -89,7 +107,9 @@ class Cursor:
         history = [dict(h) for h in self.history]
         if self.batches:
             history.append({**self.layout(), "batches": self.batches})
-        return Cursor(epoch=self.epoch, history=history, **new)
+        return Cursor(
+            epoch=self.epoch, history=history, run_read=self.run_read, run_dropped=self.run_dropped, **new
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """For a checkpoint (plain JSON, no pickle)."""
@@ -101,29 +121,6 @@ class Cursor:
         fields = {k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__ and k != "history"}
         history = [{k: int(v) for k, v in h.items()} for h in data.get("history") or []]
         return cls(**fields, history=history)
-
-
-@dataclass
-class Counters:
-    """What was dropped while reading, summed over the batches of an epoch."""
-
-    corrupt: int = 0
-    undecodable: int = 0
-    incomplete: int = 0
-    missing: int = 0
-    too_long: int = 0
-    malformed: int = 0  # grounding records whose box or size cannot be read (the collator drops them)
-
-    def add(self, other: dict[str, int]) -> None:
-        """Add a batch's counts."""
-        for k, v in other.items():
-            if hasattr(self, k):
-                setattr(self, k, getattr(self, k) + int(v))
-
-    @property
-    def total(self) -> int:
-        """All dropped samples."""
-        return self.corrupt + self.undecodable + self.incomplete + self.missing + self.too_long
 
 
 @dataclass
@@ -289,29 +286,54 @@ class ShardReader:
         parts = (self.seed, plan.epoch, plan.rank, worker) + ((plan.segment,) if plan.segment else ())
         return WorkerPlan(spans, n_batches, first, worker, hash_seed(*parts), positions)
 
-    def raw_samples(self, wplan: WorkerPlan, counters: dict[str, int]) -> Iterator[dict[str, Any]]:
-        """Undecoded samples of the worker's spans; a shard that breaks off is counted, not fatal."""
+    def raw_samples(
+        self, wplan: WorkerPlan, counters: dict[str, int], lost: list[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Undecoded samples of the worker's spans; what cannot be read is counted, not fatal.
+
+        A shard that does not open, or whose stream breaks off with an I/O error, is tried OPEN_TRIES times
+        in all with backoff (each try builds the object-store client anew, so a refreshed credential is
+        picked up) and read on from where it broke off; after that its unread samples count as `missing`
+        and the shard is named in `lost`. Broken or short tar data counts its unread samples as `corrupt`.
+        """
         for span in wplan.spans:
-            seen = 0
-            try:
-                stream = open_url(span.url)
-            except (OSError, ImageLoRAError):
-                counters["missing"] += span.stop - span.start
-                continue
-            with stream:
+            done, tries, error = 0, 0, None  # done: the span's tar positions already passed (over all tries)
+            while tries < OPEN_TRIES:
+                if tries:
+                    _wait_before_retry(tries)
+                    forget_filesystem(span.url)
+                tries += 1
                 try:
-                    for sample in tar_samples(stream):
-                        if seen >= span.stop:
-                            break
-                        if seen >= span.start and seen not in span.skip:
-                            yield sample
-                        seen += 1
-                except (tarfile.TarError, OSError, EOFError):
-                    pass  # a broken tar stream cannot be resynchronised: the rest of the span is counted
-            if seen < span.stop:
-                # Short shard (truncated tar, or fewer samples than the index says).
-                lost = range(max(seen, span.start), span.stop)
-                counters["corrupt"] += len(lost) - sum(1 for p in span.skip if p in lost)
+                    stream = open_url(span.url)
+                except ImageLoRAError as exc:  # no filesystem opens this URL: another try cannot help
+                    error = exc
+                    break
+                except OSError as exc:
+                    error = exc
+                    continue
+                with stream:
+                    try:
+                        for position, sample in enumerate(tar_samples(stream)):
+                            if position >= span.stop:
+                                break
+                            if position >= max(done, span.start) and position not in span.skip:
+                                yield sample
+                            done = max(done, position + 1)
+                    except (tarfile.TarError, EOFError):
+                        pass  # a broken tar stream cannot be resynchronised: the rest of the span is counted
+                    except OSError as exc:  # the object or the connection went away mid-read: reopen
+                        error = exc
+                        continue
+                error = None
+                break
+            rest = range(max(done, span.start), span.stop)
+            unread = len(rest) - sum(1 for p in span.skip if p in rest)
+            if unread and error is not None:
+                counters["missing"] += unread
+                if lost is not None:
+                    lost.append(f"{span.url}: {one_line(error)} (after {tries} tries)")
+            elif unread:  # short shard (truncated tar, or fewer samples than the index says)
+                counters["corrupt"] += unread
 
 
 # Per-member size limits, checked from the tar header before anything is read: a tiny shard must not be
@@ -404,9 +426,11 @@ BatchFn = Callable[[list[dict[str, Any]]], dict[str, Any]]
 class ShardStream(IterableDataset):
     """An IterableDataset over one rank's share of an epoch; use with a DataLoader(batch_size=None).
 
-    Yields `{"samples": [...decoded...], "stats": {...counts...}, "batch_index": g}` or, with
-    `collate_fn`, whatever it returns for the decoded samples plus "stats" and "batch_index". With
-    `keep_raw` each decoded sample also holds its stored members under "raw" (data/probe_set.py).
+    Yields `{"samples": [...decoded...], "stats": {...counts...}, "lost_shards": [...], "batch_index": g}`
+    or, with `collate_fn`, whatever it returns for the decoded samples plus those three. "stats" is the
+    batch's dropped samples by reason (data/drops.py), "lost_shards" the shards given up on while reading
+    it (`url: error (after N tries)`). With `keep_raw` each decoded sample also holds its stored members
+    under "raw" (data/probe_set.py). `drop_counts()` sums what this stream dropped in this process.
     """
 
     def __init__(
@@ -431,6 +455,13 @@ class ShardStream(IterableDataset):
         self.num_workers = num_workers
         self.collate_fn = collate_fn
         self.plan = reader.epoch_plan(epoch, rank, world_size, history)
+        self._dropped, self._read, self.lost_shards = Counters(), 0, []
+
+    def drop_counts(self) -> dict[str, int]:
+        """{reason: samples dropped} of every batch this stream yielded in this process, plus "read": the
+        samples it read, usable or dropped (with DataLoader workers, sum the batches' "stats" instead).
+        `lost_shards` names the shards it could not read; `drops.check_dropped` bounds the loss."""
+        return {**self._dropped.as_dict(), "read": self._read}
 
     def __len__(self) -> int:
         return self.plan.batches_per_rank
@@ -448,8 +479,9 @@ class ShardStream(IterableDataset):
         wplan = self.reader.worker_plan(self.plan, role, n_workers)
         done = max(0, -(-(self.skip_batches - role) // n_workers))
         counters = dict.fromkeys(asdict(Counters()), 0)
+        lost: list[str] = []
         raw = shuffled(
-            self.reader.raw_samples(wplan, counters), self.reader.shuffle_buffer, wplan.shuffle_seed
+            self.reader.raw_samples(wplan, counters, lost), self.reader.shuffle_buffer, wplan.shuffle_seed
         )
         bsz = self.reader.batch_size
         for local in range(wplan.num_batches):
@@ -474,7 +506,12 @@ class ShardStream(IterableDataset):
                 # grounding records whose box or size the answer format cannot read (data/collate.py)
                 stats["malformed"] = stats.get("malformed", 0) + int(batch.pop("malformed", 0))
             batch["stats"] = stats
+            batch["lost_shards"], lost[:] = list(lost), []
             batch["batch_index"] = role + local * n_workers
+            used = int(batch["num_samples"]) if self.collate_fn is not None else len(decoded)
+            self._dropped.add(stats)
+            self._read += used + sum(stats.values())
+            self.lost_shards += batch["lost_shards"]
             yield batch
 
 

@@ -205,16 +205,28 @@ def url_filesystem(url: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     scheme, _, rest = url.partition("://")
-    location, _, query = rest.partition("?")
+    location = rest.partition("?")[0]
     try:
         if scheme not in _BUCKET_SCHEMES:
             return pafs.FileSystem.from_uri(url)
-        key = (os.getpid(), f"{scheme}://{location.split('/', 1)[0]}?{query}")
+        key = _filesystem_key(url)
         if key not in _FILESYSTEMS:
             _FILESYSTEMS[key] = pafs.FileSystem.from_uri(url)[0]
     except ValueError as exc:  # pyarrow.ArrowInvalid: unknown scheme, malformed URI
         raise ImageLoRAError(f"{url}: no filesystem for this URL ({exc})") from None
     return _FILESYSTEMS[key], location
+
+
+def _filesystem_key(url: str) -> tuple[int, str]:
+    scheme, _, rest = url.partition("://")
+    location, _, query = rest.partition("?")
+    return os.getpid(), f"{scheme}://{location.split('/', 1)[0]}?{query}"
+
+
+def forget_filesystem(url: str) -> None:
+    """Drop this process's cached filesystem of `url`'s bucket: the next open makes a new one, with the
+    credentials as they are then (a rotated key, a refreshed session token)."""
+    _FILESYSTEMS.pop(_filesystem_key(url), None)
 
 
 def open_url_stream(url: str) -> io.BufferedIOBase:

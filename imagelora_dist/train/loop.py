@@ -3,7 +3,9 @@
 Runs the same in a single process (world size 1) and inside a Ray Train worker. Checkpoints hold the
 adapter, optimizer and scheduler state (frozen weights excluded), the step and the data cursor, so a
 resumed run continues with exactly the batches an uninterrupted run would have seen next. The final
-checkpoint also carries the adapter in its inference format (`<tag>/adapter`).
+checkpoint also carries the adapter in its inference format (`<tag>/adapter`). Dropped samples are
+summed over ranks every step (train/data_budget.py): a step with no usable sample on any rank is skipped
+on all of them (no optimizer update), and more drops than `data.max_dropped_fraction` stop the run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.collate import BatchCollator, move_to_device
+from imagelora_dist.data.drops import Counters, describe_drops
 from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import crash_if
@@ -30,9 +33,10 @@ from imagelora_dist.models.registry import resolve_model
 from imagelora_dist.resources import DEEPSPEED_PRESETS, deepspeed_json
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.speed import apply_speed_flags
+from imagelora_dist.train.data_budget import count_step_drops, drop_metrics
 from imagelora_dist.train.methods import Adapted, attach_method
 from imagelora_dist.train.portable_state import PORTABLE_FILE, load_portable_state, save_portable_state
-from imagelora_dist.train.zero3_loading import import_deepspeed, local_parameter_bytes, partitioned_loading
+from imagelora_dist.train.zero3_loading import build_rank_model, import_deepspeed, local_parameter_bytes
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -296,11 +300,8 @@ def _adapted_model(
 ) -> tuple[Adapted, Any, Any, Any, int]:
     """The configured model on this worker's device with the method attached and the speed flags set;
     also its processor, the speed-ups applied, the base model's ModelSpec and its local parameter bytes."""
-    from imagelora_dist.models.build import build_model
-
     torch.manual_seed(cfg.train.seed)
-    with partitioned_loading(cfg, ds_config, dtype) as partitioned:
-        model, processor = build_model(cfg.model.model_copy(update={"dtype": dtype}))
+    model, processor, partitioned = build_rank_model(cfg.model.model_copy(update={"dtype": dtype}), ds_config)
     if not partitioned:  # zero.Init already placed each partition on this rank's device
         model.to(ctx.device)
     param_bytes = local_parameter_bytes(model)
@@ -458,7 +459,7 @@ def train_worker(
     written). `stop_after` stops after that many optimizer steps (for tests of resume).
     """
     run = _setup(cfg, ctx, shards, ds_template, log)
-    engine, vcache, pcache = run.engine, run.vcache, run.pcache
+    engine = run.engine
     cursor = Cursor(
         world_size=ctx.world_size, num_workers=cfg.data.num_workers, batch_size=cfg.train.micro_batch_size
     )
@@ -467,61 +468,91 @@ def train_worker(
     if tag is not None:
         step, cursor = _resume(engine, ckpt_dir, tag, cursor, run.stage, ctx, log)
     metrics: dict[str, float] = {}
-    micro = 0
-    last_inputs = last_digests = last_keys = None
-    last_without_pixels = False
-    tokens = visual = 0
+    gas = engine.gradient_accumulation_steps()
+    batches, fill = _micro_batches(cfg, run, ctx, cursor), None
+    seen = Counters()  # this attempt's drops by reason, for the line that stops the run
+    planned = cfg.train.steps * engine.train_batch_size()  # samples the whole run reads (data/drops.py)
     t_step = time.perf_counter()
     while step < cfg.train.steps:
+        group = [next(batches) for _ in range(gas)]
+        usable, drops = count_step_drops(group, ctx.rank, ctx.world_size, ctx.device, cursor,
+                                         cfg.data.max_dropped_fraction, planned, step + 1, seen, log)  # fmt: skip
+        if usable:
+            loss, fill, tokens, visual = _optimizer_step(run, ctx, group, fill, step + 1)
+            metrics = _step_metrics(run, ctx, step + 1, loss, tokens, visual, time.perf_counter() - t_step)
+        else:  # no rank has a usable sample: nothing runs, the weights and optimizer state stay as they are
+            metrics = {"step": step + 1.0, "lr": float(engine.get_lr()[0]), "workers": float(ctx.world_size)}
+        step += 1
+        metrics.update(drop_metrics(drops, cursor, skipped=not usable))
+        t_step = time.perf_counter()
+        saved = None
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            saved = _save_checkpoint(cfg, run, ctx, ckpt_dir, step, cursor)
+        if report is not None:
+            report(metrics, saved)
+        crash_if(FAULT_ENV, f"{ctx.rank}:{step}")
+        if ctx.rank == 0:
+            dropped = f", dropped {describe_drops(drops)}" if any(drops.values()) else ""
+            if usable:
+                log(f"[train] step {step}/{cfg.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                    f"{metrics['tokens_per_s']:.0f} tok/s{dropped}")  # fmt: skip
+            else:
+                log(f"[train] step {step}/{cfg.train.steps} skipped: no usable sample on any rank{dropped}")
+        if stop_after is not None and step >= stop_after:
+            break
+    return run.adapted, metrics
+
+
+def _micro_batches(
+    cfg: RunConfig, run: _Setup, ctx: WorkerContext, cursor: Cursor
+) -> Iterator[dict[str, Any]]:
+    """This rank's micro-batches, epoch after epoch; `cursor` counts each one as it is handed out."""
+    while True:
         loader = make_loader(run.reader, rank=ctx.rank, world_size=ctx.world_size,
                              num_workers=cfg.data.num_workers, collate_fn=run.collator, cursor=cursor)  # fmt: skip
         batches_per_epoch = len(loader)  # this epoch's (a resume on another layout shortens its rest)
         if batches_per_epoch == 0:
             cursor.finish_epoch()
         for batch in loader:
-            inputs, digests, weight = batch["inputs"], batch["image_digests"], 1.0
-            keys, without_pixels = batch["sample_digests"], batch["without_pixels"]
-            if inputs is None:  # every sample was dropped: step anyway (ranks stay in step), contributing 0
-                inputs, digests, keys, weight = last_inputs, last_digests, last_keys, 0.0
-                without_pixels = last_without_pixels
-                if inputs is None:
-                    raise ImageLoRAError("the first batch of the run has no usable sample")
-            last_inputs, last_digests, last_keys, last_without_pixels = inputs, digests, keys, without_pixels
-            if pcache is not None:
-                pcache.expect(keys)
-            # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
-            if vcache is not None and (pcache is None or pcache.mode != "hit"):
-                vcache.expect(digests, without_pixels=without_pixels)
-            inputs = move_to_device(inputs, ctx.device)
-            loss = engine(**inputs).loss
-            if _nan_drill(ctx.rank, step + 1):
-                loss = loss * float("nan")
-            if not finite_on_every_rank(loss, ctx.world_size):
-                raise TrainingDiverged(
-                    f"the loss is not finite at step {step + 1} (rank {ctx.rank}: {loss.item()}); "
-                    f"lower train.lr or check the data; the last good checkpoint is kept"
-                )
-            engine.backward(loss * weight)
-            engine.step()
             cursor.advance(batch["num_samples"], batches_per_epoch)
-            tokens += batch["visual_tokens"] + batch["text_tokens"]
-            visual += batch["visual_tokens"]
-            micro += 1
-            if micro % engine.gradient_accumulation_steps():
-                continue
-            step += 1
-            metrics = _step_metrics(run, ctx, step, loss, tokens, visual, time.perf_counter() - t_step)
-            tokens = visual = 0
-            t_step = time.perf_counter()
-            saved = None
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-                saved = _save_checkpoint(cfg, run, ctx, ckpt_dir, step, cursor)
-            if report is not None:
-                report(metrics, saved)
-            crash_if(FAULT_ENV, f"{ctx.rank}:{step}")
-            if ctx.rank == 0:
-                log(f"[train] step {step}/{cfg.train.steps} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                    f"{metrics['tokens_per_s']:.0f} tok/s")  # fmt: skip
-            if step >= cfg.train.steps or (stop_after is not None and step >= stop_after):
-                return run.adapted, metrics
-    return run.adapted, metrics
+            yield batch
+
+
+def _optimizer_step(
+    run: _Setup, ctx: WorkerContext, group: list[dict[str, Any]], fill: dict[str, Any] | None, step: int
+) -> tuple[torch.Tensor, dict[str, Any], int, int]:
+    """Forward, backward and DeepSpeed step over one optimizer step's micro-batches; returns the last loss,
+    the micro-batch to replay for an empty one later, and the tokens and visual tokens seen.
+
+    A micro-batch without a usable sample on this rank (where some rank has one) replays an earlier one
+    with weight 0: every rank runs the same modules and collectives (DDP, ZeRO-3), contributing nothing."""
+    engine, vcache, pcache = run.engine, run.vcache, run.pcache
+    if fill is None:
+        fill = next((b for b in group if b["inputs"] is not None), None)
+    tokens = visual = 0
+    for batch in group:
+        used, weight = batch, 1.0
+        if batch["inputs"] is None:
+            if fill is None:
+                raise ImageLoRAError(f"rank {ctx.rank} has had no usable sample by step {step}: "
+                                     "nothing to run in step with the other ranks")  # fmt: skip
+            used, weight = fill, 0.0
+        fill = used
+        if pcache is not None:
+            pcache.expect(used["sample_digests"])
+        # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
+        if vcache is not None and (pcache is None or pcache.mode != "hit"):
+            vcache.expect(used["image_digests"], without_pixels=used["without_pixels"])
+        loss = engine(**move_to_device(used["inputs"], ctx.device)).loss
+        if _nan_drill(ctx.rank, step):
+            loss = loss * float("nan")
+        if not finite_on_every_rank(loss, ctx.world_size):
+            raise TrainingDiverged(
+                f"the loss is not finite at step {step} (rank {ctx.rank}: {loss.item()}); "
+                f"lower train.lr or check the data; the last good checkpoint is kept"
+            )
+        engine.backward(loss * weight)
+        engine.step()
+        tokens += batch["visual_tokens"] + batch["text_tokens"]
+        visual += batch["visual_tokens"]
+    return loss, fill, tokens, visual

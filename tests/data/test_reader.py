@@ -297,3 +297,110 @@ def test_missing_shard_and_too_few_samples(tmp_path):
     assert len(batches) == 4 and counters.missing == 4
     with pytest.raises(ImageLoRAError, match="cannot give every one of 8 ranks"):
         ShardReader.from_path(path, 2).epoch_plan(0, 0, 8)
+
+
+@pytest.fixture(autouse=True)
+def _quick_retries(monkeypatch):
+    """Retries wait milliseconds here (the waits themselves are checked where they matter)."""
+    from imagelora_dist.data import reader
+
+    monkeypatch.setattr(reader, "OPEN_BACKOFF_S", 0.001)
+
+
+def _failing_opens(monkeypatch, fails: int, name: str) -> list[str]:
+    """Make opening shard `name` raise OSError `fails` times (then open it); the opened URLs are listed."""
+    from imagelora_dist.data import reader
+
+    real, opened = reader.open_url, []
+
+    def open_url(url):
+        opened.append(url)
+        if url.endswith(name) and opened.count(url) <= fails:
+            raise PermissionError(
+                f"ExpiredToken: the session token has expired\n(attempt {opened.count(url)})"
+            )
+        return real(url)
+
+    monkeypatch.setattr(reader, "open_url", open_url)
+    return opened
+
+
+def test_a_shard_that_fails_to_open_is_retried_with_backoff(tmp_path, monkeypatch):
+    from imagelora_dist.data import reader
+
+    path = make_dataset(tmp_path, [4, 4])
+    waits = []
+    monkeypatch.setattr(reader.time, "sleep", waits.append)
+    opened = _failing_opens(monkeypatch, fails=reader.OPEN_TRIES - 1, name=shard_name("train", 1))
+    monkeypatch.setattr(reader, "OPEN_BACKOFF_S", 0.5)
+    batches, counters = epoch_ids(path, 0, 1, workers=0, batch=2)
+    assert sorted(sum(batches, [])) == sorted(f"s{i}" for i in range(8)) and counters.total == 0
+    assert opened.count(os.path.join(path, shard_name("train", 1))) == reader.OPEN_TRIES
+    assert waits == [0.5 * 2**k for k in range(reader.OPEN_TRIES - 1)]  # doubling, bounded in number
+
+
+def test_a_shard_that_never_opens_is_counted_named_and_bounded(tmp_path, monkeypatch):
+    from imagelora_dist.data.drops import DataLossError, check_dropped
+    from imagelora_dist.data.reader import OPEN_TRIES, ShardStream
+
+    path = make_dataset(tmp_path, [4, 4])
+    lost_url = os.path.join(path, shard_name("train", 1))
+    opened = _failing_opens(monkeypatch, fails=99, name=shard_name("train", 1))
+    stream = ShardStream(ShardReader.from_path(path, 2, shuffle_buffer=8))
+    batches = list(stream)
+    assert opened.count(lost_url) == OPEN_TRIES
+    assert sum(len(b["samples"]) for b in batches) == 4
+    assert [u for b in batches for u in b["lost_shards"]] == stream.lost_shards
+    assert stream.drop_counts() == {"corrupt": 0, "undecodable": 0, "incomplete": 0, "missing": 4,
+                                    "too_long": 0, "malformed": 0, "read": 8}  # fmt: skip
+    (lost,) = stream.lost_shards
+    assert lost.startswith(f"{lost_url}: ExpiredToken: the session token has expired (attempt 3)")
+    assert lost.endswith(f"(after {OPEN_TRIES} tries)") and "\n" not in lost
+    counts, read = stream.drop_counts(), stream.drop_counts()["read"]
+    with pytest.raises(DataLossError) as info:
+        check_dropped(counts, read, 0.0, stream.lost_shards, where="eval")
+    line = str(info.value)
+    assert line.startswith(
+        "eval: 4 of the 8 samples read so far were dropped (missing 4); could not read shard "
+    )
+    assert lost_url in line and "data.max_dropped_fraction=0 " in line and "\n" not in line
+    with pytest.raises(DataLossError, match="50.0%, more than data.max_dropped_fraction=0.49"):
+        check_dropped(counts, read, 0.49, stream.lost_shards, where="eval")
+    check_dropped(counts, read, 0.5, stream.lost_shards, where="eval")  # allowed: no error
+
+
+class _BreaksOff(io.RawIOBase):
+    """A stream that raises OSError (a reset connection) once `limit` bytes were read."""
+
+    def __init__(self, data: bytes, limit: int) -> None:
+        self.data, self.pos, self.limit = data, 0, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.pos >= self.limit:
+            raise ConnectionResetError("connection reset by peer")
+        n = min(len(buf), len(self.data) - self.pos, self.limit - self.pos)
+        buf[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def test_a_stream_that_breaks_off_is_reopened_and_read_on_from_there(tmp_path, monkeypatch):
+    from imagelora_dist.data import reader
+
+    path = make_dataset(tmp_path, [6])
+    shard = os.path.join(path, shard_name("train", 0))
+    opens = []
+
+    def open_url(url):
+        opens.append(url)
+        data = open(url, "rb").read()
+        return io.BufferedReader(_BreaksOff(data, len(data) // 2 if len(opens) == 1 else len(data)))
+
+    monkeypatch.setattr(reader, "open_url", open_url)
+    batches, counters = epoch_ids(path, 0, 1, workers=0, batch=2)
+    assert opens == [shard, shard]
+    ids = sum(batches, [])
+    assert sorted(ids) == [f"s{i}" for i in range(6)] and len(ids) == 6 and counters.total == 0
