@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -315,6 +317,134 @@ class Tracker:
             return
         self.client.log_dict(run_id, dict(d), artifact_file)
 
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """A table artifact (MLflow's own format: the UI shows it as a table) of the innermost open run."""
+        run_id = self._active()
+        if run_id is None:
+            return
+        self.client.log_table(run_id, dict(columns), artifact_file)
+
+
+# The step-metric relay (rank 0 -> MLflow): values held while the store is slow or down (~1 h of steps at
+# 1 step/s and 5 metrics a step), and how long the end of training waits for the rest to be written.
+RELAY_BACKLOG = 20_000
+RELAY_CLOSE_S = 15.0
+RELAY_MAX_BACKOFF_S = 30.0
+
+
+def _permanent(exc: BaseException) -> bool:
+    # A 4xx answer (bad value, deleted run) fails the same way on every try; 5xx, timeouts, refused
+    # connections may pass later.
+    status = getattr(exc, "get_http_status_code", lambda: 500)()
+    return isinstance(status, int) and 400 <= status < 500
+
+
+class MetricRelay:
+    """Step metrics on their way to one MLflow run, bounded in memory and time: `put` never waits (a fixed
+    backlog, the oldest values dropped first when full), a thread writes them in batches (log_batch, up to
+    `batch` values a call) and backs off while the store fails, and `close` gives up after its timeout
+    even when a call hangs. Every value not written is counted; `summary` says so in one line."""
+
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        backlog: int = RELAY_BACKLOG,
+        batch: int = 1000,
+        backoff_s: float = 1.0,
+    ) -> None:
+        """Start the writer thread for `run_id` on `client` (an MlflowClient)."""
+        self.client, self.run_id, self.backlog, self.batch, self.backoff_s = (
+            client,
+            run_id,
+            backlog,
+            batch,
+            backoff_s,
+        )
+        self._queue: deque[Any] = deque()
+        self._inflight = 0
+        self._cond = threading.Condition()
+        self._closing = self._abandoned = False
+        self.received = self.sent = self.calls = 0
+        self.dropped_full = self.dropped_rejected = self.unsent = 0
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-metric-relay", daemon=True)
+        self._thread.start()
+
+    def put(self, step: int, timestamp_ms: int, metrics: Mapping[str, float]) -> None:
+        """Queue one step's values; never blocks on the store."""
+        from mlflow.entities import Metric
+
+        with self._cond:
+            if self._closing:
+                return
+            for key, value in metrics.items():
+                self._queue.append(Metric(key, float(value), int(timestamp_ms), int(step)))
+            self.received += len(metrics)
+            while len(self._queue) > self.backlog:
+                self._queue.popleft()
+                self.dropped_full += 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._abandoned or not self._queue:
+                    return
+                chunk = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
+                self._inflight = len(chunk)
+            try:
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                ok, permanent = True, False
+            except Exception as exc:  # noqa: BLE001 - counted and reported once; training goes on
+                ok, permanent = False, _permanent(exc)
+                self.error = self.error or f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            with self._cond:
+                self._inflight = 0
+                self.calls += 1
+                if ok:
+                    self.sent += len(chunk)
+                    failures = 0
+                    continue
+                if permanent:
+                    self.dropped_rejected += len(chunk)
+                    continue
+                if self._abandoned:
+                    return
+                # Put the values back in front (still oldest-first for the backlog's bound) and back off.
+                self._queue.extendleft(reversed(chunk))
+                while len(self._queue) > self.backlog:
+                    self._queue.popleft()
+                    self.dropped_full += 1
+                failures += 1
+                self._cond.wait(min(self.backoff_s * 2 ** (failures - 1), RELAY_MAX_BACKOFF_S))
+
+    def close(self, timeout: float = RELAY_CLOSE_S) -> None:
+        """Write what is queued for at most `timeout` s, then count the rest as unsent and stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        with self._cond:
+            self._abandoned = True  # a call that hangs past the timeout: its values count as unsent
+            self.unsent = len(self._queue) + self._inflight
+            self._queue.clear()
+            self._cond.notify_all()
+
+    def summary(self) -> str | None:
+        """One line on what did not reach MLflow (None when everything did)."""
+        lost = self.dropped_full + self.dropped_rejected + self.unsent
+        if not lost and not self.error:
+            return None
+        return (
+            f"{lost} of {self.received} step metric values did not reach MLflow ({self.dropped_full} dropped "
+            f"oldest-first from a full backlog of {self.backlog}, {self.dropped_rejected} rejected, "
+            f"{self.unsent} unsent when training ended); first error: {self.error or 'none'}"
+        )
+
 
 def selection_heatmap(selection: HeadSelection, path: str | os.PathLike) -> Path:
     """PNG of probe scores (layers x KV heads) with the selected heads boxed; written atomically."""
@@ -385,6 +515,7 @@ def selection_heatmap(selection: HeadSelection, path: str | os.PathLike) -> Path
 
 
 __all__ = [
+    "MetricRelay",
     "TrackingUnavailable",
     "Tracker",
     "check_tracking_uri",

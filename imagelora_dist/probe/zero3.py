@@ -36,6 +36,7 @@ from imagelora_dist.probe.distributed import (
     Log,
     ProbeFailed,
     ProbeOutcome,
+    _workers_that_fit,
     check_plans,
     plan_record,
     sum_in_order,
@@ -53,9 +54,17 @@ class _Collector:
         self.scores: dict[int, np.ndarray] = {}
         self.seconds = 0.0
         self.per_rank: dict[int, int] = {}
+        self.skips: list[int] = []  # per restarted group: how many batches it found already scored
 
     def plan(self, record: dict[str, Any]) -> None:
         self.plans.append(record)
+
+    def done(self) -> list[int]:
+        """The batches already scored (by a group Ray has since restarted): a new group skips them."""
+        return sorted(self.scores)
+
+    def skipped(self, count: int) -> None:
+        self.skips.append(count)
 
     def put(self, index: int, scores: np.ndarray, rank: int) -> None:
         if index not in self.scores:  # a restarted group re-scores: the same bits, counted once
@@ -71,6 +80,7 @@ class _Collector:
             "scores": self.scores,
             "seconds": self.seconds,
             "per_rank": self.per_rank,
+            "skips": self.skips,
         }
 
 
@@ -100,12 +110,12 @@ def probe_deepspeed_config(cfg: RunConfig, dtype: str, world_size: int) -> dict[
 def _rank_entry(config: dict[str, Any]) -> None:
     """train_loop_per_worker: load the partitioned base, build the probe set, score this rank's batches."""
     from imagelora_dist.data.probe_set import ProbeSet
-    from imagelora_dist.models.build import build_model, resolved_dtype
+    from imagelora_dist.models.build import resolved_dtype
     from imagelora_dist.models.registry import resolve_model
     from imagelora_dist.probe.scores import HeadProbe
     from imagelora_dist.speed import apply_speed_flags
     from imagelora_dist.train.loop import on_every_rank
-    from imagelora_dist.train.zero3_loading import import_deepspeed, partitioned_loading
+    from imagelora_dist.train.zero3_loading import build_rank_model, import_deepspeed
 
     cfg = RunConfig.model_validate(config["cfg"])
     os.environ.update(config.get("fault_env") or {})
@@ -117,8 +127,7 @@ def _rank_entry(config: dict[str, Any]) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     dtype = resolved_dtype(cfg.model)
     ds_config = probe_deepspeed_config(cfg, dtype, world)
-    with partitioned_loading(cfg, ds_config, dtype) as partitioned:
-        model, processor = build_model(cfg.model)
+    model, processor, partitioned = build_rank_model(cfg.model.model_copy(update={"dtype": dtype}), ds_config)
     if not partitioned:
         model.to(device)
     model.eval()
@@ -133,14 +142,20 @@ def _rank_entry(config: dict[str, Any]) -> None:
     probe_set = ProbeSet(cfg, processor, spec, config["shards"], vision_every_batch=True)
     collector = config["collector"]
     ray.get(collector.plan.remote(plan_record(probe_set)))
-    count = len(probe_set)
+    # A group Ray restarted (a rank or its node lost) scores only what its predecessors left: every rank
+    # reads the same list, since no batch is scored until every rank has joined the first pass's gathers.
+    done = set(ray.get(collector.done.remote()))
+    todo = [i for i in range(len(probe_set)) if i not in done]
+    if done and rank == 0:
+        ray.get(collector.skipped.remote(len(done)))
     start = time.perf_counter()
     with HeadProbe(model, cfg.probe.method, seed=cfg.probe.seed, num_vectors=cfg.probe.num_vectors) as probe:
-        for index in range(rank, -(-count // world) * world, world):
-            mine = index < count
+        for slot in range(rank, -(-len(todo) // world) * world, world):
+            mine = slot < len(todo)
+            index = todo[slot] if mine else todo[rank % len(todo)]
             if mine:
                 crash_if(FAULT_BATCH_ENV, str(index))
-            scores = probe.score_batch(probe_set.batch(index if mine else rank % count), index)
+            scores = probe.score_batch(probe_set.batch(index), index)
             if mine:
                 ray.get(collector.put.remote(index, scores.numpy(), rank))
     ray.get(collector.finish.remote(time.perf_counter() - start))
@@ -148,7 +163,12 @@ def _rank_entry(config: dict[str, Any]) -> None:
 
 def zero3_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOutcome:
     """Score the probe set on a ZeRO-3 group of `ray.num_workers` ranks; float64 scores summed in batch order."""
-    from imagelora_dist.train.ray_train import failure_summary, train_storage
+    from imagelora_dist.train.ray_train import (
+        failure_summary,
+        placement_timed_out,
+        start_retries,
+        train_storage,
+    )
 
     cpus, gpus = worker_resources(cfg)
     world = cfg.ray.num_workers
@@ -160,39 +180,63 @@ def zero3_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOu
     storage = train_storage(cfg)
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        _rank_entry,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
-            "shards": str(Path(shards).absolute()) if "://" not in shards else shards,
-            "threads": int(cpus),
-            "collector": collector,
-            "fault_env": {k: os.environ[k] for k in (FAULT_BATCH_ENV, FAULT_MARKER_ENV) if k in os.environ},
-        },
-        scaling_config=ScalingConfig(
-            num_workers=world, use_gpu=gpus > 0, resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        ),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-        run_config=RayRunConfig(
-            name=f"{cfg.name}-probe", storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.ray.max_retries),
-        ),
-    )  # fmt: skip
-    log(f"[probe] ZeRO-3 group of {world} ranks ({cpus:g} CPU, {gpus:g} GPU each)")
+    if not cfg.ray.autoscale_wait_s:  # a static cluster: a group that cannot be placed would wait forever
+        world = _workers_that_fit(world, cpus, gpus, log)
+
+    def fit(world: int) -> None:
+        trainer = TorchTrainer(
+            _rank_entry,
+            train_loop_config={
+                "cfg": cfg.model_dump(mode="json"),
+                "shards": str(Path(shards).absolute()) if "://" not in shards else shards,
+                "threads": int(cpus),
+                "collector": collector,
+                "fault_env": {k: os.environ[k] for k in (FAULT_BATCH_ENV, FAULT_MARKER_ENV) if k in os.environ},
+            },
+            scaling_config=ScalingConfig(
+                num_workers=world, use_gpu=gpus > 0, resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+            ),
+            torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+            run_config=RayRunConfig(
+                name=f"{cfg.name}-probe", storage_path=storage,
+                # Placement bounded as training bounds it: enough tries to cover ray.autoscale_wait_s.
+                failure_config=FailureConfig(max_failures=cfg.ray.max_retries,
+                                             controller_failure_limit=start_retries(cfg, failures=0)),
+            ),
+        )  # fmt: skip
+        log(f"[probe] ZeRO-3 group of {world} ranks ({cpus:g} CPU, {gpus:g} GPU each)")
+        trainer.fit()
+
     try:
         try:
-            trainer.fit()
+            fit(world)
         except ray.train.TrainingFailedError as exc:
-            raise ProbeFailed(f"the ZeRO-3 probe failed: {failure_summary(exc)}") from None
+            if not placement_timed_out(exc):
+                raise ProbeFailed(f"the ZeRO-3 probe failed: {failure_summary(exc)}") from None
+            waited = f"waited {cfg.ray.autoscale_wait_s:g} s (ray.autoscale_wait_s), {start_retries(cfg, 0) + 1} tries"
+            fits = min(world, _workers_that_fit(world, cpus, gpus, lambda m: None))
+            if fits >= world:
+                raise ProbeFailed(
+                    f"the ZeRO-3 probe group of {world} ranks could not be placed ({waited})"
+                ) from None
+            # As the actors backend does: go on with the ranks that fit; the batches scored stay scored.
+            log(f"[probe] no room for {world} ZeRO-3 ranks ({waited}); probing on the {fits} that fit")
+            world = fits
+            try:
+                fit(world)
+            except ray.train.TrainingFailedError as again:
+                raise ProbeFailed(f"the ZeRO-3 probe failed: {failure_summary(again)}") from None
         got = ray.get(collector.get.remote())
     finally:
         ray.kill(collector)
+    for count in got["skips"]:
+        log(f"[probe] a restarted ZeRO-3 group found {count} of the batches scored: it skipped them")
     if not got["plans"]:
         raise ImageLoRAError("the ZeRO-3 probe group reported no probe set")
     plan = check_plans(got["plans"])
     infos = plan["batches"]
     total = sum_in_order(got["scores"], len(infos))
     examples = sum(i.examples for i in infos)
-    per_rank = [got["per_rank"].get(r, 0) for r in range(world)]
+    per_rank = [got["per_rank"].get(r, 0) for r in range(max([world, *(r + 1 for r in got["per_rank"])]))]
     log(f"[probe] {examples} examples in {len(infos)} batches on {world} ranks (batches per rank {per_rank})")
     return ProbeOutcome(total, examples / max(got["seconds"], 1e-9), infos, plan["first_input_ids"], per_rank)

@@ -5,7 +5,9 @@ URI (s3://, gs://, abfs://, anything pyarrow opens; credentials from the usual e
 Each worker writes its DeepSpeed files (rank 0 the adapter weights, every rank its optimizer shard)
 to a node-local scratch dir and reports them under one checkpoint name; Ray merges them into
 `<storage>/<name>-train/step-NNNNNN`. After a worker failure Ray restarts the group (FailureConfig),
-every worker downloads the latest checkpoint and resumes; `--resume` reuses the same run directory.
+every worker downloads the latest checkpoint and resumes. The run directory records the train hash
+of the config that wrote it (`RUN_RECORD`): the same run submitted again continues from its checkpoints,
+another config is refused, and only `--restart` deletes them (`plan_storage`).
 The final checkpoint holds the adapter in its inference format, which the driver copies to
 `<output_dir>/adapter`.
 
@@ -37,8 +39,10 @@ from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.data.drops import DataLossError
 from imagelora_dist.errors import ImageLoRAError, TrainingFailed
 from imagelora_dist.faults import FAULT_MARKER_ENV
+from imagelora_dist.tracking import RELAY_BACKLOG, RELAY_CLOSE_S, MetricRelay
 from imagelora_dist.train.loop import (
     CURSOR_FILE,
     FAULT_ENV,
@@ -51,6 +55,17 @@ from imagelora_dist.train.loop import (
     train_worker,
 )
 from imagelora_dist.train.portable_state import PORTABLE_FILE
+from imagelora_dist.train.storage import (  # noqa: F401 - re-exported: tests and the probe import them here
+    RUN_RECORD,
+    clear_run,
+    plan_storage,
+    record_identity,
+    run_identity,
+    run_name,
+    storage_filesystem,
+    stored_steps,
+    train_storage,
+)
 
 # Recovery drill: every rank pauses SECONDS right after reporting the checkpoint of step S, given
 # "S:SECONDS" (a test kills a node in that window, once Ray has registered the checkpoint). A resumed
@@ -58,6 +73,8 @@ from imagelora_dist.train.portable_state import PORTABLE_FILE
 PAUSE_ENV = "IMAGELORA_FAULT_TRAIN_PAUSE"
 # Ray Train's wait for a worker group's resources, per try (its default, 60 s, where unset).
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+# MLflow's own per-call retries in the relay actor (the relay backs off and retries by itself).
+RELAY_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 # How long a restart's line waits for a lost node to be declared dead (Ray's default: ~15 s).
 NODE_DEATH_WAIT_S = 30.0
 
@@ -72,24 +89,34 @@ class _Outcome:
     which node was lost, and holds the lines the driver logs about it."""
 
     def __init__(
-        self, mlflow_uri: str | None = None, mlflow_run_id: str | None = None, where: str = ""
+        self,
+        mlflow_uri: str | None = None,
+        mlflow_run_id: str | None = None,
+        where: str = "",
+        backlog: int = RELAY_BACKLOG,
     ) -> None:
         self.message: str | None = None
-        self.run_id = mlflow_run_id
-        self.client: Any = None
+        self.data_loss: str | None = None  # a rank's DataLossError line: ends the run, not retried
+        self.relay: MetricRelay | None = None
         if mlflow_uri and mlflow_run_id:
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(mlflow_uri)
-        self.logging_error: str | None = None
+            # This actor's own process: MLflow's per-call retries (7, minutes of backoff by default) kept
+            # short, the relay retries itself; a user's setting wins.
+            for key, value in RELAY_MLFLOW_ENV.items():
+                os.environ.setdefault(key, value)
+            self.relay = MetricRelay(MlflowClient(mlflow_uri), mlflow_run_id, backlog=backlog)
         self.where = where  # the run's checkpoint directory in the storage
         self.groups: list[dict[int, str]] = []  # per worker-group start: rank -> node id
+        self.first_restored: str | None = None  # the checkpoint the run's first group started from
         # Restarts not yet told: (deadline, the previous group, the checkpoint resumed from, new world size).
         self.restarts: list[tuple[float, dict[int, str], str | None, int]] = []
 
     def joined(self, rank: int, node_id: str, restored: str | None, world: int) -> None:
         """Record where `rank` runs. A rank seen again means Ray restarted the group: the driver will log
         what was lost and where the run resumed (`take_lines`)."""
+        if not self.groups:
+            self.first_restored = restored
         if not self.groups or rank in self.groups[-1]:
             self.groups.append({})
             if len(self.groups) > 1:
@@ -133,38 +160,45 @@ class _Outcome:
         self.restarts = waiting
         return lines
 
+    def resumed_from(self) -> str | None:
+        """The checkpoint tag the run's first worker group resumed from (None: it started at step 0)."""
+        return self.first_restored
+
     def diverged(self, message: str) -> None:
         self.message = self.message or message
 
-    def log_metrics(self, step: int, timestamp_ms: int, metrics: dict[str, float]) -> None:
-        """Log one step of rank 0's metrics to the MLflow `train` run; a tracking error never stops training."""
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
+    def lost_data(self, message: str | None = None) -> str | None:
+        """Record a rank's data-loss line (the first counts); the line recorded so far."""
+        self.data_loss = self.data_loss or message
+        return self.data_loss
 
-        try:
-            self.client.log_batch(
-                self.run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
-            )
-        except Exception as exc:  # noqa: BLE001 - reported once by the driver, training goes on
-            self.logging_error = self.logging_error or f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    def log_metrics(self, step: int, timestamp_ms: int, metrics: dict[str, float]) -> None:
+        """Queue one step of rank 0's metrics for the MLflow `train` run: returns at once (the relay's
+        thread writes them in batches), so the worker's calls never pile up behind a slow store."""
+        if self.relay is not None:
+            self.relay.put(step, timestamp_ms, metrics)
 
     def get(self) -> str | None:
         return self.message
 
-    def error(self) -> str | None:
-        """The first MLflow error, if any."""
-        return self.logging_error
+    def close_relay(self, timeout: float = RELAY_CLOSE_S) -> str | None:
+        """Write the queued metrics for at most `timeout` s; one line on what did not reach MLflow, if any."""
+        if self.relay is None:
+            return None
+        self.relay.close(timeout)
+        return self.relay.summary()
 
 
-def driver_side(mlflow_uri: str | None, mlflow_run_id: str | None, where: str = "") -> Any:
+def driver_side(
+    mlflow_uri: str | None, mlflow_run_id: str | None, where: str = "", backlog: int = RELAY_BACKLOG
+) -> Any:
     """An `_Outcome` actor on this driver's node: it must outlive any worker node, and only the driver's
     node surely reaches a tracking store that is local to it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
     strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    return _Outcome.options(scheduling_strategy=strategy).remote(mlflow_uri, mlflow_run_id, where)
+    return _Outcome.options(scheduling_strategy=strategy).remote(mlflow_uri, mlflow_run_id, where, backlog)
 
 
 def _relay(outcome: Any, log: Callable[[str], None], stop: threading.Event) -> None:
@@ -179,51 +213,27 @@ def _relay(outcome: Any, log: Callable[[str], None], stop: threading.Event) -> N
             return
 
 
-def start_retries(cfg: RunConfig) -> int:
+def start_retries(cfg: RunConfig, failures: int | None = None) -> int:
     """Ray Train's `controller_failure_limit`: how often a worker group that could not be placed within
     RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) is tried again. Ray's default is forever (fixed workers
-    after a lost node with no spare wait until one joins); here train.max_failures tries, plus enough to
-    cover ray.autoscale_wait_s on an autoscaling cluster."""
+    after a lost node with no spare wait until one joins); here `failures` (default train.max_failures)
+    tries, plus enough to cover ray.autoscale_wait_s on an autoscaling cluster."""
     timeout = float(os.environ.get(START_TIMEOUT_ENV) or 60)
-    return cfg.train.max_failures + math.ceil(cfg.ray.autoscale_wait_s / max(timeout, 1.0))
+    failures = cfg.train.max_failures if failures is None else failures
+    return failures + math.ceil(cfg.ray.autoscale_wait_s / max(timeout, 1.0))
 
 
-def train_storage(cfg: RunConfig) -> str:
-    """Ray Train's storage for this run: an absolute local path or an object-store URI."""
-    storage = cfg.train.storage
-    if storage and "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage or Path(cfg.output_dir) / "train").absolute())
+def placement_timed_out(exc: BaseException) -> bool:
+    """True when Ray Train gave up placing a worker group (the cluster had no room within the tries)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError)
 
 
 def worker_range(cfg: RunConfig) -> int | tuple[int, int]:
     """Ray Train's `num_workers`: `train.workers`, or (min, max) for an elastic run (`train.min_workers`)."""
     t = cfg.train
     return t.workers if t.min_workers in (None, t.workers) else (t.min_workers, t.workers)
-
-
-def run_name(cfg: RunConfig) -> str:
-    """Ray Train's run name: the directory under the storage that holds the checkpoints."""
-    return f"{cfg.name}-train"
-
-
-def storage_filesystem(storage: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
-    if "://" not in storage:
-        return pafs.LocalFileSystem(), storage
-    try:
-        return pafs.FileSystem.from_uri(storage)
-    except (OSError, ValueError) as exc:  # unknown scheme, missing bucket name, no S3 support ...
-        raise ImageLoRAError(f"train.storage: cannot open {storage!r}: {exc}") from None
-
-
-def stored_steps(storage: str, name: str) -> list[str]:
-    """The `step-N` checkpoint directories of run `name` in the storage (paths in its filesystem), newest
-    first."""
-    fs, root = storage_filesystem(storage)
-    found = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
-    return sorted((i.path for i in found if i.type == pafs.FileType.Directory and i.base_name.startswith("step-")),
-                  reverse=True)  # fmt: skip
 
 
 def check_stored_layout(cfg: RunConfig, storage: str, name: str, log: Callable[[str], None] = print) -> None:
@@ -243,14 +253,6 @@ def check_stored_layout(cfg: RunConfig, storage: str, name: str, log: Callable[[
             log(f"[train] resuming {Path(step).name} on another layout ({', '.join(changes)}): "
                 f"from its {PORTABLE_FILE}")  # fmt: skip
         return
-
-
-def clear_run(storage: str, name: str) -> None:
-    """Delete a previous run's checkpoints (a fresh run must never resume from another run's state)."""
-    fs, root = storage_filesystem(storage)
-    path = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
 
 
 def fetch_final_adapter(checkpoint: Checkpoint | None, dest: Path) -> Path:
@@ -348,6 +350,10 @@ def _worker_entry(config: dict[str, Any]) -> None:
         # normally, with the reason as its last result, keeps Ray from spending train.max_failures on
         # restarts that would diverge again; run_training raises it.
         ray.get(config["outcome"].diverged.remote(str(exc)))
+    except DataLossError as exc:
+        # Every rank stops at the same step (the drop counts are summed over ranks): a restart would read
+        # the same shards and lose the same samples, so the line goes to the driver instead (exit 2).
+        ray.get(config["outcome"].lost_data.remote(str(exc)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if sent:  # a worker that exits first could drop its calls still on the way
@@ -360,21 +366,33 @@ def run_training(
     shards: str,
     *,
     resume: bool = False,
+    restart: bool = False,
+    identity: str | None = None,
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
     dest: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Any:
     """Run a TorchTrainer with `train.workers` workers, then copy the final adapter (for method `full`:
-    the whole model) to `dest`, default `<output_dir>/adapter`; returns Ray Train's Result, raises
-    TrainingFailed (one line per rank)."""
+    the whole model) to `dest`, default `<output_dir>/adapter`; returns Ray Train's Result (with
+    `resumed_step`: the step this run started from), raises TrainingFailed (one line per rank).
+
+    Checkpoints stored under the run's name are continued when they were written by the same config
+    (`identity`, default `run_identity(cfg, shards)`); `restart` deletes them; see `plan_storage`."""
     storage, name = train_storage(cfg), run_name(cfg)
-    if not resume:
-        clear_run(storage, name)
-    else:
+    identity = identity or run_identity(cfg, shards)
+    how, newest = plan_storage(cfg, identity, resume=resume, restart=restart)
+    if how == "resume":
+        log(
+            f"[train] {storage}/{name} holds checkpoints of this config ({identity}, newest {newest}): "
+            "continuing from the latest Ray registered"
+        )
         check_stored_layout(cfg, storage, name)
-        if "://" not in storage:
-            Path(storage).mkdir(parents=True, exist_ok=True)
+    else:
+        if newest:
+            log(f"[train] --restart: deleting the checkpoints in {storage}/{name} (newest {newest})")
+        clear_run(storage, name)
+    record_identity(storage, name, identity)
     gpus = cfg.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -429,23 +447,28 @@ def run_training(
         stop.set()
         relay.join()
         diverged = ray.get(outcome.get.remote())
-        tracking_error = ray.get(outcome.error.remote())
+        data_loss = ray.get(outcome.lost_data.remote())
+        # Bounded: the relay gives up after RELAY_CLOSE_S even when the tracking store hangs.
+        tracking_lost = ray.get(outcome.close_relay.remote(RELAY_CLOSE_S), timeout=RELAY_CLOSE_S + 60)
+        resumed = ray.get(outcome.resumed_from.remote())
         ray.kill(outcome)
-    if tracking_error:
-        log(f"[train] WARNING: some step metrics did not reach MLflow: {tracking_error}")
+    if tracking_lost:
+        log(f"[train] WARNING: {tracking_lost}")
+    if data_loss:
+        raise DataLossError(data_loss)
     if diverged:
         raise TrainingDiverged(diverged)
     fetch_final_adapter(result.checkpoint, Path(dest or Path(cfg.output_dir) / "adapter").absolute())
+    # Throughput counts only the steps this run trained (Result is a plain dataclass: one more field).
+    result.resumed_step = int(resumed.rpartition("-")[2]) if resumed else 0
     return result
 
 
 def failure_cause(exc: BaseException, cfg: RunConfig, lost: str, restarts: int) -> str:
     """Why a run failed, in words: the node lost with no restart left, the workers that could not be
     placed, else the last line of each failed rank's error."""
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
-
     limit = f"train.max_failures={cfg.train.max_failures}, {restarts} used"
-    if isinstance(getattr(exc, "controller_failure", None), WorkerGroupStartupTimeoutError):
+    if placement_timed_out(exc):
         timeout = float(os.environ.get(START_TIMEOUT_ENV) or 60)
         return (f"the cluster has no room for {cfg.train.workers} training workers (waited {timeout:g} s, "
                 f"{start_retries(cfg) + 1} times; a node lost with no spare? train.min_workers lets the run go "

@@ -92,13 +92,19 @@ def test_autoscale_wait_with_no_placeable_worker_fails_clearly(local_ray, shards
         run_probe_select(cfg, log=lambda m: None)
 
 
-def test_zero3_backend_selects_the_actors_heads_for_one_and_two_ranks(one, shards, tmp_path):
-    actors = one
+@pytest.fixture(scope="module")
+def zero3_two(local_ray, shards, tmp_path_factory):
+    """The selection of a 2-rank ZeRO-3 probe group, and what it logged."""
     lines: list[str] = []
-    ranks = {}
-    for world in (1, 2):
-        cfg = _cfg(tmp_path / f"z{world}", shards, **{"probe.backend": "zero3", "ray.num_workers": world})
-        ranks[world] = run_probe_select(cfg, log=lines.append)
+    cfg = _cfg(tmp_path_factory.mktemp("z2"), shards, **{"probe.backend": "zero3", "ray.num_workers": 2})
+    return run_probe_select(cfg, log=lines.append), lines
+
+
+def test_zero3_backend_selects_the_actors_heads_for_one_and_two_ranks(one, zero3_two, shards, tmp_path):
+    actors = one
+    ranks, lines = {2: zero3_two[0]}, list(zero3_two[1])
+    cfg = _cfg(tmp_path / "z1", shards, **{"probe.backend": "zero3", "ray.num_workers": 1})
+    ranks[1] = run_probe_select(cfg, log=lines.append)
     assert ranks[1].output.read_bytes() == ranks[2].output.read_bytes()
     # Against the actors backend (whole replicas): the same heads, scores equal up to float32 rounding
     # (ZeRO-3 computes the layers from gathered weights through its own ops, not bit for bit the same).
@@ -108,6 +114,26 @@ def test_zero3_backend_selects_the_actors_heads_for_one_and_two_ranks(one, shard
         assert zero3["scores"][layer] == pytest.approx(scores, rel=1e-5)
     assert zero3["scores"] != whole["scores"]  # two computations, not one result copied
     assert any("on 2 ranks (batches per rank [2, 1])" in line for line in lines), lines
+
+
+def test_zero3_probe_sized_to_the_cluster_with_a_rank_killed_gives_the_same_bytes(
+    zero3_two, shards, tmp_path, monkeypatch
+):
+    # Issue 30 item 5. 3 ranks asked on a 2-CPU Ray (no autoscaler): the group is sized to the 2 that
+    # fit instead of waiting forever. Rank 0 dies before scoring batch 2, after batches 0 and 1 are in the
+    # collector: Ray restarts the group, which skips them (not re-scored from batch 0), and the selection
+    # is the uninterrupted 2-rank ZeRO-3 group's, byte for byte.
+    lines: list[str] = []
+    reference = zero3_two[0].output.read_bytes()
+    monkeypatch.setenv(FAULT_BATCH_ENV, "2")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed-once"))
+    cfg = _cfg(tmp_path / "killed", shards, **{"probe.backend": "zero3", "ray.num_workers": 3})
+    killed = run_probe_select(cfg, log=lines.append)
+    assert (tmp_path / "killed-once").exists(), "the fault must have fired"
+    assert any("holds 2 of the 3 requested workers; using 2" in line for line in lines), lines
+    assert any("a restarted ZeRO-3 group found 2 of the batches scored: it skipped them" in line
+               for line in lines), lines  # fmt: skip
+    assert killed.output.read_bytes() == reference
 
 
 def test_a_slow_worker_does_not_hold_the_others_and_no_pixels_reach_the_driver(

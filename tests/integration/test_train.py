@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from imagelora_dist.config import load_config
 from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.pipeline import ensure_train_shards
 from imagelora_dist.train.loop import FAULT_ENV
-from imagelora_dist.train.ray_train import run_training
+from imagelora_dist.train.ray_train import PAUSE_ENV, run_training
 
 pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
 
@@ -32,6 +35,11 @@ def shards(tmp_path_factory):
 
 
 def _cfg(out, shards, **overrides):
+    return load_config(None, _overrides(out, shards, **overrides))
+
+
+def _overrides(out, shards, **overrides) -> list[str]:
+    """The tests' run as `key=value` overrides (the CLI's arguments too)."""
     items = {
         "output_dir": str(out),
         "data.synth.num_samples": 4,
@@ -47,7 +55,7 @@ def _cfg(out, shards, **overrides):
         **({"data.train": shards} if shards else {}),
         **overrides,
     }
-    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+    return [f"{k}={v}" for k, v in items.items()]
 
 
 def _train(out, shards, **overrides):
@@ -114,17 +122,111 @@ def test_zero_stages_with_two_workers_match_one_worker(reference, shards, tmp_pa
         assert portable[f"exp_avg_sq/{prefix.removeprefix('param/')}.B"].abs().sum() > 0
 
 
-def test_killed_worker_resumes_from_last_checkpoint(two_workers, shards, tmp_path, monkeypatch):
+def test_killed_worker_resumes_from_last_checkpoint(two_workers, shards, tmp_path, monkeypatch, capfd):
     _, clean = two_workers
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(FAULT_ENV, "1:2")  # rank 1 dies right after step 2 (checkpointed)
+    monkeypatch.setenv(PAUSE_ENV, "2:3")  # once Ray has registered that checkpoint (its next poll)
     monkeypatch.setenv(FAULT_MARKER_ENV, str(marker))
     # Elastic (1-2 workers): Ray restarts the group with the workers it can get; on 1 it would accumulate
     # 2 micro-batches, the same samples per step, so the adapter must match either way.
     killed = _train(tmp_path / "killed", shards, **{"train.workers": 2, "train.min_workers": 1})
     assert marker.exists(), "the fault must have fired"
+    # The restarted group's loop loaded step 2 and went on at step 3 (the adapter alone cannot tell: the
+    # tiny run restarted from step 0 reaches the same one); a group that ignored it would log 1, 2 again.
+    printed = "".join(capfd.readouterr())
+    assert _loaded(printed) == "step-000002", printed[-3000:]
+    assert _steps_trained(printed) == [1, 2, 3]
     for key in clean:
         torch.testing.assert_close(killed[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder`: (mtime in ns, bytes)."""
+    return {f.relative_to(folder).as_posix(): (f.stat().st_mtime_ns, f.read_bytes())
+            for f in sorted(folder.rglob("*")) if f.is_file()}  # fmt: skip
+
+
+def _steps_trained(printed: str) -> list[int]:
+    """The steps rank 0's training loop logged (its own progress line), in order."""
+    return [int(n) for n in re.findall(r"\[train\] step (\d+)/\d+ loss", printed)]
+
+
+def _loaded(printed: str) -> str | None:
+    """The checkpoint the training loop says it loaded. Every rank logs it; Ray's log deduplication may
+    show one rank's line only (lines alike but for their numbers, from several processes within 5 s)."""
+    tags = set(re.findall(r"\[train\] rank \d+: resumed from (step-\d+) \(step \d+,", printed))
+    assert len(tags) <= 1, tags
+    return tags.pop() if tags else None
+
+
+def test_a_resubmitted_run_continues_from_its_checkpoints_and_only_restart_deletes_them(
+    two_workers, shards, tmp_path, capfd
+):
+    # Issue 30 item 1: the driver is killed (SIGKILL, its local Ray goes with it) after checkpoint
+    # step-000002 is registered; the same command submitted again, without --resume, must continue from
+    # it: its loop starts at step 3, the stored step-2 files are not written again, and the adapter is
+    # the uninterrupted run's. Another config is refused in one line; --restart deletes and starts over.
+    # (A tiny run restarted from step 0 reaches the same adapter: the step-3 start and the untouched files
+    # are what show that the checkpoint was used.)
+    from imagelora_dist.cli import main as cli_main
+    from imagelora_dist.train.storage import RUN_RECORD
+
+    _, clean = two_workers
+    out = tmp_path / "run"
+    args = ["train", *_overrides(out, shards, **{"train.workers": 2})]
+    command = [sys.executable, "-m", "imagelora_dist", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", PAUSE_ENV: "2:300"}  # every rank waits after step 2
+    run_dir = out / "train" / "tiny-default-train"
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        first = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not (snapshot.exists() and "step-000002" in snapshot.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and what it started (its session)
+        first.wait()
+    assert not (out / "adapter").exists() and not (out / "train_done.json").exists()
+    stored = _files(run_dir / "step-000002")
+    assert "portable_state.safetensors" in stored and "cursor.json" in stored
+
+    # The same command again (in this process, on the module's Ray: the stored run decides, not the driver).
+    capfd.readouterr()
+    assert cli_main(args) == 0
+    printed = "".join(capfd.readouterr())
+    assert "holds checkpoints of this config" in printed and "newest step-000002" in printed
+    assert _loaded(printed) == "step-000002", printed[-3000:]  # the loop loaded it
+    assert _steps_trained(printed) == [3], printed[-3000:]  # the resumed group's first step is 3
+    assert _files(run_dir / "step-000002") == stored, "the stored checkpoint must not be written again"
+    got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert got.keys() == clean.keys()
+    for key in clean:
+        torch.testing.assert_close(got[key], clean[key], rtol=1e-5, atol=1e-7, msg=key)
+    done = json.loads((out / "train_done.json").read_text())
+    # Throughput after a resume counts the one step trained here, not all three.
+    assert done["metrics"]["train_steps_run"] == 1.0 and done["metrics"]["train_samples_per_s"] > 0
+
+    # Another config (another lr) on the same checkpoints: one line, exit 2, nothing deleted.
+    record = (run_dir / RUN_RECORD).read_text()
+    assert cli_main([*args, "train.lr=0.02"]) == 2
+    said = capfd.readouterr().err.strip()
+    assert "\n" not in said and f"{run_dir} holds checkpoints (newest step-000003) of another config" in said
+    assert "--restart deletes them" in said
+    assert (run_dir / RUN_RECORD).read_text() == record and _files(run_dir / "step-000002") == stored
+
+    # --restart deletes them and trains from step 1 (in this process, on the module's Ray).
+    assert cli_main([*args, "train.lr=0.02", "--restart"]) == 0
+    printed = "".join(capfd.readouterr())
+    assert f"--restart: deleting the checkpoints in {run_dir} (newest step-000003)" in printed
+    assert _steps_trained(printed) == [1, 2, 3]
+    assert _files(run_dir / "step-000002") != stored
+    assert (run_dir / RUN_RECORD).read_text() != record
 
 
 def _dataset(directory, shard_files, text_only=()):
@@ -223,7 +325,7 @@ def test_resume_on_another_layout_without_portable_state_is_refused_before_any_w
 # 2 -> 1 workers (ZeRO-2) from an object store: tests/integration/test_train_object_store.py.py
 @pytest.mark.parametrize("before,after,stage", [(1, 2, 3)])
 def test_resume_on_another_worker_count_ends_where_the_uninterrupted_run_ends(
-    reference, shards, tmp_path, monkeypatch, capsys, before, after, stage
+    reference, shards, tmp_path, monkeypatch, capfd, before, after, stage
 ):
     # One worker accumulating two micro-batches and two workers with one each see the same samples in
     # every step here (one step is one epoch), so a run that dies after step 2 on `before` workers and
@@ -237,16 +339,22 @@ def test_resume_on_another_worker_count_ends_where_the_uninterrupted_run_ends(
                                          "train.max_failures": 0})  # fmt: skip
 
     monkeypatch.setenv(FAULT_ENV, f"{before - 1}:2")
+    monkeypatch.setenv(PAUSE_ENV, "2:3")  # the crash comes once Ray has registered step 2
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "killed-once"))
     with pytest.raises(TrainingFailed):
         run_training(cfg(before), shards)
     monkeypatch.delenv(FAULT_ENV)
-    capsys.readouterr()
+    monkeypatch.delenv(PAUSE_ENV)
+    step2 = tmp_path / "train" / "tiny-default-train" / "step-000002"
+    stored = _files(step2)
+    capfd.readouterr()
     run_training(cfg(after), shards, resume=True)
-    assert (
-        f"resuming step-000002 on another layout (train.workers {before} -> {after})"
-        in capsys.readouterr().out
-    )
+    printed = "".join(capfd.readouterr())
+    assert f"resuming step-000002 on another layout (train.workers {before} -> {after})" in printed
+    # The loop loaded it (the tiny run restarted from step 0 would reach the same adapter): it logged
+    # only step 3, and the stored step-2 files were not written again.
+    assert _loaded(printed) == "step-000002", printed[-3000:]
+    assert _steps_trained(printed) == [3] and _files(step2) == stored
     got = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert got.keys() == reference.keys()
     for key in reference:
@@ -292,6 +400,10 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "resume_check.json").read_text())
     assert report["deepspeed_resume_max_diff"] == 0.0
+    # The same adapter would come from a resume that ignored the checkpoint (this run is deterministic):
+    # the loops trained only the steps after it, and the stored step-2 files were not written again.
+    assert report["resumed_steps"] == {"deepspeed": [3, 4], "portable": [3, 4], "micro_batch": [2, 3, 4]}
+    assert report["stored_step_untouched"] is True
     assert len(report["deleted"]) == 2, report["deleted"]  # the model and the optimizer file
     assert "from portable_state.safetensors: DeepSpeed's files are missing" in proc.stdout
     assert report["portable_resume_max_diff"] == 0.0
@@ -306,7 +418,7 @@ def test_resume_matches_uninterrupted_run(shards, tmp_path):
 def _lora_cfg(out, shards, stage):
     return _cfg(out, shards, **{"train.method": "lora", "train.workers": 2, "train.steps": 2,
                                 "train.deepspeed": f"zero{stage}",
-                                "eval.num_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
+                                "eval.synth_samples": 4, "eval.max_new_tokens": 4})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
