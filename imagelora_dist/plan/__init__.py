@@ -1,0 +1,36 @@
+"""`imagelora-dist plan`: per-GPU and host memory of a run (probe, train, eval) before any GPU is rented.
+
+estimate.py builds the plan from a model config on the meta device; memory.py holds the arithmetic (and
+`resolve_eval_backend`, eval.backend auto); command.py reads a run config or the CLI flags; render.py
+prints it."""
+
+from __future__ import annotations
+
+from imagelora_dist.plan.command import (
+    add_plan_arguments,
+    config_model,
+    eval_backend_for,
+    plan_command,
+    request_from_config,
+)
+from imagelora_dist.plan.estimate import OFFLOADS, Plan, PlanRequest, make_plan, meta_model
+from imagelora_dist.plan.memory import GIB, RUNTIME_ALLOWANCE_GIB, DeepSpeedLimits, resolve_eval_backend
+from imagelora_dist.plan.render import render_plan
+
+__all__ = [
+    "GIB",
+    "OFFLOADS",
+    "RUNTIME_ALLOWANCE_GIB",
+    "DeepSpeedLimits",
+    "Plan",
+    "PlanRequest",
+    "add_plan_arguments",
+    "config_model",
+    "eval_backend_for",
+    "make_plan",
+    "meta_model",
+    "plan_command",
+    "render_plan",
+    "request_from_config",
+    "resolve_eval_backend",
+]
