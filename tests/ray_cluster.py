@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -179,7 +180,13 @@ WORKER_PORT_FLAGS = tuple(f for f in PORT_FLAGS if f != "--ray-client-server-por
 
 
 def start_worker(
-    gcs_address: str, temp_dir: str, env: dict[str, str], cpus: int, resources: dict, hide: Sequence[str] = ()
+    gcs_address: str,
+    temp_dir: str,
+    env: dict[str, str],
+    cpus: int,
+    resources: dict,
+    hide: Sequence[str] = (),
+    stage: str = "",
 ) -> None:
     """A worker node of the head at `gcs_address`, started by launch/start_cluster.sh --join (in a mount
     namespace that hides `hide`, see `hiding`)."""
@@ -191,7 +198,7 @@ def start_worker(
     cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--join", gcs_address, "--cpus", str(cpus)]
     cmd += ["--temp-dir", temp_dir, "--object-store-memory", "200000000", "--auth", "disabled"]
     cmd += ["--resources", json.dumps(resources), "--", *extra]
-    started = run(hiding(hide, cmd), env, timeout=120)
+    started = run(hiding(hide, cmd, stage), env, timeout=120)
     assert started.returncode == 0, f"start_cluster.sh --join failed:\n{started.stdout}\n{started.stderr}"
     assert marker_node_ids(temp_dir), (Path(temp_dir) / ".imagelora-cluster").read_text()
 
@@ -221,7 +228,8 @@ def private_ray_cluster(cpus: int = 2) -> Iterator[tuple[str, dict[str, str]]]:
 
 @dataclass
 class WorkerNode:
-    """One worker raylet of `private_ray_nodes`: its custom resource, temp dir and scratch dir (its TMPDIR)."""
+    """One worker raylet of `private_ray_nodes`: its custom resource, temp dir and scratch dir (its TMPDIR;
+    "" where the node has a private /tmp of its own, which is then its TMPDIR)."""
 
     resource: str
     temp_dir: str
@@ -238,7 +246,7 @@ class RayNodes:
     head_dir: str
     workers: list[WorkerNode] = field(default_factory=list)
     start_s: float = 0.0
-    hidden: list[str] = field(default_factory=list)  # paths the worker nodes cannot see
+    hidden: list[str] = field(default_factory=list)  # paths the worker nodes cannot see (each its own copy)
     cpus_per_worker: int = 1
 
 
@@ -254,14 +262,71 @@ def unshare_prefix() -> list[str]:
     return prefix if probe.returncode == 0 else []
 
 
-def hiding(paths: Sequence[str], cmd: list[str]) -> list[str]:
+# Run in a node's mount namespace: $1 a staging dir, then hidden paths, --, kept paths, --, the command.
+# Kept paths (the Python the node runs, under a hidden $HOME) are bind-mounted aside, each hidden path gets
+# an empty tmpfs of its own, and the kept paths are mounted back in place.
+_HIDE_SCRIPT = r"""
+stage=$1; shift; hide=""
+while [ "$1" != -- ]; do hide="$hide $1"; shift; done; shift
+n=0; keep=""
+while [ "$1" != -- ]; do
+    n=$((n + 1)); mkdir -p "$stage/$n" && mount --bind "$1" "$stage/$n" || exit 1; keep="$keep $1"; shift
+done; shift
+for h in $hide; do mount -t tmpfs -o mode=1777 tmpfs "$h" || exit 1; done
+n=0
+for k in $keep; do
+    n=$((n + 1)); mkdir -p "$k" && mount --bind "$stage/$n" "$k" && umount -l "$stage/$n" || exit 1
+done
+exec "$@"
+"""
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def hiding(paths: Sequence[str], cmd: list[str], stage: str = "") -> list[str]:
     """`cmd` run in a private mount namespace with an empty tmpfs over each of `paths` (what a node on
-    another host would not see), or `cmd` itself where namespaces are not allowed."""
+    another host would not see; a path under another one is covered with it), or `cmd` itself where
+    namespaces are not allowed. What this machine's Python needs under a hidden path (an interpreter
+    under $HOME, the checkout) stays visible, through `stage` (an empty directory outside `paths`)."""
     prefix = unshare_prefix() if paths else []
     if not prefix:
         return cmd
-    script = 'while [ "$1" != -- ]; do mount -t tmpfs -o size=1m tmpfs "$1" || exit 1; shift; done; shift; exec "$@"'
-    return [*prefix, "sh", "-c", script, "sh", *paths, "--", *cmd]
+    real = sorted({os.path.realpath(p) for p in paths}, key=len)
+    tops = [p for i, p in enumerate(real) if not _under(p, real[:i])]
+    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, str(REPO))}
+    keep = sorted(p for p in needed if _under(p, tops))
+    if keep and not stage:
+        raise ValueError(f"hiding {tops} needs a staging dir to keep {keep} visible")
+    return [*prefix, "sh", "-c", _HIDE_SCRIPT, "sh", stage or "/", *tops, "--", *keep, "--", *cmd]
+
+
+def private_paths() -> list[str]:
+    """What each worker node gets a private, empty copy of where namespaces are allowed: /tmp and $HOME."""
+    return ["/tmp", os.path.realpath(os.path.expanduser("~"))]
+
+
+def _worker_dirs(number: str, private: bool) -> WorkerNode:
+    """A worker node's temp dir (outside /tmp when /tmp is private to it: the driver's side manages it)
+    and scratch dir (none of its own when /tmp is private: that is its TMPDIR)."""
+    base = "/var/tmp" if private else "/tmp"
+    temp_dir = tempfile.mkdtemp(prefix=f"rw{number}", dir=base)  # short: Ray's unix sockets live below it
+    scratch = "" if private else tempfile.mkdtemp(prefix=f"imagelora-w{number}-scratch-")
+    return WorkerNode(f"node_w{number}", temp_dir, scratch)
+
+
+def _start_worker_node(nodes: RayNodes, node: WorkerNode) -> None:
+    env = {**nodes.env, "TMPDIR": node.scratch or "/tmp"}
+    # Outside /tmp and $HOME (and not in the temp dir, which start_cluster.sh wants empty); only the start
+    # uses it.
+    stage = tempfile.mkdtemp(prefix="imagelora-stage-", dir="/var/tmp") if nodes.hidden else ""
+    try:
+        start_worker(nodes.gcs_address, node.temp_dir, env, nodes.cpus_per_worker, {node.resource: 1},
+                     hide=nodes.hidden, stage=stage)  # fmt: skip
+    finally:
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextmanager
@@ -270,12 +335,13 @@ def private_ray_nodes(
 ) -> Iterator[RayNodes]:
     """A head with 0 CPUs (so work lands on the workers) plus `workers` worker nodes tagged with the custom
     resources node_w1, node_w2 ...; loopback only, auth disabled; every node stopped and checked at the end.
-    Each worker node runs in its own mount namespace with `hide` (directories of the driver's side) covered
-    by an empty tmpfs, where the machine allows it (`RayNodes.hidden`): no disk shared with the driver."""
+    Each worker node runs in its own mount namespace with `hide` (directories of the driver's side), /tmp
+    and $HOME covered by an empty tmpfs of its own, where the machine allows it (`RayNodes.hidden`): no
+    disk shared with the driver or with each other but the checkout and the Python they run."""
     t0 = time.monotonic()
     env = client_env()
     nodes = RayNodes("", "", env, tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus_per_worker=cpus_per_worker)
-    nodes.hidden = list(hide) if hide and unshare_prefix() else []
+    nodes.hidden = [*hide, *private_paths()] if hide and unshare_prefix() else []
     try:
         # The GCS declares a node dead after 5 failed health checks, 3 s apart by default: 1 s here, so a
         # node-loss test waits ~5 s, not ~15 s, for Ray to give up on a killed node. Ray Train's controller
@@ -288,12 +354,10 @@ def private_ray_nodes(
         }
         nodes.address, nodes.gcs_address = start_head(nodes.head_dir, head_env, cpus=0)
         for i in range(1, workers + 1):
-            node = WorkerNode(f"node_w{i}", tempfile.mkdtemp(prefix=f"rw{i}", dir="/tmp"),
-                              tempfile.mkdtemp(prefix=f"imagelora-w{i}-scratch-"))  # fmt: skip
+            node = _worker_dirs(str(i), private=bool(nodes.hidden))
             nodes.workers.append(node)
-            # TMPDIR: the node's raylet and every worker process it starts use this scratch dir.
-            start_worker(nodes.gcs_address, node.temp_dir, {**env, "TMPDIR": node.scratch}, cpus_per_worker,
-                         {node.resource: 1}, hide=nodes.hidden)  # fmt: skip
+            # TMPDIR: the node's raylet and every worker process it starts use its scratch dir (or /tmp).
+            _start_worker_node(nodes, node)
         nodes.start_s = time.monotonic() - t0
         yield nodes
     finally:
@@ -305,7 +369,8 @@ def private_ray_nodes(
             if leftovers:
                 problems.append(f"processes of {temp_dir} still running:\n" + "\n".join(leftovers))
         for w in nodes.workers:
-            shutil.rmtree(w.scratch, ignore_errors=True)
+            if w.scratch:
+                shutil.rmtree(w.scratch, ignore_errors=True)
         assert not problems, "\n".join(problems)
 
 
@@ -315,13 +380,11 @@ def replace_worker(nodes: RayNodes, index: int) -> WorkerNode:
     old = nodes.workers[index]
     stop, leftovers = stop_node(old.temp_dir, nodes.env)
     assert stop.returncode == 0 and not leftovers, f"{stop.stdout}\n{stop.stderr}\n{leftovers}"
-    shutil.rmtree(old.scratch, ignore_errors=True)
-    number = old.resource.removeprefix("node_w")
-    node = WorkerNode(old.resource, tempfile.mkdtemp(prefix=f"rw{number}", dir="/tmp"),
-                      tempfile.mkdtemp(prefix=f"imagelora-w{number}-scratch-"))  # fmt: skip
+    if old.scratch:
+        shutil.rmtree(old.scratch, ignore_errors=True)
+    node = _worker_dirs(old.resource.removeprefix("node_w"), private=bool(nodes.hidden))
     nodes.workers[index] = node
-    start_worker(nodes.gcs_address, node.temp_dir, {**nodes.env, "TMPDIR": node.scratch}, nodes.cpus_per_worker,
-                 {node.resource: 1}, hide=nodes.hidden)  # fmt: skip
+    _start_worker_node(nodes, node)
     return node
 
 

@@ -30,15 +30,17 @@ import ray
 import torch
 
 from imagelora_dist.config import RunConfig
+from imagelora_dist.data.drops import describe_drops
 from imagelora_dist.data.probe_set import ProbeBatchInfo, ProbeSet
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
+from imagelora_dist.hand_out import HandOut
 
 Log = Callable[[str], None]
 
 # Fault injection (imagelora_dist.faults): the actor process dies on this probe batch index.
 FAULT_BATCH_ENV = "IMAGELORA_FAULT_PROBE_BATCH"
-# Straggler drill: "W:S" makes probe worker W sleep S seconds before each batch it scores.
+# Straggler drill: "W:S" makes probe worker W sleep S seconds before each batch it scores ("W:S,V:T" both).
 SLOW_WORKER_ENV = "IMAGELORA_FAULT_PROBE_SLOW"
 # How long the probe waits for a failed worker to come back when no other worker is scoring.
 STALL_S = 120.0
@@ -61,9 +63,9 @@ class ProbeOutcome:
 
 def straggle(worker: int) -> None:
     """Sleep as SLOW_WORKER_ENV asks, when it names this worker."""
-    spec = os.environ.get(SLOW_WORKER_ENV, "")
-    if spec.partition(":")[0] == str(worker):
-        time.sleep(float(spec.partition(":")[2] or 0))
+    for item in os.environ.get(SLOW_WORKER_ENV, "").split(","):
+        if item.partition(":")[0] == str(worker):
+            time.sleep(float(item.partition(":")[2] or 0))
 
 
 def plan_record(probe_set: ProbeSet) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def plan_record(probe_set: ProbeSet) -> dict[str, Any]:
         "digest": probe_set.digest,
         "batches": probe_set.infos,
         "first_input_ids": probe_set.first_input_ids,
+        "dropped": {**probe_set.dropped.as_dict(), "read": probe_set.read},  # what building skipped
     }
 
 
@@ -214,8 +217,10 @@ def actor_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOu
             ray.get([a.ready.remote() for a in actors])
         plan = check_plans(ray.get([a.plan.remote() for a in actors]))
         infos: list[ProbeBatchInfo] = plan["batches"]
+        dropped = describe_drops(plan["dropped"])
         log(f"[probe] {n_workers} Ray workers ready ({cpus:g} CPU, {gpus:g} GPU each); "
-            f"{sum(i.examples for i in infos)} examples in {len(infos)} batches")  # fmt: skip
+            f"{sum(i.examples for i in infos)} examples in {len(infos)} batches"
+            + (f" (building the probe set dropped {dropped})" if dropped else ""))  # fmt: skip
         stall_s = max(STALL_S, cfg.ray.autoscale_wait_s)
         results, per_worker, elapsed = _HandOut(actors, infos, retries, stall_s, log).run()
         log(f"[probe] batches per worker: {per_worker}")
@@ -227,108 +232,24 @@ def actor_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOu
     return ProbeOutcome(total, examples / elapsed, infos, plan["first_input_ids"], per_worker)
 
 
-# The batch index of a liveness ping: after a failure an actor gets new work only once it answers one.
-_PING = -1
-
-
-class _HandOut:
-    """Hands probe batches to actors one at a time; requeues the batch of an actor that fails, benches
-    that actor until it answers a ping (Ray restarts it, on another node if its own is gone), and drops
-    it when it is dead for good."""
+class _HandOut(HandOut):
+    """The probe's batches on the shared hand-out (imagelora_dist/hand_out.py), with its progress line."""
 
     def __init__(
-        self, actors: list[Any], infos: list[ProbeBatchInfo], retries: int, stall_s: float, log: Log
+        self,
+        actors: list[Any],
+        infos: list[ProbeBatchInfo],
+        retries: int,
+        stall_s: float,
+        log: Log,
+        **ray_calls: Any,
     ):
-        self.actors, self.infos, self.retries, self.stall_s, self.log = actors, infos, retries, stall_s, log
-        self.todo = list(range(len(infos)))
-        self.pending: dict[Any, tuple[int, int]] = {}  # ref -> (batch index or _PING, actor slot)
-        self.results: dict[int, np.ndarray] = {}
-        self.per_worker: dict[int, int] = {}
-        self.failures: dict[int, int] = {}
-        self.dead: set[int] = set()
+        self.infos, self.start, self.done_examples = infos, time.perf_counter(), 0
+        super().__init__(actors, list(range(len(infos))), lambda actor, index: actor.score.remote(index),
+                         retries=retries, stall_s=stall_s, log=log, stage="probe", name=lambda i: f"batch {i}",
+                         failed=ProbeFailed, on_result=self._progress, **ray_calls)  # fmt: skip
 
-    def _busy(self, slot: int) -> bool:
-        return any(s == slot for _, s in self.pending.values())
-
-    def _submit(self, slot: int) -> None:
-        if self.todo:
-            index = self.todo.pop(0)
-        else:  # nothing new: take a copy of the batch running longest, unless every batch already has two
-            copies = [i for i, _ in self.pending.values() if i != _PING]
-            spare = [i for i in dict.fromkeys(copies) if copies.count(i) < 2]
-            if not spare:
-                return
-            index = spare[0]
-        self.pending[self.actors[slot].score.remote(index)] = (index, slot)
-
-    def _feed(self) -> None:
-        if len(self.results) < len(self.infos):
-            for slot in range(len(self.actors)):
-                if slot not in self.dead and not self._busy(slot):
-                    self._submit(slot)
-
-    def _failed(self, index: int, slot: int, exc: Exception) -> None:
-        reason = str(exc).strip().splitlines()[0][:300]
-        if index == _PING and isinstance(exc, ray.exceptions.ActorUnavailableError):
-            time.sleep(1.0)  # restarting, or its node is unreachable for now: ask again
-            self.pending[self.actors[slot].ready.remote()] = (_PING, slot)
-            return
-        if index == _PING:  # the actor is gone for good (its restarts are spent)
-            self.dead.add(slot)
-            self.log(
-                f"[probe] worker {slot} is lost ({reason}); {len(self.actors) - len(self.dead)} workers go on"
-            )
-            if len(self.dead) == len(self.actors):
-                raise ProbeFailed(f"every probe worker was lost; the last: {reason}")
-            return
-        self.failures[index] = self.failures.get(index, 0) + 1
-        # Benched whatever became of the batch: new work would fail at once on a restarting actor.
-        self.pending[self.actors[slot].ready.remote()] = (_PING, slot)
-        if any(i == index for i, _ in self.pending.values()) or index in self.results:
-            return  # another copy of this batch is still running, or has won
-        if self.failures[index] > self.retries:
-            raise ProbeFailed(f"probe batch {index} failed after {self.retries} retries: {reason}")
-        self.log(
-            f"[probe] worker {slot} failed on batch {index} ({reason}); the batch goes back in the queue"
-        )
-        self.todo.insert(0, index)
-
-    def run(self) -> tuple[dict[int, np.ndarray], list[int], float]:
-        """Score every batch; (scores by batch, batches per worker, seconds)."""
-        start = time.perf_counter()
-        done_examples = 0
-        self._feed()
-        stalled_since: float | None = None  # no batch in flight since then, only pings
-        while len(self.results) < len(self.infos):
-            scoring = any(i != _PING for i, _ in self.pending.values())
-            stalled_since = None if scoring else (stalled_since or time.perf_counter())
-            left = None if stalled_since is None else self.stall_s - (time.perf_counter() - stalled_since)
-            ready, _ = ray.wait(
-                list(self.pending), num_returns=1, timeout=None if left is None else max(left, 0)
-            )
-            if not ready:
-                raise ProbeFailed(
-                    f"no probe worker came back within {self.stall_s:g}s after failures "
-                    f"({len(self.results)} of {len(self.infos)} batches scored)"
-                )
-            index, slot = self.pending.pop(ready[0])
-            try:
-                value = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                self._failed(index, slot, exc)
-                self._feed()
-                continue
-            if index != _PING and index not in self.results:
-                scores, worker = value
-                self.results[index] = scores
-                self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
-                done_examples += self.infos[index].examples
-                rate = done_examples / (time.perf_counter() - start)
-                self.log(f"[probe] batches {len(self.results)}/{len(self.infos)}  {rate:.1f} examples/s")
-            for ref, (i, _) in list(self.pending.items()):
-                if i in self.results:  # the other copy won: free its actor
-                    ray.cancel(ref, force=False)
-                    del self.pending[ref]
-            self._feed()
-        per_worker = [self.per_worker.get(w, 0) for w in range(max(self.per_worker) + 1)]
-        return self.results, per_worker, time.perf_counter() - start
+    def _progress(self, index: int, scores: np.ndarray) -> None:
+        self.done_examples += self.infos[index].examples
+        rate = self.done_examples / (time.perf_counter() - self.start)
+        self.log(f"[probe] batches {len(self.results)}/{len(self.infos)}  {rate:.1f} examples/s")

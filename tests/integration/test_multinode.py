@@ -15,7 +15,10 @@ runtime env (launch/submit.sh passes the submitter's AWS_* on) or this driver's 
 * node loss (worker node node_w2 killed by pid: raylet, workers, log_monitor): mid-training after a
   checkpoint the run resumes from the bucket on the node left and ends at the uninterrupted run's adapter,
   with one line saying so; with train.max_failures=0 it fails in one line and the checkpoint stays;
-  mid-probe the selection bytes are those of an uninterrupted run.
+  mid-probe (the node of the straggling probe actor, told apart through the State API) the actor dies,
+  its batch is re-run by the other actor and the selection bytes are those of an uninterrupted run;
+* no shared disk (where `unshare -m` works, else those tests skip saying so): the worker nodes see
+  neither the driver's /tmp and $HOME nor each other's.
 """
 
 from __future__ import annotations
@@ -130,25 +133,61 @@ def test_ranks_on_two_nodes_read_s3_shards_exactly_once(driver, ray_nodes, s3_sh
     assert len(set(ids0) | set(ids1)) == 32
 
 
+NO_NAMESPACES = "no mount namespaces here (unshare -m as root): the worker nodes share this machine's disk"
+
+
+def _on_node(driver, node: str, fn, *args):
+    """fn(*args) run as a task on worker node `node` (node_w1 / node_w2)."""
+    return driver.get(driver.remote(fn).options(num_cpus=1, resources={node: 1}).remote(*args), timeout=120)
+
+
 def test_worker_nodes_do_not_see_the_drivers_disk(driver, ray_nodes, tmp_path):
+    import tempfile
+
     if not ray_nodes.hidden:
-        pytest.skip("no mount namespaces here (unshare -m): the worker nodes share this machine's disk")
+        pytest.skip(NO_NAMESPACES)
     (tmp_path / "mine.txt").write_text("driver side")
+    # /tmp and $HOME are the driver's own too (pytest's tmp_path is under /tmp here or hidden by name).
+    with tempfile.NamedTemporaryFile(dir=os.path.expanduser("~"), prefix=".imagelora-driver-") as home_file:
 
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
+        def sees(paths: list[str]) -> list[bool]:
+            return [os.path.exists(p) for p in paths]
 
-    task, path = driver.remote(sees), str(tmp_path / "mine.txt")
-    seen = driver.get(
-        [task.options(num_cpus=1, resources={r: 1}).remote(path) for r in ("node_w1", "node_w2")]
-    )
-    assert seen == [False, False]
+        paths = [str(tmp_path / "mine.txt"), home_file.name]
+        assert sees(paths) == [True, True]  # the driver's side sees both
+        assert [_on_node(driver, n, sees, paths) for n in ("node_w1", "node_w2")] == [[False, False]] * 2
+
+
+def test_one_worker_node_cannot_see_anothers_scratch(driver, ray_nodes):
+    if not ray_nodes.hidden:
+        pytest.skip(NO_NAMESPACES)
+
+    def leave_files() -> list[str]:
+        """A file in this node's scratch (TMPDIR), /tmp and $HOME, as a training rank leaves its checkpoint."""
+        import tempfile
+
+        out = []
+        for folder in (tempfile.gettempdir(), "/tmp", os.path.expanduser("~")):
+            fd, path = tempfile.mkstemp(dir=folder, prefix="imagelora-w1-")
+            os.close(fd)
+            out.append(path)
+        return out
+
+    def sees(paths: list[str]) -> list[bool]:
+        return [os.path.exists(p) for p in paths]
+
+    left = _on_node(driver, "node_w1", leave_files)
+    assert _on_node(driver, "node_w1", sees, left) == [True, True, True]  # the node keeps its own files
+    assert _on_node(driver, "node_w2", sees, left) == [False, False, False]
+    assert sees(left) == [False, False, False]  # nor does the driver see them
 
 
 def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s3_shards, tmp_path):
+    if not ray_nodes.hidden:  # with a shared disk a path could stand in for what must travel through Ray
+        pytest.skip(NO_NAMESPACES)
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
-    from ray.util.state import list_actors, list_tasks
+    from ray.util.state import list_actors
 
     out = tmp_path / "out"  # the driver's side: the head runs the job's driver
     db = f"sqlite:///{out}/mlruns.db"
@@ -169,7 +208,7 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
         "train.workers=2",
         "train.steps=2",
         "train.checkpoint_every=2",
-        "eval.num_samples=4",
+        "eval.synth_samples=4",
         "eval.text_task_problems=4",
         "data.synth.workers=1",
     ]
@@ -200,13 +239,14 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
         probe = [a.node_id for a in actors if a.class_name == "ProbeActor"]
         train = [a.node_id for a in actors if a.class_name == "RayTrainWorker"]
         outcome = [a.node_id for a in actors if a.class_name == "_Outcome"]
-        evals = [t.node_id for t in list_tasks(address=ray_nodes.address, detail=True, limit=1000)
-                 if t.func_or_class_name == "evaluate_adapter"]  # fmt: skip
+        evals = [a.node_id for a in actors if a.class_name == "EvalActor"]
     assert sorted(probe) == sorted(workers), (probe, nodes)  # one probe actor on each worker node
     assert sorted(train) == sorted(workers), (train, nodes)  # the two ranks on different nodes
     assert outcome == [nodes["head"]], (outcome, nodes)  # pinned to the driver's node
-    assert evals and set(evals) <= workers, (evals, nodes)
+    assert sorted(evals) == sorted(workers), (evals, nodes)  # a replica on each worker node
     assert "[eval] sending the adapter" in log, log
+    # The eval shards are on the driver's disk only: each worker got just its chunks' samples.
+    assert "workers cannot read" in log and "inputs are sent with them" in log, log
 
     # The driver's side: selection, adapter, eval report, MLflow runs (rank 0's step metrics included).
     assert json.loads((out / "head_selection.json").read_text())["kv_indices"]
@@ -392,12 +432,14 @@ def test_node_lost_with_no_restart_left_fails_in_one_line_and_keeps_the_checkpoi
     assert not _keys(s3_server, f"loss-fail/{cfg.name}-train/step-000004/")
 
 
-def test_node_lost_mid_probe_gives_the_same_selection_bytes(driver, ray_nodes, s3_server, s3_shards, tmp_path,
-                                                          monkeypatch):  # fmt: skip
+def test_node_lost_mid_probe_reruns_its_batch_elsewhere_with_the_same_selection_bytes(
+    driver, ray_nodes, s3_server, s3_shards, tmp_path, monkeypatch
+):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray_cluster import replace_worker
+    from ray.util.state import get_actor, list_actors, list_tasks
+    from ray_cluster import kill_node, replace_worker
 
     from imagelora_dist.config import load_config
     from imagelora_dist.pipeline import run_probe_select
@@ -407,12 +449,14 @@ def test_node_lost_mid_probe_gives_the_same_selection_bytes(driver, ray_nodes, s
         monkeypatch.setenv(key, value)
 
     def cfg(out: Path):
-        items = {"output_dir": str(out), "data.train": s3_shards, "probe.num_examples": 12, "probe.batch_size": 2,
+        items = {"output_dir": str(out), "data.train": s3_shards, "probe.num_examples": 32, "probe.batch_size": 1,
                  "selection.budget": 5, "ray.num_workers": 2, "tracking.enabled": False}  # fmt: skip
         return load_config(None, [f"{k}={v}" for k, v in items.items()])
 
     clean = run_probe_select(cfg(tmp_path / "clean"), log=lambda m: None, on_ray=lambda: None)
-    monkeypatch.setenv(SLOW_WORKER_ENV, "1:2")  # worker 1 takes 2 s a batch: the kill lands mid-probe
+    # Worker 1 cannot finish a batch before its node is killed (30 s each); worker 0 has 31 batches of
+    # 0.5 s, so it is still busy when Ray reports worker 1 lost (~5 s): the batch is requeued, not copied.
+    monkeypatch.setenv(SLOW_WORKER_ENV, "0:0.5,1:30")
     lines: list[str] = []
     first = threading.Event()
 
@@ -421,23 +465,51 @@ def test_node_lost_mid_probe_gives_the_same_selection_bytes(driver, ray_nodes, s
         if "[probe] batches 1/" in line:
             first.set()
 
+    def slow_actor():
+        """The live probe actor with no finished batch once the other has one (worker 1), else None."""
+        live = list_actors(address=ray_nodes.address, detail=True,
+                           filters=[("class_name", "=", "ProbeActor"), ("state", "=", "ALIVE")])  # fmt: skip
+        done = {t.actor_id for t in list_tasks(address=ray_nodes.address, detail=True, limit=10000,
+                filters=[("name", "=", "ProbeActor.score"), ("state", "=", "FINISHED")])}  # fmt: skip
+        idle = [a for a in live if a.actor_id not in done]
+        return idle[0] if len(live) == 2 and len(idle) == 1 else None
+
+    index = None
     try:
         with ThreadPoolExecutor(1) as pool:
             run = pool.submit(run_probe_select, cfg(tmp_path / "killed"), log, lambda: None)
-            _kill_w2_when(ray_nodes, lambda: first.wait(JOB_TIMEOUT_S))
+            assert first.wait(JOB_TIMEOUT_S), lines
+            deadline, slow = time.monotonic() + 60, None
+            while slow is None and time.monotonic() < deadline:
+                slow = slow_actor()
+                time.sleep(0.2)
+            assert slow is not None, "the slow probe actor was never told apart"
+            nodes = _node_ids(ray_nodes)
+            index = [nodes[w.resource] for w in ray_nodes.workers].index(slow.node_id)
+            assert kill_node(ray_nodes.workers[index].temp_dir)  # the straggler's node, mid-batch
+            # The State API: Ray saw the actor die with its node (while the probe still ran: not its cleanup).
+            while (state := get_actor(slow.actor_id, address=ray_nodes.address).state) == "ALIVE":
+                assert time.monotonic() < deadline + 60, "the killed node's actor stayed ALIVE"
+                time.sleep(0.2)
+            assert state in ("RESTARTING", "DEAD") and not run.done(), state
             lost = run.result(timeout=JOB_TIMEOUT_S)
     finally:
-        replace_worker(ray_nodes, 1)
-    # The lost actor's batch is either requeued ("failed on batch ... goes back in the queue") or already
-    # taken by the other actor as a copy once the queue ran dry, whichever the kill's timing gives: either
-    # way every batch is scored once in the sum and the selection is the uninterrupted run's, byte for byte.
-    assert any(line.startswith("[probe] batches 6/6") for line in lines), lines
+        if index is not None:
+            replace_worker(ray_nodes, index)
+    # The dead actor's error was read and its batch went back in the queue; worker 0 scored every batch,
+    # that one included; the sum is the uninterrupted run's, byte for byte.
+    failed = [x for x in lines if re.fullmatch(r"\[probe\] worker 1 failed on batch \d+ \(.+\); it goes back in "
+                                               r"the queue", x)]  # fmt: skip
+    assert len(failed) == 1, lines
+    assert "[probe] batches per worker: [32]" in lines, lines
+    assert any(line.startswith("[probe] batches 32/32") for line in lines), lines
     assert lost.output.read_bytes() == clean.output.read_bytes()
 
 
 def test_fixed_workers_with_no_room_fail_after_bounded_tries_in_one_line(monkeypatch):
     # Fixed workers after a lost node with no spare: Ray Train's default retries the group start forever
     # (one WorkerGroupStartupTimeoutError a minute); run_training bounds the tries and says why in one line.
+    # That the bound reaches Ray Train: tests/integration/test_train_driver_side.py (a spy on the trainer).
     from ray.train import ControllerError
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
@@ -452,3 +524,51 @@ def test_fixed_workers_with_no_room_fail_after_bounded_tries_in_one_line(monkeyp
         "the cluster has no room for 2 training workers (waited 30 s, 5 times; a node lost with no spare? "
         "train.min_workers lets the run go on with fewer)"
     )
+
+
+def test_node_lost_mid_eval_costs_only_its_chunks_and_a_rerun_reuses_the_bucket(
+    driver, ray_nodes, s3_server, s3_shards, tmp_path, monkeypatch
+):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_cluster import replace_worker
+
+    from imagelora_dist.config import load_config
+    from imagelora_dist.eval.distributed import SLOW_WORKER_ENV
+    from imagelora_dist.pipeline import run_eval
+
+    for key, value in s3_server.items():  # the driver reads the shards' index and writes the chunk store
+        monkeypatch.setenv(key, value)
+
+    def cfg(out: Path, store: str):
+        items = {"output_dir": str(out), "train.method": "none", "eval.shards": s3_shards, "eval.chunk_size": 4,
+                 "eval.workers": 2, "eval.batch_size": 4, "eval.max_new_tokens": 4, "eval.text_task_problems": 0,
+                 "eval.storage": f"s3://{BUCKET}/{store}", "tracking.enabled": False}  # fmt: skip
+        return load_config(None, [f"{k}={v}" for k, v in items.items()])
+
+    clean = run_eval(cfg(tmp_path / "clean", "eval-clean"), log=lambda m: None, on_ray=lambda: None)
+    monkeypatch.setenv(SLOW_WORKER_ENV, "1:2")  # worker 1 takes 2 s more a chunk: the kill lands mid-eval
+    lines: list[str] = []
+    first = threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if line.startswith("[eval] chunks 1/"):
+            first.set()
+
+    killed_cfg = cfg(tmp_path / "killed", "eval-killed")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(run_eval, killed_cfg, log, lambda: None)
+            _kill_w2_when(ray_nodes, lambda: first.wait(JOB_TIMEOUT_S))
+            lost = run.result(timeout=JOB_TIMEOUT_S)
+    finally:
+        replace_worker(ray_nodes, 1)
+    assert lost.output.read_bytes() == clean.output.read_bytes()  # every sample exactly once, same report
+    stored = _keys(s3_server, "eval-killed/")
+    assert sum(k.endswith(".json") and "/chunk-" in k for k in stored) == 8, stored  # 32 samples / 4
+    again: list[str] = []
+    run_eval(killed_cfg, again.append, lambda: None)
+    assert any("reusing 8 finished chunks of 8" in x for x in again), again
+    assert not any("workers (" in x for x in again), again  # nothing left to score: no worker started

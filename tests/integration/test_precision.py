@@ -32,13 +32,34 @@ def _tensors(path):
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
 
 
+def _spy_on_engine(monkeypatch) -> dict:
+    """What the DeepSpeed engine's module holds of the frozen base on this rank, right after
+    deepspeed.initialize: bytes (ZeRO-3: this rank's partition, `ds_tensor`) and dtypes."""
+    import deepspeed
+
+    held: dict = {}
+    real = deepspeed.initialize
+
+    def initialize(*args, **kwargs):
+        out = real(*args, **kwargs)
+        frozen = [p for p in out[0].module.parameters() if not p.requires_grad]
+        local = [getattr(p, "ds_tensor", p) for p in frozen]
+        held["frozen_bytes"] = sum(t.numel() * t.element_size() for t in local)
+        held["frozen_dtypes"] = {t.dtype for t in local}
+        return out
+
+    monkeypatch.setattr(deepspeed, "initialize", initialize)
+    return held
+
+
 @pytest.mark.parametrize(
     "method, stage", [("image_lora_all", 3), ("image_lora_all", 2), ("lora", 2), ("lora", 3)]
 )
-def test_bf16_training_keeps_fp32_adapter_masters_and_exports_them(tmp_path, method, stage):
+def test_bf16_training_keeps_fp32_adapter_masters_and_exports_them(tmp_path, method, stage, monkeypatch):
     cfg = _cfg(tmp_path, method, stage)
     shards = ensure_train_shards(cfg, log=lambda m: None)
     dest = tmp_path / "adapter"
+    held = _spy_on_engine(monkeypatch)
     metrics = train_in_process(cfg, shards, dest=dest, log=lambda m: None)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     saved = _tensors(dest / "adapter_model.safetensors")
@@ -53,6 +74,10 @@ def test_bf16_training_keeps_fp32_adapter_masters_and_exports_them(tmp_path, met
         assert gammas and all(g.item() != 0.01 and g.item() != 0.010009765625 for g in gammas)
     # Loaded into a bf16 base (as training ran it), the adapter changes image logits and keeps its fp32.
     model, processor = build_model(cfg.model.model_copy(update={"dtype": "bfloat16"}))
+    # The frozen base as the engine held it while training, on this (only) rank: 2 bytes a parameter,
+    # counted on this independently built model (fp32 would be 4: train.precision ignored).
+    base_parameters = sum(p.numel() for p in model.parameters())
+    assert held == {"frozen_bytes": 2 * base_parameters, "frozen_dtypes": {torch.bfloat16}}
     batch = image_batch(processor)
     batch = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in batch.items()}
     with torch.no_grad():

@@ -1,0 +1,144 @@
+"""Work items handed to Ray actors one at a time, for the probe (batches) and eval (chunks) alike.
+
+An actor gets its next item when it returns one, so a slow or restarting actor holds up only what it has.
+The item of an actor that fails (its process crashed, its node was lost) goes back in the queue for
+whichever actor is free next; the failed actor gets work again once it answers a ping (Ray restarts it up
+to `max_restarts` times, on another node if its own is gone), or is dropped when its restarts are spent.
+Once the queue is empty an idle actor takes a copy of an item still running elsewhere; the first copy back
+counts and the other is cancelled. An item that fails more than `retries` times, no actor left, or no
+actor back within `stall_s` after failures, stops the stage with one line naming it.
+
+Actor calls return `(result, worker number)`; `wait`, `get` and `cancel` are Ray's (a test passes fakes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+Log = Callable[[str], None]
+PING = -(2**31)  # the item of a liveness ping: after a failure an actor gets new work once it answers one
+
+
+class HandOut:
+    """Hands items to actors (see the module docstring); `call(actor, item)` starts one on an actor."""
+
+    def __init__(
+        self,
+        actors: list[Any],
+        items: list[int],
+        call: Callable[[Any, int], Any],
+        *,
+        retries: int,
+        stall_s: float,
+        log: Log,
+        stage: str,
+        name: Callable[[int], str],
+        failed: type[Exception],
+        on_result: Callable[[int, Any], None] | None = None,
+        fatal: tuple[type[BaseException], ...] = (),
+        wait: Callable[..., tuple[list[Any], list[Any]]] = ray.wait,
+        get: Callable[[Any], Any] = ray.get,
+        cancel: Callable[..., Any] = ray.cancel,
+    ) -> None:
+        self.actors, self.call, self.retries, self.stall_s, self.log = actors, call, retries, stall_s, log
+        self.stage, self.name, self.error, self.on_result, self.fatal = stage, name, failed, on_result, fatal
+        self.wait, self.get, self.cancel = wait, get, cancel
+        self.todo = list(items)
+        self.wanted = set(items)
+        self.pending: dict[Any, tuple[int, int]] = {}  # ref -> (item or PING, actor slot)
+        self.results: dict[int, Any] = {}
+        self.per_worker: dict[int, int] = {}
+        self.failures: dict[int, int] = {}
+        self.dead: set[int] = set()
+
+    def _busy(self, slot: int) -> bool:
+        return any(s == slot for _, s in self.pending.values())
+
+    def _submit(self, slot: int) -> None:
+        if self.todo:
+            item = self.todo.pop(0)
+        else:  # nothing new: a copy of the item running longest, unless every item already has two
+            copies = [i for i, _ in self.pending.values() if i != PING]
+            spare = [i for i in dict.fromkeys(copies) if copies.count(i) < 2]
+            if not spare:
+                return
+            item = spare[0]
+        self.pending[self.call(self.actors[slot], item)] = (item, slot)
+
+    def _feed(self) -> None:
+        if not self.wanted <= set(self.results):
+            for slot in range(len(self.actors)):
+                if slot not in self.dead and not self._busy(slot):
+                    self._submit(slot)
+
+    def _ping(self, slot: int) -> None:
+        self.pending[self.actors[slot].ready.remote()] = (PING, slot)
+
+    def _failed(self, item: int, slot: int, exc: Exception) -> None:
+        if self.fatal and isinstance(exc, self.fatal):
+            # Bad input: the actor's own one-line error (not Ray's wrapper with its traceback), no retry.
+            cause = getattr(exc, "cause", None)
+            raise cause if isinstance(cause, self.fatal) else exc
+        reason = str(exc).strip().splitlines()[0][:300]
+        if item == PING and isinstance(exc, ray.exceptions.ActorUnavailableError):
+            time.sleep(1.0)  # restarting, or its node is unreachable for now: ask again
+            self._ping(slot)
+            return
+        if item == PING:  # the actor is gone for good (its restarts are spent)
+            self.dead.add(slot)
+            left = len(self.actors) - len(self.dead)
+            self.log(f"[{self.stage}] worker {slot} is lost ({reason}); {left} workers go on")
+            if not left:
+                raise self.error(f"every {self.stage} worker was lost; the last: {reason}")
+            return
+        self.failures[item] = self.failures.get(item, 0) + 1
+        self._ping(slot)  # benched whatever became of the item: new work would fail on a restarting actor
+        if any(i == item for i, _ in self.pending.values()) or item in self.results:
+            return  # another copy is still running, or has won
+        what = self.name(item)
+        if self.failures[item] > self.retries:
+            raise self.error(f"{self.stage} {what} failed after {self.retries} retries: {reason}")
+        self.log(f"[{self.stage}] worker {slot} failed on {what} ({reason}); it goes back in the queue")
+        self.todo.insert(0, item)
+
+    def run(self) -> tuple[dict[int, Any], list[int], float]:
+        """Every item done: (results by item, items per worker number, seconds)."""
+        start = time.perf_counter()
+        self._feed()
+        stalled_since: float | None = None  # no item in flight since then, only pings
+        while not self.wanted <= set(self.results):
+            working = any(i != PING for i, _ in self.pending.values())
+            stalled_since = None if working else (stalled_since or time.perf_counter())
+            left = None if stalled_since is None else self.stall_s - (time.perf_counter() - stalled_since)
+            ready, _ = self.wait(
+                list(self.pending), num_returns=1, timeout=None if left is None else max(left, 0)
+            )
+            if not ready:
+                raise self.error(
+                    f"no {self.stage} worker came back within {self.stall_s:g}s after failures "
+                    f"({len(self.results)} of {len(self.wanted)} done)"
+                )
+            item, slot = self.pending.pop(ready[0])
+            try:
+                value = self.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                self._failed(item, slot, exc)
+                self._feed()
+                continue
+            if item != PING and item not in self.results:
+                result, worker = value
+                self.results[item] = result
+                self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
+                if self.on_result is not None:
+                    self.on_result(item, result)
+            for ref, (i, _) in list(self.pending.items()):
+                if i in self.results:  # the other copy won: free its actor
+                    self.cancel(ref, force=False)
+                    del self.pending[ref]
+            self._feed()
+        per_worker = [self.per_worker.get(w, 0) for w in range(max(self.per_worker, default=-1) + 1)]
+        return self.results, per_worker, time.perf_counter() - start
