@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the latest checkpoint in train.storage (also on another "
-        "train.workers, micro-batch or ZeRO stage)",
+        "train.workers, micro-batch or ZeRO stage); a run resubmitted with its own config does so anyway",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the checkpoints stored under this run's name and train from step 0",
     )
     p = sub.add_parser(
         "eval",
@@ -105,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue training from the latest checkpoint (also on another train.workers)",
     )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the stored training checkpoints of this run's name and train from step 0",
+    )
     p = sub.add_parser(
         "study",
         help="run a sweep (settings x methods x seeds) into one MLflow experiment; `compare` then reports it",
@@ -119,11 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "plan",
-        help="per-GPU memory of a run (model, GPUs, ZeRO stage, offload, batch) and whether it fits",
+        help="per-GPU and host memory of a run (probe, train, eval) and whether it fits: --config FILE "
+        "[key=value ...], or --family/--size or --model with flags",
         description="Builds the model from its config on the meta device (no weights), counts its parameters "
         "and the adapter's, and estimates per-GPU memory: base weights, adapter weights/gradients/Adam "
-        "moments, activations with and without gradient checkpointing, and one probe worker's need. "
-        "Training every parameter (--method full) uses DeepSpeed's own estimators.",
+        "moments, activations with and without gradient checkpointing, one probe worker, eval on its backend "
+        "(KV cache included; eval.backend auto resolved), and host memory per worker while loading and "
+        "training. --config plans that run from its own settings. Training every parameter (--method full) "
+        "uses DeepSpeed's own estimators.",
     )
     from imagelora_dist.plan import add_plan_arguments
 
@@ -155,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  imagelora-dist infer --adapter mlflow-run:<run_id> --tracking-uri sqlite:///mlruns.db \\\n"
         "      --jsonl questions.jsonl --output answers.jsonl --batch-size 8\n"
         "  imagelora-dist infer --adapter runs:/<run_id>/adapter --model /models/Qwen2.5-VL-7B-Instruct "
-        "--image shot.png --instruction '...'",
+        "--image shot.png --instruction '...'\n"
+        "  imagelora-dist infer --adapter runs/qwen7b/adapter --input s3://bucket/screens --out preds.jsonl "
+        "eval.workers=8",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
@@ -174,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
         help='batch mode: one {"image": path, "instruction": text} per line (ScreenSpot field names too)',
     )
     p.add_argument("--output", metavar="FILE", help="batch mode: JSONL to write (written atomically)")
+    p.add_argument(
+        "--input",
+        metavar="SHARDS_OR_JSONL",
+        help="at scale: a shard set (dir or s3:// with index.json) or a JSONL file, answered on Ray workers "
+        "(eval.workers, eval.backend), resumable; needs --out",
+    )
+    p.add_argument(
+        "--out", metavar="FILE", help="with --input: one JSON line per input with its click, in order"
+    )
+    p.add_argument(
+        "--errors", metavar="FILE", help="with --input: bad inputs, one line each (OUT.errors.jsonl)"
+    )
     p.add_argument(
         "--images", metavar="DIR", help="folder relative image paths start from (default: the JSONL's)"
     )
@@ -242,7 +269,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[synth] wrote {index.total_samples} samples in {len(index.shards)} shards to {out}")
     elif args.command in ("probe", "train", "eval", "run"):
         stages = None if args.command == "run" else (args.command,)
-        results = pipeline.run_pipeline(cfg, stages=stages, resume=getattr(args, "resume", False))
+        results = pipeline.run_pipeline(
+            cfg, stages=stages, resume=getattr(args, "resume", False), restart=getattr(args, "restart", False)
+        )
         print(f"[{args.command}] done: {', '.join(f'{k} -> {r.output}' for k, r in results.items())}")
         if "eval" in results:
             print_eval_breakdown(results["eval"].output)

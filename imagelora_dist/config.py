@@ -136,6 +136,9 @@ class DataConfig(_Strict):
     # Shard indexes may only list plain relative names unless you wrote the index yourself: an absolute
     # path or a `pipe:` entry in an untrusted index would read any file or run a command.
     trust_index_urls: bool = False
+    # The most a stage may drop (unreadable shards, corrupt, too long... samples), as dropped / read so far
+    # (data/drops.py); more stops it with one line. 0: any dropped sample stops it. Left out of dumps at 0.
+    max_dropped_fraction: float = Field(0.0, ge=0.0, lt=1.0, exclude_if=lambda v: v == 0.0)
     # The grounding answers' text (data/answer_formats.py): point "(x, y)" in [0, 1000), or a Qwen family's
     # native format (qwen2_box, qwen25_abs, qwen3_rel). auto: a checkpoint's (model.path) own family format,
     # since Image-LoRA cannot teach a base a new output format; point for tiny random-weight models. Left
@@ -248,11 +251,28 @@ class EvalConfig(_Strict):
     # A shard directory with index.json; None: <output_dir>/data/eval, synthesized on first use with a
     # different seed (data.synth.seed + 1) so no training screen is evaluated.
     shards: str | None = None
-    num_samples: int = Field(32, ge=1)
+    # None: every sample of the set (a benchmark's number). A smaller N takes a deterministic sample
+    # stratified by data source x element type (eval/sampling.py), never the first N in file order.
+    num_samples: int | None = Field(None, ge=1)
+    # Size of the synthesized held-out set when `shards` is None.
+    synth_samples: int = Field(32, ge=1)
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(4, ge=1)
     # Arithmetic word problems (the GSM8K stand-in) answered with and without the adapter; 0: skip.
     text_task_problems: int = Field(32, ge=0)
+    # Eval workers: replicas scoring chunks of samples in parallel. None: one per GPU of the cluster, or 2
+    # on a CPU-only cluster. (zero3: ignored, the group has ray.num_workers ranks.)
+    workers: int | None = Field(None, ge=1)
+    # replicas: a whole model per worker (one GPU each); zero3: one ZeRO-3 group of ray.num_workers ranks
+    # with synchronized generation (a model larger than one GPU); device_map: one replica spread over the
+    # ray.gpus_per_worker GPUs of a worker (accelerate). auto: replicas when a replica fits one GPU (the
+    # plan's figure), else device_map when it fits a worker's GPUs, else zero3.
+    backend: Literal["auto", "replicas", "zero3", "device_map"] = "auto"
+    # Samples per chunk: the unit handed to a worker and kept in `storage` once scored (a lost node costs
+    # only its unfinished chunks; a re-run reuses finished ones for the same adapter and data).
+    chunk_size: int = Field(16, ge=1)
+    # Where finished chunks are kept: a local dir, a shared path or s3://... None: <output_dir>/eval.
+    storage: str | None = None
 
 
 class RayConfig(_Strict):

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -32,37 +31,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 from torch import nn
 
-from imagelora_dist.adapter.io import ADAPTER_TYPE, CONFIG_NAME, load_adapter
+from imagelora_dist.adapter.io import CONFIG_NAME
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import (
     POINT,
     QWEN25_ABS,
     check_answer_format,
     click_pixels,
-    format_instruction,
     model_image_size,
     resolve_answer_format,
 )
 from imagelora_dist.data.convert import IMAGE_KEYS, INSTRUCTION_KEYS
 from imagelora_dist.data.shards import MAX_IMAGE_PIXELS, atomic_write_bytes
-from imagelora_dist.data.tasks import GROUNDING, REFERRING, TASKS
-from imagelora_dist.errors import AdapterFormatError, ImageLoRAError
+from imagelora_dist.data.tasks import GROUNDING
+from imagelora_dist.errors import ImageLoRAError
+from imagelora_dist.eval.batch_infer import question_prompt, question_task
 from imagelora_dist.eval.generate import generate_answers
+from imagelora_dist.eval.inference import (  # noqa: F401 - IMAGE_LORA, PEFT_LORA, adapter_kind: infer's API too
+    IMAGE_LORA,
+    PEFT_LORA,
+    adapter_kind,
+    attach_adapter,
+    inference_device,
+    load_inference_model,
+)
 from imagelora_dist.eval.run import NATIVE_MIN_NEW_TOKENS
 
-IMAGE_LORA = "image_lora"
-PEFT_LORA = "lora"
 RUNS_PREFIX = "runs:/"
 RUN_PREFIX = "mlflow-run:"
+MLFLOW_URL_PREFIX = "mlflow://"  # the same as mlflow-run:, as people write a run's address
 ADAPTER_ARTIFACT = "adapter"  # where the pipeline logs the trained adapter (pipeline.run_pipeline)
 TRAIN_STAGE = "train"
 PROGRESS_INTERVAL_S = 5.0
-# The referring question of `data.tasks.referring_instruction`: answered as text, never given a format.
-_REFERRING_QUESTION = re.compile(r"\s*What is the element in the box \(")
 
 Progress = Callable[[str], None]
 Click = tuple[float, float]
@@ -85,31 +88,6 @@ class InferItem:
 # --- adapter sources --------------------------------------------------------------------------------------
 
 
-def adapter_kind(path: str | Path) -> str:
-    """`image_lora` or `lora` (peft), read from the directory's `adapter_config.json`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise AdapterFormatError(
-            f"adapter not found: {path} (give an adapter directory, runs:/<run_id>/<path> or "
-            "mlflow-run:<run_id>)"
-        )
-    cfg_path = path / CONFIG_NAME
-    try:
-        config = json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise AdapterFormatError(f"{path}: not an adapter directory (no {CONFIG_NAME})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFormatError(f"{cfg_path}: unreadable ({exc})") from None
-    if isinstance(config, dict) and config.get("adapter_type") == ADAPTER_TYPE:
-        return IMAGE_LORA
-    if isinstance(config, dict) and str(config.get("peft_type", "")).upper() == "LORA":
-        return PEFT_LORA
-    raise AdapterFormatError(
-        f"{cfg_path}: neither an Image-LoRA adapter (adapter_type {ADAPTER_TYPE!r}) "
-        "nor a peft LoRA adapter (peft_type 'LORA')"
-    )
-
-
 def parse_run_source(source: str) -> tuple[str, str | None] | None:
     """(run id, artifact path or None) of an MLflow adapter source; None for a local path."""
     if source.startswith(RUNS_PREFIX):
@@ -118,8 +96,9 @@ def parse_run_source(source: str) -> tuple[str, str | None] | None:
         if not run_id:
             raise InferenceError(f"--adapter {source!r}: expected runs:/<run_id>/<artifact path>")
         return run_id, artifact or None
-    if source.startswith(RUN_PREFIX):
-        run_id = source[len(RUN_PREFIX) :].strip()
+    prefix = next((x for x in (RUN_PREFIX, MLFLOW_URL_PREFIX) if source.startswith(x)), None)
+    if prefix is not None:
+        run_id = source[len(prefix) :].strip()
         if not run_id or "/" in run_id:
             raise InferenceError(f"--adapter {source!r}: expected mlflow-run:<run_id>")
         return run_id, None
@@ -213,23 +192,6 @@ def _find_adapter_run(client: Any, run_id: str, tracking_uri: str) -> tuple[str,
 # --- model + adapter --------------------------------------------------------------------------------------
 
 
-def attach_adapter(model: nn.Module, path: str | Path) -> tuple[nn.Module, str]:
-    """Attach the adapter in `path` to `model`: (the model to generate with, the adapter kind)."""
-    path = Path(path)
-    kind = adapter_kind(path)
-    if kind == IMAGE_LORA:
-        load_adapter(model, path)  # hooks on `model` itself; refuses a model it was not made for
-        return model, kind
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=False), kind
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise AdapterFormatError(
-            f"{path}: cannot load this peft LoRA adapter into the model ({_first_line(exc)})"
-        ) from None
-
-
 def model_config_from_adapter(cfg: RunConfig, adapter_dir: str | Path) -> RunConfig:
     """`cfg` with its model section taken from the adapter: its base checkpoint when that directory exists
     here, else a tiny model of its family (only Image-LoRA adapters record a family)."""
@@ -266,29 +228,17 @@ def with_model(cfg: RunConfig, model_path: str | None = None, family: str | None
     return cfg
 
 
-def inference_device(device: str = "auto") -> torch.device:
-    """`auto`: the first GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InferenceError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"--device {device}: no CUDA device here")
-    return dev
-
-
 def load_for_inference(
     cfg: RunConfig, adapter_dir: str | Path, device: str = "auto"
 ) -> tuple[nn.Module, Any, str]:
-    """Build the configured model (models.build.build_model), move it to `device`, attach the adapter."""
-    from imagelora_dist.models.build import build_model
-
-    model, processor = build_model(cfg.model)
-    model = model.to(inference_device(device))
-    model, kind = attach_adapter(model, adapter_dir)
-    return model, processor, kind
+    """The configured model with the adapter in `adapter_dir` on `device` (eval/inference.py, the layer eval
+    loads through too): (model, processor, adapter kind)."""
+    try:
+        inference_device(device)
+    except ImageLoRAError as exc:
+        raise InferenceError(f"--{exc}") from None
+    loaded = load_inference_model(cfg.model, adapter_dir, device=device)
+    return loaded.model, loaded.processor, loaded.kind
 
 
 def model_family(model: nn.Module, default: str) -> str:
@@ -398,18 +348,13 @@ def read_jsonl(path: str | Path, images_dir: str | Path | None = None) -> list[I
 def item_task(item: InferItem) -> str:
     """The item's task: its record's `task` when that names one, else referring for a referring question
     (`data.tasks.referring_instruction`), else grounding."""
-    task = item.record.get("task")
-    if task in TASKS:
-        return str(task)
-    return REFERRING if _REFERRING_QUESTION.match(item.instruction) else GROUNDING
+    return question_task(item.record, item.instruction)
 
 
 def item_prompt(item: InferItem, answer_format: str = POINT) -> str:
     """The text asked: a grounding instruction plus `answer_format`'s output request (as the collator
     builds it in training); a referring question as it is."""
-    if item_task(item) != GROUNDING:
-        return item.instruction
-    return format_instruction(item.instruction, answer_format)
+    return question_prompt(item_task(item), item.instruction, answer_format)
 
 
 def image_size(item: InferItem) -> tuple[int, int]:
@@ -530,8 +475,12 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
     """The `infer` subcommand: answer `--image`/`--instruction` (printed) or every line of `--jsonl`."""
     from imagelora_dist.tracking import resolve_tracking_uri
 
+    if getattr(args, "input", None) is not None:
+        return batch_infer_command(cfg, args, model_from_adapter)
     if args.jsonl is None and args.image is None:
-        raise InferenceError("give --image FILE --instruction TEXT, or --jsonl FILE --output FILE")
+        raise InferenceError(
+            "give --image FILE --instruction TEXT, --jsonl FILE --output FILE, or --input SHARDS_OR_JSONL --out FILE"
+        )
     if args.jsonl is not None:
         if args.image is not None or args.instruction is not None:
             raise InferenceError("--jsonl answers a file of questions: drop --image/--instruction")
@@ -589,4 +538,56 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
         args.output, items, answers, args.answer_key, None if answer_format == POINT else clicks
     )
     print(f"[infer] wrote {len(answers)} answers to {out}")
+    return 0
+
+
+def batch_infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: bool = False) -> int:
+    """`infer --input SHARDS_OR_JSONL --out FILE`: every question answered on Ray workers (eval's replicas
+    or device map), chunks kept beside the output and reused by a re-run, lines in input order; a bad
+    record gets one line in the errors file (`--errors`, default OUT.errors.jsonl), never a crash."""
+    from imagelora_dist.eval.batch_infer import check_input
+    from imagelora_dist.eval.distributed import infer_on_workers
+    from imagelora_dist.pipeline import absolute_paths, resolve_eval_backend
+    from imagelora_dist.ray_runtime import ensure_ray
+    from imagelora_dist.tracking import resolve_tracking_uri
+
+    if not args.out:
+        raise InferenceError("--input needs --out FILE (one JSON line per input, in input order)")
+    if args.image is not None or args.instruction is not None or args.jsonl is not None:
+        raise InferenceError("--input answers a whole input: drop --image/--instruction/--jsonl")
+    kind = check_input(args.input)
+    if args.tracking_uri:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": args.tracking_uri})})
+    updates = {
+        k: v for k, v in (("batch_size", args.batch_size), ("max_new_tokens", args.max_new_tokens)) if v
+    }
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update=updates)})
+    out = Path(args.out).expanduser().absolute()
+    errors = (
+        Path(args.errors).expanduser().absolute()
+        if args.errors
+        else out.with_name(out.name + ".errors.jsonl")
+    )
+    path = args.input if "://" in args.input else str(Path(args.input).expanduser().absolute())
+    images = str(Path(args.images).expanduser().absolute()) if args.images else None
+    source = {"kind": kind, "path": path, "images": images, "answer_key": args.answer_key}
+    with resolve_adapter(args.adapter, resolve_tracking_uri(cfg.tracking)) as adapter_dir:
+        if model_from_adapter and not (args.model or args.family):
+            cfg = model_config_from_adapter(cfg, adapter_dir)
+        cfg = absolute_paths(with_model(cfg, args.model, args.family))
+        started = ensure_ray(cfg, _stderr)
+        try:
+            backend = resolve_eval_backend(cfg)
+            if backend == "zero3":
+                raise InferenceError(
+                    "batch inference runs on replicas or a device map; eval.backend zero3 is for `eval` only"
+                )
+            _stderr(f"[infer] {args.input} ({kind}) with the adapter from {args.adapter}; backend {backend}")
+            answered, bad = infer_on_workers(cfg, source, Path(adapter_dir), out, errors, backend, _stderr)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    print(f"[infer] wrote {answered} answers to {out}" + (f"; {bad} bad inputs in {errors}" if bad else ""))
     return 0

@@ -6,7 +6,6 @@ selects heads and records everything in MLflow (a parent run, one nested run per
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -14,19 +13,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 
 from imagelora_dist.adapter.accounting import compare_costs, count_tokens
-from imagelora_dist.adapter.io import load_adapter
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.probe_set import ProbeSet
 from imagelora_dist.data.shard_pool import spec_record
-from imagelora_dist.data.shards import INDEX_NAME, ShardIndex, atomic_write_bytes
+from imagelora_dist.data.shards import (
+    INDEX_NAME,
+    ShardIndex,
+    atomic_write_bytes,
+    index_location,
+    is_url,
+    url_filesystem,
+)
 from imagelora_dist.data.synth import SynthSpec, synthesize
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models import resolve_model
-from imagelora_dist.models.build import build_model, checkpoint_identity, resolved_dtype, skeleton_model
+from imagelora_dist.models.build import checkpoint_identity, resolved_dtype, skeleton_model
 from imagelora_dist.models.registry import ModelSpec
 from imagelora_dist.resources import deepspeed_json
 from imagelora_dist.selection import HeadSelection, config_hash, resolve_budget, select_heads
@@ -127,9 +133,12 @@ def probe_batches(
 def selection_hash(cfg: RunConfig, shards: str) -> str:
     """Hash of everything the head selection depends on, including the shard index's content."""
     index = Path(shards) / INDEX_NAME
-    data_id = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else shards
+    if is_url(shards):
+        data_id = object_store_identity(shards)
+    else:  # local: the index's content, as hashed since the first version (stored selections keep matching)
+        data_id = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else shards
     parts = {k: getattr(cfg, k).model_dump() for k in ("model", "probe", "selection")}
-    data = cfg.data.model_dump(exclude={"synth", "num_workers", "train"})
+    data = cfg.data.model_dump(exclude={"synth", "num_workers", "train", "max_dropped_fraction"})
     parts["data"] = {"index": data_id, **data}
     # What build_model actually uses: the resolved dtype, and the checkpoint's weights, not just its path.
     parts["dtype"] = resolved_dtype(cfg.model)
@@ -141,6 +150,31 @@ def selection_hash(cfg: RunConfig, shards: str) -> str:
     return config_hash(parts)
 
 
+def object_store_identity(url: str) -> str:
+    """The content identity of a dataset on an object store, read through the filesystem the reader uses:
+    the index's bytes and each shard object's size and modification time (a re-upload changes it)."""
+    where = index_location(url)
+    try:
+        fs, path = url_filesystem(where)
+        with fs.open_input_stream(path) as f:
+            raw = f.read()
+        base = path.rsplit("/", 1)[0]
+        # One listing of the prefix, not a request per shard.
+        listed = {i.path: i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))}
+        stats = []
+        for entry in json.loads(raw)["shards"]:
+            url = str(entry["url"])
+            if is_url(url):  # an external entry (data.trust_index_urls): on its own filesystem
+                shard_fs, shard_path = url_filesystem(url)
+                info = shard_fs.get_file_info(shard_path)
+            else:
+                info = listed.get(f"{base}/{url}")
+            stats.append([url, info and info.size, info and info.mtime_ns])
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # no such object, no access, a bad index
+        raise ImageLoRAError(f"data.train: cannot read the shard index {where}: {exc}") from None
+    return f"{hashlib.sha256(raw).hexdigest()}:{config_hash(stats)}"
+
+
 @dataclass
 class StageResult:
     """What a stage produced: its main output, metrics and artifacts for tracking, and whether it ran."""
@@ -149,6 +183,7 @@ class StageResult:
     skipped: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # MLflow table artifacts by file name
 
 
 def existing_selection(out: Path, digest: str) -> bool:
@@ -255,20 +290,23 @@ def run_train(
     log: Log = print,
     *,
     resume: bool = False,
+    restart: bool = False,
     on_ray: Callable[[], object] | None = None,
     mlflow_uri: str | None = None,
     mlflow_run_id: str | None = None,
 ) -> StageResult:
-    """Train the adapter with DeepSpeed on Ray Train; skipped when the adapter exists for this config."""
+    """Train the adapter with DeepSpeed on Ray Train; skipped when the adapter exists for this config
+    (unless `restart`); stored checkpoints of this config are continued, `restart` deletes them."""
     from imagelora_dist.ray_runtime import ensure_ray
     from imagelora_dist.train.loop import load_deepspeed_template
     from imagelora_dist.train.ray_train import run_training
+    from imagelora_dist.train.storage import plan_storage, run_identity
 
     adapter_dir = Path(cfg.output_dir) / "adapter"
     done_file = Path(cfg.output_dir) / "train_done.json"
     shards = ensure_train_shards(cfg, log)
     digest = train_hash(cfg, shards)
-    if done_file.exists() and adapter_dir.is_dir():
+    if done_file.exists() and adapter_dir.is_dir() and not restart:
         try:
             done = json.loads(done_file.read_text())
         except (OSError, json.JSONDecodeError):
@@ -280,6 +318,10 @@ def run_train(
     load_deepspeed_template(cfg)  # a bad DeepSpeed file fails here, before any worker starts
     if cfg.train.method == "image_lora" and not (Path(cfg.output_dir) / "head_selection.json").exists():
         raise ImageLoRAError("train.method image_lora needs head_selection.json: run the probe stage first")
+    identity = run_identity(cfg, selection_hash(cfg, shards))
+    plan_storage(cfg, identity, resume=resume, restart=restart)  # refused here, before Ray starts
+    if restart:
+        done_file.unlink(missing_ok=True)  # the adapter it vouches for is about to be replaced
     (on_ray or (lambda: ensure_ray(cfg, log)))()
     workers = (
         cfg.train.workers if cfg.train.min_workers is None else f"{cfg.train.min_workers}-{cfg.train.workers}"
@@ -292,16 +334,17 @@ def run_train(
     if "://" not in shards and multi_node():
         log(f"[train] data.train {shards} is a local path on a multi-node cluster: every node must see it "
             "at that path (else put the shards on an object store, s3://...)")  # fmt: skip
-    result = run_training(
-        cfg, shards, resume=resume, mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id, log=log
-    )
+    result = run_training(cfg, shards, resume=resume, restart=restart, identity=identity,
+                          mlflow_uri=mlflow_uri, mlflow_run_id=mlflow_run_id, log=log)  # fmt: skip
     elapsed = time.perf_counter() - start
-    samples = cfg.train.steps * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.train.workers
+    trained = cfg.train.steps - getattr(result, "resumed_step", 0)  # after a resume: this run's steps only
+    samples = trained * cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.train.workers
     metrics_cost = method_costs(cfg, shards)
     metrics = {
         f"final_{k}": float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)
     }
     metrics["train_samples_per_s"] = samples / elapsed
+    metrics["train_steps_run"] = float(trained)
     metrics.update(metrics_cost)
     atomic_write_bytes(done_file, json.dumps({"config_hash": digest, "metrics": metrics}).encode())
     log(f"[train] wrote {adapter_dir} ({metrics.get('final_loss', float('nan')):.4f} final loss)")
@@ -348,8 +391,8 @@ def eval_shards(cfg: RunConfig, log: Log = print) -> str:
             raise ImageLoRAError(f"eval.shards: no {INDEX_NAME} at {cfg.eval.shards}")
         return cfg.eval.shards
     spec = synth_spec(cfg)
-    spec = SynthSpec(**{**spec.__dict__, "num_samples": cfg.eval.num_samples, "seed": spec.seed + 1,
-                        "prefix": "eval", "samples_per_shard": min(spec.samples_per_shard, cfg.eval.num_samples)})  # fmt: skip
+    spec = SynthSpec(**{**spec.__dict__, "num_samples": cfg.eval.synth_samples, "seed": spec.seed + 1,
+                        "prefix": "eval", "samples_per_shard": min(spec.samples_per_shard, cfg.eval.synth_samples)})  # fmt: skip
     return _synthesized(
         Path(cfg.output_dir) / "data" / "eval", spec, cfg, log, f"held-out screenshots (seed {spec.seed})"
     )
@@ -357,86 +400,45 @@ def eval_shards(cfg: RunConfig, log: Log = print) -> str:
 
 def multi_node() -> bool:
     """True when the connected Ray cluster has more than one live node (tasks may run off the driver's)."""
+    from imagelora_dist.ray_runtime import multi_node as live_nodes_over_one
+
+    return live_nodes_over_one()
+
+
+def resolve_eval_backend(cfg: RunConfig) -> str:
+    """eval.backend with `auto` resolved: replicas on a CPU-only cluster or for a tiny model; on GPUs the
+    plan's choice for the model's size (a replica per GPU when one fits, else a device map, else ZeRO-3)."""
     import ray
 
-    return sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+    if cfg.eval.backend != "auto":
+        return cfg.eval.backend
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if not cfg.model.path or gpus < 1:
+        return "replicas"
+    from imagelora_dist.plan import eval_backend_for
+
+    return eval_backend_for(cfg, gpu_memory_gib())
 
 
-def pack_dir(path: Path) -> dict[str, bytes]:
-    """Every file under `path` by relative name: a driver-local directory, sent along with a task."""
-    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+def gpu_memory_gib() -> float:
+    """One cluster GPU's memory in GiB, read on a GPU worker (the driver, a KubeRay head, may have none)."""
+    import ray
+
+    def total() -> float:
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+    return float(ray.get(ray.remote(total).options(num_gpus=1, num_cpus=0).remote()))
 
 
-def unpack_dir(files: dict[str, bytes], dest: Path) -> Path:
-    """Write `pack_dir`'s files below `dest` (refusing names that leave it); returns `dest`."""
-    for name, data in files.items():
-        target = (dest / name).resolve()
-        if not target.is_relative_to(dest.resolve()):
-            raise ImageLoRAError(f"refusing to unpack {name!r} outside {dest}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return dest
-
-
-def evaluate_adapter(
-    cfg_dict: dict,
-    shards: str,
-    adapter_files: dict[str, bytes] | None = None,
-    shard_files: dict[str, bytes] | None = None,
-) -> dict:
-    """Load the model and the trained adapter, score the held-out set and text preservation (one worker).
-
-    `adapter_files` / `shard_files` (from `pack_dir`) are the driver's adapter and eval shards, sent with
-    the task when it may run on another node; they are unpacked to a node-local scratch dir. Without
-    them the task reads `<output_dir>/adapter` and `shards` itself."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="imagelora-eval-") as scratch:
-        if shard_files is not None:
-            shards = str(unpack_dir(shard_files, Path(scratch) / "shards"))
-        adapter = unpack_dir(adapter_files, Path(scratch) / "adapter") if adapter_files is not None else None
-        return _evaluate(RunConfig.model_validate(cfg_dict), shards, adapter)
-
-
-def _evaluate(cfg: RunConfig, shards: str, adapter: Path | None) -> dict:
-    from imagelora_dist.eval import evaluate, image_lora_disabled, peft_disabled, text_max_abs_logit_diff
-    from imagelora_dist.eval.run import shard_samples
-    from imagelora_dist.eval.text_preservation import default_text_prompts
-
-    model, processor = build_model(cfg.model)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    adapter_dir = adapter or Path(cfg.output_dir) / "adapter"
-    if cfg.train.method == "none":  # zero-shot: the base model itself, so text is trivially unchanged
-        disabled = contextlib.nullcontext
-    elif cfg.train.method == "lora":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-        disabled = lambda: peft_disabled(model)  # noqa: E731
-    else:
-        handle = load_adapter(model, adapter_dir)
-        disabled = lambda: image_lora_disabled(handle)  # noqa: E731
-    # Every sample, the last part-batch included (a reader of eval.batch_size yields whole batches only).
-    samples = shard_samples(shards, trust_index_urls=cfg.data.trust_index_urls)
-    result = evaluate(model, processor, samples, max_samples=cfg.eval.num_samples, max_pixels=cfg.data.max_pixels,
-                      batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                      answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path)))  # fmt: skip
-    result["text_max_abs_logit_diff"] = text_max_abs_logit_diff(
-        model, processor, default_text_prompts(), disabled
-    )
-    if cfg.eval.text_task_problems:
-        from imagelora_dist.eval.text_task import text_task_scores
-
-        result.update(text_task_scores(model, processor, disabled, count=cfg.eval.text_task_problems,
-                                       seed=cfg.data.seed, batch_size=cfg.eval.batch_size))  # fmt: skip
-    return result
+def eval_predictions_table(predictions: list[dict]) -> dict[str, list]:
+    """The report's predictions as columns (MLflow's table artifact)."""
+    keys = list(dict.fromkeys(k for p in predictions for k in p))
+    return {k: [p.get(k) for p in predictions] for k in keys}
 
 
 def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | None = None) -> StageResult:
-    """Evaluate the trained adapter on held-out screens; writes eval_report.json (always re-run)."""
-    import ray
-
+    """Evaluate the trained adapter on held-out screens on Ray workers; writes eval_report.json. Finished
+    chunks are kept in eval.storage and reused by a re-run of the same adapter on the same data."""
     from imagelora_dist.ray_runtime import ensure_ray
 
     adapter_dir = Path(cfg.output_dir) / "adapter"
@@ -444,22 +446,22 @@ def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | No
         raise ImageLoRAError(f"no trained adapter at {adapter_dir}: run the train stage first")
     shards = eval_shards(cfg, log)
     (on_ray or (lambda: ensure_ray(cfg, log)))()
-    cpus = cfg.ray.cpus_per_worker
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    task = ray.remote(evaluate_adapter).options(num_cpus=cpus, num_gpus=gpus, max_retries=cfg.ray.max_retries)
-    adapter_files = shard_files = None
-    if multi_node():  # the task may land on a node that cannot read the driver's disk: send what it reads
-        if cfg.train.method != "none":
-            adapter_files = pack_dir(adapter_dir)
-        if "://" not in shards:
-            shard_files = pack_dir(Path(shards))
-        sent = sum(len(b) for f in (adapter_files, shard_files) if f for b in f.values())
-        log(f"[eval] sending the adapter and local eval shards with the task ({sent / 2**20:.1f} MB)")
-    args = (cfg.model_dump(mode="json"), shards, ray.put(adapter_files), ray.put(shard_files))
-    result = ray.get(task.remote(*args))
+    backend = resolve_eval_backend(cfg)
+    adapter = adapter_dir if cfg.train.method != "none" else None
+    if backend == "zero3":
+        from imagelora_dist.eval.zero3 import evaluate_zero3
+
+        result = evaluate_zero3(cfg, shards, adapter, log)
+    else:
+        from imagelora_dist.eval.distributed import evaluate_on_workers
+
+        result = evaluate_on_workers(cfg, shards, adapter, backend, log)
+    rate = result.pop("_samples_per_s", float("nan"))
     report = Path(cfg.output_dir) / "eval_report.json"
     atomic_write_bytes(report, json.dumps(result, indent=2, default=str).encode())
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, int | float)}
+    if rate == rate:  # NaN when every chunk was reused
+        metrics["eval_samples_per_s"] = rate
     log(
         f"[eval] grounding accuracy {result['grounding_accuracy']:.3f} ({result['grounding_count']}), referring "
         f"exact match {result['referring_exact_match']:.3f} ({result['referring_count']}), text max |dlogit| "
@@ -468,7 +470,8 @@ def run_eval(cfg: RunConfig, log: Log = print, on_ray: Callable[[], object] | No
            if "text_task_accuracy" in result else "")
         + f"; wrote {report}"
     )  # fmt: skip
-    return StageResult(report, metrics=metrics, artifacts=[report])
+    tables = {"eval_predictions.json": eval_predictions_table(result["predictions"])}
+    return StageResult(report, metrics=metrics, artifacts=[report], tables=tables)
 
 
 STAGES = ("probe", "train", "eval")
@@ -482,7 +485,12 @@ def stages_for(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def run_pipeline(
-    cfg: RunConfig, log: Log = print, stages: Sequence[str] | None = None, *, resume: bool = False
+    cfg: RunConfig,
+    log: Log = print,
+    stages: Sequence[str] | None = None,
+    *,
+    resume: bool = False,
+    restart: bool = False,
 ) -> dict[str, StageResult]:
     """Run `stages` (default: what the method needs) as nested MLflow runs; each is skipped when done."""
     import ray
@@ -510,7 +518,8 @@ def run_pipeline(
                 "probe": (lambda run_id: run_probe_select(cfg, log, on_ray=start_ray), "selection"),
                 "train": (
                     lambda run_id: run_train(
-                        cfg, log, resume=resume, on_ray=start_ray, mlflow_uri=tracker.uri if run_id else None,
+                        cfg, log, resume=resume, restart=restart, on_ray=start_ray,
+                        mlflow_uri=tracker.uri if run_id else None,
                         mlflow_run_id=run_id,
                     ),
                     "adapter",
@@ -539,3 +548,5 @@ def _record(tracker: Tracker, result: StageResult, artifact_path: str) -> None:
         tracker.log_metrics(result.metrics)
     for path in result.artifacts:
         tracker.log_artifact(path, artifact_path)
+    for name, columns in result.tables.items():
+        tracker.log_table(columns, f"{artifact_path}/{name}")

@@ -52,3 +52,8 @@ def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
         )
         log(f"[ray] started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
     return True
+
+
+def multi_node() -> bool:
+    """True when the connected Ray cluster has more than one live node (tasks may run off the driver's)."""
+    return sum(1 for n in ray.nodes() if n.get("Alive")) > 1

@@ -72,6 +72,19 @@ def group_metrics(outcomes: Iterable[tuple[tuple[str, str], bool]]) -> dict[str,
     return out
 
 
+WRONG_FORMAT = "grounding_wrong_format"
+
+
+def group_wrong_format(flags: Iterable[tuple[tuple[str, str], bool]]) -> dict[str, int]:
+    """Answers with no readable click per group (`grounding_wrong_format/<source>/<type>`, totals under
+    `all`), counted apart from misses as ScreenSpot-Pro's harness does; empty when there are none."""
+    tally: dict[tuple[str, str], int] = {}
+    for (source, etype), wrong in flags:
+        for key in ((source, etype), (source, ALL), (ALL, etype)):
+            tally[key] = tally.get(key, 0) + int(wrong)
+    return {f"{WRONG_FORMAT}/{s}/{t}": n for (s, t), n in sorted(tally.items())}
+
+
 def cells(metrics: Mapping[str, Any]) -> dict[tuple[str, str], tuple[float, int]]:
     """(source, type) -> (accuracy, count) from flat metrics (totals under `all`); other keys ignored."""
     out: dict[tuple[str, str], tuple[float, int]] = {}
@@ -147,5 +160,6 @@ __all__ = [
     "group_metrics",
     "group_name",
     "group_order",
+    "group_wrong_format",
     "record_group",
 ]

@@ -13,6 +13,21 @@ from torch import nn
 from imagelora_dist.data.collate import BatchCollator, Sample, collate, fit_pixels
 from imagelora_dist.errors import ImageLoRAError
 
+# Set by a ZeRO-3 group while it generates (eval/zero3.py): every rank keeps running forward passes until
+# the slowest rank's sequences are done, since ZeRO-3 gathers each layer's weights collectively.
+_SYNCED = {"on": False}
+
+
+@contextlib.contextmanager
+def synced_generation() -> Iterator[None]:
+    """Generate with transformers' `synced_gpus` inside the block (ranks of a ZeRO-3 group)."""
+    previous = _SYNCED["on"]
+    _SYNCED["on"] = True
+    try:
+        yield
+    finally:
+        _SYNCED["on"] = previous
+
 
 @contextlib.contextmanager
 def padding_side(processor: Any, side: str) -> Iterator[None]:
@@ -139,7 +154,7 @@ def generate_for_samples(
             batch = collate(processor, list(samples[start : start + batch_size]), **processor_kwargs)
             batch.pop("labels", None)
             batch = to_model(batch, device, dtype)
-            out = model.generate(**batch, generation_config=config)
+            out = model.generate(**batch, generation_config=config, synced_gpus=_SYNCED["on"])
             new = out[:, batch["input_ids"].shape[1] :]
             answers.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     return answers

@@ -434,9 +434,10 @@ def load_processor(path: str | os.PathLike, model_type: str) -> ProcessorMixin:
 
 
 def load_vlm(
-    path: str | os.PathLike, dtype: torch.dtype | None = None
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device_map: str | dict | None = None
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load a VLM and its processor from a local directory only; dtype None keeps transformers' default."""
+    """Load a VLM and its processor from a local directory only; dtype None keeps transformers' default;
+    `device_map` (accelerate's: "auto", {"": "cuda:0"} ...) spreads the weights over devices as they load."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise ImageLoRAError(f"model directory not found: {path}")
@@ -451,6 +452,8 @@ def load_vlm(
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.eval()
     processor = load_processor(path, model_type)

@@ -337,6 +337,7 @@ def test_model_defaults_to_the_adapters_base(trained, tmp_path):
     assert parse_run_source("runs:/abc/adapter/") == ("abc", "adapter")
     assert parse_run_source("runs:/abc") == ("abc", None)
     assert parse_run_source("mlflow-run:abc") == ("abc", None)
+    assert parse_run_source("mlflow://abc") == ("abc", None)
     assert parse_run_source("runs/tiny-default/adapter") is None
     for bad in ("runs:/", "mlflow-run:", "mlflow-run:a/b"):
         with pytest.raises(InferenceError, match="--adapter"):
@@ -475,3 +476,35 @@ def test_cli_qwen25_abs_needs_a_qwen_processor(tmp_path, capsys):
                  "--instruction", "Click OK."])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "qwen25_abs needs a Qwen2-VL-family image processor" in err[-1]
+
+
+@pytest.mark.integration
+def test_batch_inference_on_workers_keeps_input_order_reports_bad_lines_and_resumes(
+    trained, local_ray, tmp_path, capsys
+):
+    order = [2, 0, 1]
+    rows = [
+        json.dumps({"image": str(trained["paths"][i]), "instruction": trained["instructions"][i]})
+        for i in order
+    ]
+    rows.insert(1, "{not json")  # line 2
+    rows.insert(3, json.dumps({"image": "nowhere.png", "instruction": "Click OK."}))  # line 4
+    src = tmp_path / "q.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "preds.jsonl"
+    argv = ["infer", "--adapter", str(trained["adapter"]), "--input", str(src), "--out", str(out),
+            "--batch-size", "1", "--max-new-tokens", str(MAX_NEW),
+            "eval.workers=2", "eval.chunk_size=2", "ray.cpus_per_worker=0.5"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["answer"] for g in got] == [trained["expected"][i] for i in order]  # as one process answers
+    assert [g["position"] for g in got] == [0, 2, 4]
+    assert all("click" in g and g["task"] == "grounding" for g in got)
+    errors = [json.loads(x) for x in (tmp_path / "preds.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [e["position"] for e in errors] == [1, 3]
+    assert f"{src}:2: invalid JSON" in errors[0]["error"] and f"{src}:4: image" in errors[1]["error"]
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "reusing 3 answered chunks of 3" in capsys.readouterr().err
+    assert out.read_bytes() == before

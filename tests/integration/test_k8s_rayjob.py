@@ -88,7 +88,7 @@ def test_cpu_rayjob_runs_the_pipeline(cluster, tmp_path):
         "data.synth.num_samples=16",
         "data.synth.samples_per_shard=8",
         "train.steps=4",
-        "eval.num_samples=4",
+        "eval.synth_samples=4",
         "eval.text_task_problems=4",
     ]
     entrypoint = map_paths(job["spec"]["entrypoint"], mapping) + " " + shlex.join(tracking)

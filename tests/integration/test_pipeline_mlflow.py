@@ -42,3 +42,37 @@ def test_runs_params_metrics_artifacts(tmp_path):
     latest = client.search_runs([exp.experiment_id], filter_string="tags.`imagelora.stage` = 'probe'",
                                 order_by=["attributes.start_time DESC"])[0]  # fmt: skip
     assert latest.data.tags["imagelora.skipped"] == "true"
+
+
+def test_eval_stage_logs_the_group_breakdown_and_the_predictions_table(tmp_path):
+    import json
+    from collections import Counter
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cfg = load_config(None, [
+        "name=eval-check", f"output_dir={tmp_path}/out", f"tracking.uri={uri}", "train.method=none",
+        f"tracking.artifact_root={tmp_path}/mlartifacts", "eval.synth_samples=6", "eval.max_new_tokens=4",
+        "eval.text_task_problems=0", "data.synth.workers=1", "eval.workers=1", "ray.num_cpus=2",
+    ])  # fmt: skip
+    run_pipeline(cfg, log=lambda m: None)
+    report = json.loads((tmp_path / "out" / "eval_report.json").read_text())
+    grounding = [p for p in report["predictions"] if p["task"] == "grounding"]
+    assert grounding, "the synthetic set has grounding questions"
+    counts = Counter((p["data_source"], p["element_type"]) for p in grounding)
+    hits = Counter((p["data_source"], p["element_type"]) for p in grounding if p["correct"])
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("eval-check")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if r.data.tags.get("imagelora.stage") == "eval")
+    for run in (child, parent):  # the groups, recomputed from the report's predictions alone
+        metrics = run.data.metrics
+        for (source, etype), n in counts.items():
+            assert metrics[f"grounding_count/{source}/{etype}"] == n
+            assert metrics[f"grounding_acc/{source}/{etype}"] == hits[(source, etype)] / n
+        assert metrics["grounding_count"] == len(grounding)
+        assert metrics["wrong_format_count"] == sum(p["wrong_format"] for p in report["predictions"])
+    local = client.download_artifacts(child.info.run_id, "eval/eval_predictions.json", str(tmp_path / "dl"))
+    table = json.loads(open(local).read())
+    assert table["columns"][:3] == ["id", "task", "answer"]
+    assert [row[0] for row in table["data"]] == [p["id"] for p in report["predictions"]]

@@ -48,7 +48,7 @@ def test_pipeline_runs_as_ray_job(cluster, tmp_path):
         # the stages themselves are tested elsewhere, so they run at their smallest.
         "train.steps=2",
         "train.checkpoint_every=2",
-        "eval.num_samples=4",
+        "eval.synth_samples=4",
         "eval.text_task_problems=4",
     ]
     cmd = ["bash", str(LAUNCH / "submit.sh"), "--address", address, "--submission-id", submission_id]

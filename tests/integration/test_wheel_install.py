@@ -66,7 +66,7 @@ def test_installed_wheel_runs_the_embedded_default_from_an_empty_directory(insta
     overrides = [
         "data.synth.num_samples=16", "data.synth.samples_per_shard=8", "probe.num_examples=2",
         "train.steps=2", "train.checkpoint_every=2", "train.workers=1", "ray.num_workers=1", "ray.num_cpus=2",
-        "eval.num_samples=4", "eval.text_task_problems=2", "eval.max_new_tokens=4",
+        "eval.synth_samples=4", "eval.text_task_problems=2", "eval.max_new_tokens=4",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "imagelora_dist", "run", *overrides],

@@ -71,9 +71,9 @@ def pretrain_config(cfg: RunConfig) -> RunConfig:
 
 def pretrain_spec(cfg: RunConfig, *, held_out: bool = False) -> PretrainSpec:
     """The pre-training set from `data.synth` (count, sharding, screen size, clutter, seed); the held-out
-    set has `eval.num_samples` samples and seed + 1, so it shares no screen with training."""
+    set has `eval.num_samples` (else `eval.synth_samples`) samples and seed + 1, so it shares no screen with training."""
     s = cfg.data.synth
-    num = cfg.eval.num_samples if held_out else s.num_samples
+    num = (cfg.eval.num_samples or cfg.eval.synth_samples) if held_out else s.num_samples
     return PretrainSpec(
         num_samples=num,
         samples_per_shard=min(s.samples_per_shard, num),
@@ -245,7 +245,7 @@ def evaluate_base(
 
 def score_base(cfg: RunConfig, model: torch.nn.Module, processor: Any, held_out: str) -> dict[str, Any]:
     """`evaluate_base` with the run's evaluation settings (what pretrain-base reports at its end)."""
-    return evaluate_base(model, processor, held_out, num_samples=cfg.eval.num_samples,
+    return evaluate_base(model, processor, held_out, num_samples=cfg.eval.num_samples or cfg.eval.synth_samples,
                          max_new_tokens=cfg.eval.max_new_tokens, max_pixels=cfg.data.max_pixels,
                          batch_size=cfg.eval.batch_size, trust_index_urls=cfg.data.trust_index_urls)  # fmt: skip
 

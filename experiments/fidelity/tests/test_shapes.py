@@ -141,7 +141,7 @@ def test_pipeline_synthesizes_again_when_the_synth_spec_changes(tmp_path):
         f"output_dir={tmp_path}",
         "data.synth.samples_per_shard=4",
         "data.synth.workers=1",
-        "eval.num_samples=4",
+        "eval.synth_samples=4",
     ]
     logs: list[str] = []
     first = ensure_train_shards(load_config(None, [*base, "data.synth.num_samples=6"]), log=logs.append)
