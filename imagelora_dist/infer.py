@@ -542,8 +542,8 @@ def infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: 
 
 
 def batch_infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_adapter: bool = False) -> int:
-    """`infer --input SHARDS_OR_JSONL --out FILE`: every question answered on Ray workers (eval's replicas
-    or device map), chunks kept beside the output and reused by a re-run, lines in input order; a bad
+    """`infer --input SHARDS_OR_JSONL --out FILE`: every question answered on Ray workers (eval's backends:
+    replicas, device map or a ZeRO-3 group), chunks kept beside the output and reused by a re-run, lines in input order; a bad
     record gets one line in the errors file (`--errors`, default OUT.errors.jsonl), never a crash."""
     from imagelora_dist.eval.batch_infer import check_input
     from imagelora_dist.eval.distributed import infer_on_workers
@@ -578,12 +578,15 @@ def batch_infer_command(cfg: RunConfig, args: argparse.Namespace, model_from_ada
         started = ensure_ray(cfg, _stderr)
         try:
             backend = resolve_eval_backend(cfg)
-            if backend == "zero3":
-                raise InferenceError(
-                    "batch inference runs on replicas or a device map; eval.backend zero3 is for `eval` only"
-                )
             _stderr(f"[infer] {args.input} ({kind}) with the adapter from {args.adapter}; backend {backend}")
-            answered, bad = infer_on_workers(cfg, source, Path(adapter_dir), out, errors, backend, _stderr)
+            if backend == "zero3":
+                from imagelora_dist.eval.zero3 import infer_zero3
+
+                answered, bad = infer_zero3(cfg, source, Path(adapter_dir), out, errors, _stderr)
+            else:
+                answered, bad = infer_on_workers(
+                    cfg, source, Path(adapter_dir), out, errors, backend, _stderr
+                )
         finally:
             if started:
                 import ray

@@ -134,9 +134,14 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_adapter(
-    model: torch.nn.Module, path: str | os.PathLike, *, freeze_base: bool = True
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    freeze_base: bool = True,
+    beside_partitioned: bool = False,
 ) -> ImageLoRAHandle:
-    """Attach the adapter saved in `path` to `model`, refusing a model it was not made for."""
+    """Attach the adapter saved in `path` to `model`, refusing a model it was not made for. A model ZeRO-3 has
+    partitioned is refused unless `beside_partitioned` (inference: the adapter stays whole on every rank)."""
     path = Path(path)
     config = read_adapter_config(path)
     spec = resolve_model(model)
@@ -152,7 +157,9 @@ def load_adapter(
             f"{path}: adapter was trained on {saved_name!r}, loading into {model_name!r} (same geometry)",
             stacklevel=2,
         )
-    if any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters()):
+    # Training must register the adapter before the engine partitions it; inference beside a ZeRO-3 base
+    # (eval's zero3 backend) wants it whole and local on every rank, as the ZeRO-3 probe attaches its own.
+    if not beside_partitioned and any(p.numel() == 0 and hasattr(p, "ds_id") for p in model.parameters()):
         raise AdapterFormatError(
             f"{path}: load the adapter before deepspeed.initialize (ZeRO-3 partitioned the model)"
         )

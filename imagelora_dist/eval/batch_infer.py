@@ -130,22 +130,16 @@ def shard_question(raw: dict[str, Any]) -> dict[str, Any]:
     return {"record": record, "image": raw[images[0]], "where": f"sample {raw.get('__key__')}"}
 
 
-def answer_chunk(
-    loaded: Any,
-    items: list[tuple[int, dict[str, Any] | None, str]],
-    *,
-    answer_format: str,
-    max_pixels: int | None,
-    batch_size: int,
-    max_new_tokens: int,
-    answer_key: str = "answer",
-) -> dict[str, Any]:
-    """Answer a chunk of questions: `lines` (one JSON text per answered input, in order) and `errors`."""
+Prepared = tuple[int, dict[str, Any], str, Any, str]  # position, record, task, image, prompt
+
+
+def prepare_questions(
+    items: list[tuple[int, dict[str, Any] | None, str]], answer_format: str
+) -> tuple[list[Prepared], list[str]]:
+    """The answerable questions of a chunk (image decoded, prompt built) and one error line per bad input."""
     from PIL import Image
 
-    from imagelora_dist.eval.generate import generate_answers
-
-    good: list[tuple[int, dict[str, Any], str, Any, str]] = []  # position, record, task, image, prompt
+    good: list[Prepared] = []
     errors: list[str] = []
     for position, item, why in items:
         if item is None:
@@ -171,6 +165,22 @@ def answer_chunk(
         good.append(
             (position, record, task, image, question_prompt(task, instruction.strip(), answer_format))
         )
+    return good, errors
+
+
+def answer_prepared(
+    loaded: Any,
+    good: list[Prepared],
+    *,
+    answer_format: str,
+    max_pixels: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    answer_key: str = "answer",
+) -> list[str]:
+    """One JSON line per prepared question: the record, the answer, its click in pixels, task and position."""
+    from imagelora_dist.eval.generate import generate_answers
+
     answers = generate_answers(
         loaded.model,
         loaded.processor,
@@ -190,7 +200,7 @@ def answer_chunk(
             click = None if got is None else [round(got[0], 1), round(got[1], 1)]
         out = {**record, answer_key: text, "click": click, "task": task, "position": position}
         lines.append(json.dumps(out, ensure_ascii=False))
-    return {"lines": lines, "errors": errors}
+    return lines
 
 
 def check_input(path: str) -> str:

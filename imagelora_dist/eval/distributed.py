@@ -186,9 +186,9 @@ def source_digest(source: dict[str, Any]) -> str:
     return index_digest(source["path"])
 
 
-def answer_inputs(loaded: Any, cfg: RunConfig, source: dict[str, Any], raws: list) -> dict[str, Any]:
-    """Batch inference on a chunk's inputs: answered lines and error lines (eval/batch_infer.py)."""
-    from imagelora_dist.eval.batch_infer import answer_chunk, shard_question
+def question_items(source: dict[str, Any], raws: list) -> list[tuple[int, dict[str, Any] | None, str]]:
+    """A chunk's raw inputs as questions (a shard sample's record and image bytes; JSONL items as read)."""
+    from imagelora_dist.eval.batch_infer import shard_question
 
     items = []
     for position, raw, why in raws:
@@ -198,10 +198,23 @@ def answer_inputs(loaded: Any, cfg: RunConfig, source: dict[str, Any], raws: lis
             except (KeyError, ValueError) as exc:
                 raw, why = None, f"sample {position}: {exc}"
         items.append((position, raw, why or "missing"))
+    return items
+
+
+def answer_settings(cfg: RunConfig, source: dict[str, Any]) -> dict[str, Any]:
+    """The generation settings of batch inference (eval's, with the output's answer key)."""
     fmt = resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path))
-    return answer_chunk(loaded, items, answer_format=fmt, max_pixels=cfg.data.max_pixels,
-                        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                        answer_key=source.get("answer_key", "answer"))  # fmt: skip
+    return {"answer_format": fmt, "max_pixels": cfg.data.max_pixels, "batch_size": cfg.eval.batch_size,
+            "max_new_tokens": cfg.eval.max_new_tokens, "answer_key": source.get("answer_key", "answer")}  # fmt: skip
+
+
+def answer_inputs(loaded: Any, cfg: RunConfig, source: dict[str, Any], raws: list) -> dict[str, Any]:
+    """Batch inference on a chunk's inputs: answered lines and error lines (eval/batch_infer.py)."""
+    from imagelora_dist.eval.batch_infer import answer_prepared, prepare_questions
+
+    settings = answer_settings(cfg, source)
+    good, errors = prepare_questions(question_items(source, raws), settings["answer_format"])
+    return {"lines": answer_prepared(loaded, good, **settings), "errors": errors}
 
 
 class EvalActor:
@@ -367,12 +380,9 @@ def score_on_actors(cfg: RunConfig, source: dict[str, Any], data_id: str, adapte
     return fresh, rate
 
 
-def infer_on_workers(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path | None, out: Path, errors: Path,
-                     backend: str, log: Log = print) -> tuple[int, int]:  # fmt: skip
-    """Batch inference over `source` (eval/batch_infer.py) on replicas: `out` gets one JSON line per answered
-    input and `errors` one per bad input, both in input order (written whole); (answered, errors)."""
-    from imagelora_dist.data.shards import atomic_write_bytes
-
+def infer_plan(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path | None, out: Path, backend: str,
+               log: Log) -> tuple[str, Plan, list[int]]:  # fmt: skip
+    """(input identity, chunks and their store, chunks not yet answered) of a batch inference."""
     data_id = source_digest(source)
     reader = open_source(source, cfg.data.trust_index_urls)
     total = reader.total
@@ -385,12 +395,13 @@ def infer_on_workers(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path |
     finished = {c for c in plan.store.finished_chunks() if c < plan.chunks}
     if finished:
         log(f"[infer] reusing {len(finished)} answered chunks of {plan.chunks} from {plan.store}")
-    todo = [c for c in range(plan.chunks) if c not in finished]
-    fresh: dict[int, dict[str, Any]] = {}
-    if todo:
-        fresh, _ = score_on_actors(
-            cfg, {**source, "mode": "infer"}, data_id, adapter_dir, backend, plan, todo, log
-        )
+    return data_id, plan, [c for c in range(plan.chunks) if c not in finished]
+
+
+def write_answers(plan: Plan, fresh: dict[int, dict[str, Any]], out: Path, errors: Path) -> tuple[int, int]:
+    """`out` and `errors` from every chunk in input order (this run's or stored), written whole."""
+    from imagelora_dist.data.shards import atomic_write_bytes
+
     lines: list[str] = []
     bad: list[str] = []
     for c in range(plan.chunks):
@@ -402,6 +413,19 @@ def infer_on_workers(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path |
     atomic_write_bytes(out, "".join(f"{x}\n" for x in lines).encode())
     atomic_write_bytes(errors, "".join(f"{x}\n" for x in bad).encode())
     return len(lines), len(bad)
+
+
+def infer_on_workers(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path | None, out: Path, errors: Path,
+                     backend: str, log: Log = print) -> tuple[int, int]:  # fmt: skip
+    """Batch inference over `source` (eval/batch_infer.py) on replicas: `out` gets one JSON line per answered
+    input and `errors` one per bad input, both in input order (written whole); (answered, errors)."""
+    data_id, plan, todo = infer_plan(cfg, source, adapter_dir, out, backend, log)
+    fresh: dict[int, dict[str, Any]] = {}
+    if todo:
+        fresh, _ = score_on_actors(
+            cfg, {**source, "mode": "infer"}, data_id, adapter_dir, backend, plan, todo, log
+        )
+    return write_answers(plan, fresh, out, errors)
 
 
 def select_from_shards(shards: str, wanted: int, seed: int, trust_index_urls: bool = False) -> list[int]:

@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.errors import ImageLoRAError
-from imagelora_dist.eval.chunks import ChunkStore, PositionReader
+from imagelora_dist.eval.chunks import ChunkStore
 from imagelora_dist.eval.distributed import (
     FAULT_CHUNK_ENV,
     TEXT_ITEM,
@@ -42,15 +42,21 @@ from imagelora_dist.eval.distributed import (
     Plan,
     adapter_here,
     adapter_payload,
+    answer_settings,
     decode_chunk,
     dir_digest,
     index_digest,
+    infer_plan,
     make_plan,
     merge,
+    open_source,
+    question_items,
     sample_positions,
     score_decoded,
+    source_digest,
     text_results,
     todo_items,
+    write_answers,
 )
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
 
@@ -60,14 +66,14 @@ class _Collector:
     """On the driver's node: hands each group attempt its list of missing chunks, stores finished ones, and
     reads samples for ranks on nodes that cannot see the shards."""
 
-    def __init__(self, store_root: str, todo: list[int], shards: str, trust: bool) -> None:
+    def __init__(self, store_root: str, todo: list[int], source: dict[str, Any], trust: bool) -> None:
         self.store = ChunkStore(store_root)
-        self.todo, self.shards, self.trust = todo, shards, trust
+        self.todo, self.source, self.trust = todo, source, trust
         self.done: set[int] = set()
         self.snapshots: dict[str, list[int]] = {}
         self.per_rank: dict[int, int] = {}
         self.seconds = 0.0
-        self.reader: PositionReader | None = None
+        self.reader: Any = None
 
     def snapshot(self, attempt: str) -> list[int]:
         """The items still missing, the same list for every rank of one group attempt."""
@@ -85,7 +91,7 @@ class _Collector:
     def raws(self, positions: list[int]) -> list:
         """Raw samples at `positions`, for a rank that cannot read the shards itself."""
         if self.reader is None:
-            self.reader = PositionReader(self.shards, trust_index_urls=self.trust)
+            self.reader = open_source(self.source, self.trust)
         return self.reader.read(positions)
 
     def finish(self, seconds: float) -> None:
@@ -107,24 +113,35 @@ def _filler(processor: Any) -> dict[str, Any]:
 
 
 def _in_step(
-    loaded: Any, cfg: RunConfig, raws: list, keep: bool, device: torch.device
+    loaded: Any, cfg: RunConfig, source: dict[str, Any], raws: list, keep: bool, device: torch.device
 ) -> dict[str, Any] | None:
-    """Score a chunk (or a repeat, `keep` False) and make as many `generate` calls as the busiest rank: the
-    counts are agreed before any call (a collective between two generate calls would deadlock the group)."""
+    """Score (eval) or answer (batch inference) a chunk, or a repeat (`keep` False), making as many
+    `generate` calls as the busiest rank: the counts are agreed before any call (a collective between two
+    generate calls would deadlock the group)."""
     import torch.distributed as dist
 
+    from imagelora_dist.eval.batch_infer import answer_prepared, prepare_questions
     from imagelora_dist.eval.generate import generate_answers
 
-    decoded, dropped, reasons = decode_chunk(raws)
-    calls = -(-len(decoded) // cfg.eval.batch_size)
+    if source.get("mode") == "infer":
+        settings = answer_settings(cfg, source)
+        good, errors = prepare_questions(question_items(source, raws), settings["answer_format"])
+        count = len(good)
+    else:
+        decoded, dropped, reasons = decode_chunk(raws)
+        count = len(decoded)
+    calls = -(-count // cfg.eval.batch_size)
     most = torch.tensor([calls], device=device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    scored = score_decoded(loaded, cfg, decoded)
+    if source.get("mode") == "infer":
+        payload = {"lines": answer_prepared(loaded, good, **settings), "errors": errors}
+    else:
+        payload = {"scored": score_decoded(loaded, cfg, decoded), "dropped": dropped, "reasons": reasons}
     filler = [_filler(loaded.processor)]
-    for _ in range(int(most.item()) - calls):  # fewer usable samples here: filler calls, answers dropped
+    for _ in range(int(most.item()) - calls):  # fewer usable inputs here: filler calls, answers dropped
         generate_answers(loaded.model, loaded.processor, filler, max_new_tokens=cfg.eval.max_new_tokens,
                          max_pixels=cfg.data.max_pixels, batch_size=1)  # fmt: skip
-    return {"scored": scored, "dropped": dropped, "reasons": reasons} if keep else None
+    return payload if keep else None
 
 
 def _rank_entry(config: dict[str, Any]) -> None:
@@ -160,11 +177,12 @@ def _rank_entry(config: dict[str, Any]) -> None:
     dist.broadcast_object_list(attempt, src=0)
     todo = ray.get(collector.snapshot.remote(attempt[0]))
     chunks = [i for i in todo if i != TEXT_ITEM]
-    reader: PositionReader | None = None
-    try:
-        if index_digest(config["shards"]) == config["data_id"]:
-            reader = PositionReader(config["shards"], trust_index_urls=cfg.data.trust_index_urls)
-    except ImageLoRAError:
+    source = config["source"]
+    reader: Any = None
+    try:  # this node reads the inputs itself only if it sees the same content there
+        if source_digest(source) == config["data_id"]:
+            reader = open_source(source, cfg.data.trust_index_urls)
+    except (ImageLoRAError, OSError):
         reader = None
     positions = config["positions"]
     if isinstance(positions, dict):
@@ -180,7 +198,7 @@ def _rank_entry(config: dict[str, Any]) -> None:
             raws = reader.read(wanted) if reader is not None else ray.get(collector.raws.remote(wanted))
             if mine:
                 crash_if(FAULT_CHUNK_ENV, str(item))
-            payload = _in_step(loaded, cfg, raws, mine, device)
+            payload = _in_step(loaded, cfg, source, raws, mine, device)
             if payload is not None:
                 ray.get(collector.put.remote(item, {"chunk": item, "positions": wanted, **payload}, rank))
         if TEXT_ITEM in todo:
@@ -205,7 +223,7 @@ def _with_adapter(model: torch.nn.Module, processor: Any, adapter: Path | None) 
             "eval.backend zero3 evaluates adapters; a full checkpoint: use replicas or device_map"
         )
     if kind == IMAGE_LORA:
-        handle = load_adapter(model, adapter)
+        handle = load_adapter(model, adapter, beside_partitioned=True)
         return LoadedModel(model, processor, kind, handle.disabled)
     tuned, kind = attach_adapter(model, adapter)
     return LoadedModel(tuned, processor, kind, tuned.disable_adapter)
@@ -213,11 +231,7 @@ def _with_adapter(model: torch.nn.Module, processor: Any, adapter: Path | None) 
 
 def evaluate_zero3(cfg: RunConfig, shards: str, adapter_dir: Path | None, log: Log = print) -> dict[str, Any]:
     """The eval report of `shards` scored by a ZeRO-3 group of `ray.num_workers` ranks."""
-    import tempfile
-
     from imagelora_dist.data.shards import ShardIndex
-    from imagelora_dist.probe.distributed import worker_resources
-    from imagelora_dist.train.ray_train import failure_summary, train_storage
 
     data_id = index_digest(shards)
     total = ShardIndex.read(shards).total_samples
@@ -226,47 +240,72 @@ def evaluate_zero3(cfg: RunConfig, shards: str, adapter_dir: Path | None, log: L
     todo = todo_items(plan, log)
     rate = float("nan")
     if todo:
-        cpus, gpus = worker_resources(cfg)
-        world = cfg.ray.num_workers
-        here = ray.get_runtime_context().get_node_id()
-        collector = _Collector.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-        ).remote(plan.store.root, todo, shards, cfg.data.trust_index_urls)
-        storage = train_storage(cfg)
-        if "://" not in storage:
-            Path(storage).mkdir(parents=True, exist_ok=True)
-        is_range = isinstance(positions, range)
-        trainer = TorchTrainer(
-            _rank_entry,
-            train_loop_config={
-                "cfg": cfg.model_dump(mode="json"), "shards": shards, "data_id": data_id,
-                "threads": int(cpus), "collector": collector, "adapter": adapter_payload(adapter_dir, log),
-                "positions": {"start": positions.start, "stop": positions.stop} if is_range else list(positions),
-                "scratch": tempfile.gettempdir() + f"/imagelora-eval-{uuid.uuid4().hex[:8]}",
-                "fault_env": {k: os.environ[k] for k in (FAULT_CHUNK_ENV, FAULT_MARKER_ENV) if k in os.environ},
-            },
-            scaling_config=ScalingConfig(
-                num_workers=world, use_gpu=gpus > 0,
-                resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
-            ),
-            torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-            run_config=RayRunConfig(name=f"{cfg.name}-eval", storage_path=storage,
-                                    failure_config=FailureConfig(max_failures=cfg.ray.max_retries)),
-        )  # fmt: skip
-        log(f"[eval] ZeRO-3 group of {world} ranks ({cpus:g} CPU, {gpus:g} GPU each); {len(positions)} samples "
-            f"in {plan.chunks} chunks of {plan.chunk_size}, {len(todo)} to score")  # fmt: skip
-        try:
-            try:
-                trainer.fit()
-            except ray.train.TrainingFailedError as exc:
-                raise EvalFailed(
-                    f"the ZeRO-3 eval failed: {failure_summary(exc)}; finished chunks stay in {plan.store}"
-                ) from None
-            got = ray.get(collector.get.remote())
-        finally:
-            ray.kill(collector)
-        done = sum(len(plan.chunk(c)) for c in got["done"] if c != TEXT_ITEM)
-        rate = done / max(got["seconds"], 1e-9)
-        per_rank = [got["per_rank"].get(r, 0) for r in range(world)]
-        log(f"[eval] chunks per rank {per_rank}; {rate:.2f} samples/s")
+        source = {"mode": "eval", "kind": "shards", "path": shards}
+        rate = run_group(cfg, source, data_id, adapter_dir, plan, todo, log)
     return {**merge(plan, {}, total, cfg, log), "_samples_per_s": rate}
+
+
+def infer_zero3(cfg: RunConfig, source: dict[str, Any], adapter_dir: Path | None, out: Path, errors: Path,
+                log: Log = print) -> tuple[int, int]:  # fmt: skip
+    """Batch inference (eval/batch_infer.py) on a ZeRO-3 group: `out` and `errors` as `infer_on_workers`."""
+    data_id, plan, todo = infer_plan(cfg, source, adapter_dir, out, "zero3", log)
+    if todo:
+        run_group(cfg, {**source, "mode": "infer"}, data_id, adapter_dir, plan, todo, log)
+    return write_answers(plan, {}, out, errors)
+
+
+def run_group(cfg: RunConfig, source: dict[str, Any], data_id: str, adapter_dir: Path | None, plan: Plan,
+              todo: list[int], log: Log) -> float:  # fmt: skip
+    """Score (or answer) the items `todo` of `plan` on a ZeRO-3 group of `ray.num_workers` ranks; each
+    finished one is stored by the collector as it arrives. Samples per second."""
+    import tempfile
+
+    from imagelora_dist.probe.distributed import worker_resources
+    from imagelora_dist.train.ray_train import failure_summary, train_storage
+
+    cpus, gpus = worker_resources(cfg)
+    world = cfg.ray.num_workers
+    here = ray.get_runtime_context().get_node_id()
+    collector = _Collector.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+    ).remote(plan.store.root, todo, source, cfg.data.trust_index_urls)
+    storage = train_storage(cfg)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    positions = plan.positions
+    is_range = isinstance(positions, range)
+    trainer = TorchTrainer(
+        _rank_entry,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "source": source, "data_id": data_id,
+            "threads": int(cpus), "collector": collector, "adapter": adapter_payload(adapter_dir, log),
+            "positions": {"start": positions.start, "stop": positions.stop} if is_range else list(positions),
+            "scratch": tempfile.gettempdir() + f"/imagelora-eval-{uuid.uuid4().hex[:8]}",
+            "fault_env": {k: os.environ[k] for k in (FAULT_CHUNK_ENV, FAULT_MARKER_ENV) if k in os.environ},
+        },
+        scaling_config=ScalingConfig(
+            num_workers=world, use_gpu=gpus > 0,
+            resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        run_config=RayRunConfig(name=f"{cfg.name}-eval", storage_path=storage,
+                                failure_config=FailureConfig(max_failures=cfg.ray.max_retries)),
+    )  # fmt: skip
+    stage = "infer" if source.get("mode") == "infer" else "eval"
+    log(f"[{stage}] ZeRO-3 group of {world} ranks ({cpus:g} CPU, {gpus:g} GPU each); {len(positions)} inputs "
+        f"in {plan.chunks} chunks of {plan.chunk_size}, {len(todo)} to do")  # fmt: skip
+    try:
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            raise EvalFailed(
+                f"the ZeRO-3 {stage} failed: {failure_summary(exc)}; finished chunks stay in {plan.store}"
+            ) from None
+        got = ray.get(collector.get.remote())
+    finally:
+        ray.kill(collector)
+    done = sum(len(plan.chunk(c)) for c in got["done"] if c != TEXT_ITEM)
+    rate = done / max(got["seconds"], 1e-9)
+    per_rank = [got["per_rank"].get(r, 0) for r in range(world)]
+    log(f"[{stage}] chunks per rank {per_rank}; {rate:.2f} inputs/s")
+    return rate

@@ -508,3 +508,23 @@ def test_batch_inference_on_workers_keeps_input_order_reports_bad_lines_and_resu
     assert main(argv) == 0
     assert "reusing 3 answered chunks of 3" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+@pytest.mark.integration
+def test_batch_inference_on_a_zero3_group_answers_as_one_process(trained, local_ray, tmp_path, capsys):
+    rows = [json.dumps({"image": str(p), "instruction": t}) for p, t in zip(trained["paths"], trained["instructions"],
+                                                                          strict=True)]  # fmt: skip
+    rows.append(json.dumps({"image": "nowhere.png", "instruction": "Click OK."}))  # a rank with fewer inputs
+    src = tmp_path / "q.jsonl"
+    src.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "preds.jsonl"
+    argv = ["infer", "--adapter", str(trained["adapter"]), "--input", str(src), "--out", str(out),
+            "--batch-size", "1", "--max-new-tokens", str(MAX_NEW),
+            "eval.backend=zero3", "eval.chunk_size=2", "ray.num_workers=2", "ray.cpus_per_worker=0.5"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "ZeRO-3 group of 2 ranks" in capsys.readouterr().err
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["answer"] for g in got] == trained["expected"]  # greedy answers as one process gives them
+    assert [
+        json.loads(x)["position"] for x in (tmp_path / "preds.jsonl.errors.jsonl").read_text().splitlines()
+    ] == [3]
