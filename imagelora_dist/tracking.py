@@ -139,6 +139,19 @@ def _chunks(items: list[Any], size: int = MAX_PER_BATCH) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
+# The MLflow UI opens an experiment on its runs (not the GenAI traces view) when it is tagged as model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
+def run_display_name(cfg: RunConfig) -> str:
+    """The pipeline run's name: the config's name, with the method when the name does not say it already (two
+    runs of one config with different train.method are told apart in the runs list)."""
+    method = cfg.train.method
+    said = method.replace("_", "-") in cfg.name.replace("_", "-")
+    return cfg.name if said else f"{cfg.name}-{method}"
+
+
 class Tracker:
     """MLflow runs for one pipeline; with tracking disabled every method is a no-op."""
 
@@ -185,7 +198,9 @@ class Tracker:
                 root = Path(self.cfg.tracking.artifact_root).expanduser().resolve()
                 location = (root / self.experiment_name).as_uri()
             try:
-                return client.create_experiment(self.experiment_name, artifact_location=location)
+                exp_id = client.create_experiment(self.experiment_name, artifact_location=location)
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+                return exp_id
             except MlflowException:
                 # Another driver may have created it between our lookup and create.
                 exp = client.get_experiment_by_name(self.experiment_name)
@@ -196,6 +211,8 @@ class Tracker:
                 f"MLflow experiment {self.experiment_name!r} is deleted; restore it "
                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set tracking.experiment"
             )
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # an experiment made elsewhere: a user's kind wins
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
 
     def _start(self, name: str, tags: Mapping[str, str], parent: str | None) -> str:
@@ -233,7 +250,8 @@ class Tracker:
     def pipeline_run(
         self, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None
     ) -> Iterator[str | None]:
-        """Parent run named cfg.name with the flattened config + `params` as params; FAILED on exception."""
+        """Parent run named by `run_display_name` with the flattened config + `params` as params; FAILED on
+        exception."""
         if not self.enabled:
             yield None
             return
@@ -241,7 +259,7 @@ class Tracker:
             raise RuntimeError(f"a pipeline run ({self._stack[0]}) is already open on this tracker")
         self.check_reachable()
         self.experiment_id = self._ensure_experiment()
-        with self._run(self.cfg.name, dict(tags or {}), parent=None) as run_id:
+        with self._run(run_display_name(self.cfg), dict(tags or {}), parent=None) as run_id:
             merged = flatten(self.cfg.model_dump(mode="json"))
             merged.update(flatten(dict(params or {})))
             self.log_params(merged)

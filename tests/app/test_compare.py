@@ -180,12 +180,12 @@ def test_breakdown_side_by_side(tmp_path, capsys):
                 tracker.log_metrics(metrics)  # as the pipeline does; zero-shot's stay on its stage run only
         time.sleep(0.01)
     groups = [run_groups(run, stages) for run, stages in runs_of(uri, "bd")]
-    assert [g["run"] for g in groups] == ["tuned", "zero-shot"]
+    assert [g["run"] for g in groups] == ["tuned-image_lora", "zero-shot-image_lora"]  # names say the method
     assert groups[1]["cells"][("mobile", "text")] == (1.0, 1)
     assert groups[1]["macro"] == pytest.approx(1 / 3)
     table = render_breakdown(groups)
     lines = table.splitlines()
-    assert lines[1].split() == ["group", "tuned", "zero-shot"]
+    assert lines[1].split() == ["group", "tuned-image_lora", "zero-shot-image_lora"]
     rows = {re.split(r"\s{2,}", line.strip())[0]: line.split() for line in lines[3:]}
     assert rows["mobile / icon"][-4:] == ["100.0", "(1)", "0.0", "(1)"]
     assert rows["Desktop_App / icon"][-3:] == ["100.0", "(1)", "-"]

@@ -88,7 +88,8 @@ def test_pipeline_and_stage_runs(tmp_path):
     # Artifacts of experiments created on a sqlite store go under artifact_root/<experiment>, absolute.
     assert exp.artifact_location == (tmp_path / "mlartifacts" / "exp-unit").resolve().as_uri()
     parent = client.get_run(pid)
-    assert parent.info.run_name == "unit-run"
+    assert parent.info.run_name == f"unit-run-{cfg.train.method}"  # the method visible in the runs list
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     assert parent.info.status == RunStatus.to_string(RunStatus.FINISHED)
     assert parent.data.params["model.family"] == cfg.model.family
     assert parent.data.params["selection.budget"] == str(cfg.selection.budget)

@@ -25,7 +25,7 @@ def test_runs_params_metrics_artifacts(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-    assert parent.info.run_name == "mlflow-check" and parent.info.status == "FINISHED"
+    assert parent.info.run_name == "mlflow-check-image_lora" and parent.info.status == "FINISHED"
     assert (
         parent.data.params["model.family"] == "qwen2_5_vl" and parent.data.params["probe.num_examples"] == "4"
     )

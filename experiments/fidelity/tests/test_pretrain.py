@@ -260,9 +260,9 @@ def test_pretrain_base_writes_a_transformers_checkpoint_and_a_report(pretrained,
     client = MlflowClient(f"sqlite:///{tmp}/mlruns.db")
     exp = client.get_experiment_by_name("pretrain-base")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"pretrain-base", "pretrain"}
+    assert set(runs) == {"pretrain-base-full", "pretrain"}  # the parent's name says the method
     stage = runs["pretrain"]
-    assert stage.data.tags["mlflow.parentRunId"] == runs["pretrain-base"].info.run_id
+    assert stage.data.tags["mlflow.parentRunId"] == runs["pretrain-base-full"].info.run_id
     assert len(client.get_metric_history(stage.info.run_id, "loss")) == 3
     assert {f"heldout_accuracy_{t}" for t in PRETRAIN_TASKS} <= set(stage.data.metrics)
     # Same config again: skipped, nothing retrained.
