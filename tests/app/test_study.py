@@ -31,7 +31,7 @@ def spec_file(tmp_path):
         "data": {"synth": {"num_samples": 8, "samples_per_shard": 4, "workers": 1}, "shuffle_buffer": 0},
         "probe": {"num_examples": 2, "batch_size": 2},
         "train": {"steps": 2, "micro_batch_size": 2, "workers": 1, "checkpoint_every": 2, "max_failures": 0},
-        "eval": {"synth_samples": 4, "batch_size": 4, "max_new_tokens": 6},
+        "eval": {"synth_samples": 4, "batch_size": 4, "max_new_tokens": 6, "workers": 1, "text_task_problems": 4},
         "ray": {"num_workers": 1},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlruns.db", "artifact_root": str(tmp_path / "artifacts")},
     }))  # fmt: skip
