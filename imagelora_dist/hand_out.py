@@ -142,3 +142,21 @@ class HandOut:
             self._feed()
         per_worker = [self.per_worker.get(w, 0) for w in range(max(self.per_worker, default=-1) + 1)]
         return self.results, per_worker, time.perf_counter() - start
+
+
+def workers_that_fit(wanted: int, cpus: float, gpus: float, log: Log, *, stage: str, hint: str = "") -> int:
+    """How many of `wanted` actors the cluster's current resources hold (at least 1, else one error line)."""
+    from imagelora_dist.errors import ImageLoRAError
+
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 0) // cpus) if cpus else wanted
+    if gpus:
+        fits = min(fits, int(total.get("GPU", 0) // gpus))
+    if fits < 1:
+        raise ImageLoRAError(
+            f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU) cannot hold one {stage} "
+            f"worker ({cpus:g} CPU, {gpus:g} GPU): lower ray.cpus_per_worker / ray.gpus_per_worker{hint}"
+        )
+    if fits < wanted:
+        log(f"[{stage}] the cluster holds {fits} of the {wanted} requested workers; using {fits}")
+    return min(fits, wanted)

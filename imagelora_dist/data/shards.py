@@ -132,12 +132,7 @@ class ShardIndex:
         """Read `index.json` (or the directory or URL holding it), with errors naming the file and field."""
         where = index_location(path)
         try:
-            if is_url(where):
-                with open_url_stream(where) as f:
-                    raw = f.read()
-            else:
-                raw = Path(where).read_bytes()
-            data = json.loads(raw)
+            data = json.loads(index_bytes(path))
         except FileNotFoundError:
             raise ImageLoRAError(f"{where}: shard index not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -172,6 +167,15 @@ class ShardIndex:
                 )
             out.append(s.url if _is_absolute(s.url) else f"{base}/{s.url}")
         return out
+
+
+def index_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of `index.json` (or of the directory or URL holding it), read where the reader reads them."""
+    where = index_location(path)
+    if is_url(where):
+        with open_url_stream(where) as f:
+            return f.read()
+    return Path(where).read_bytes()
 
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")

@@ -33,12 +33,13 @@ from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.drops import DataLossError
 from imagelora_dist.data.reader import decode_sample
-from imagelora_dist.data.shards import ShardIndex, index_location, is_url, open_url_stream
+from imagelora_dist.data.shards import ShardIndex, index_bytes, index_location, is_url
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.chunks import ChunkStore, PositionReader
 from imagelora_dist.eval.hand_out import TEXT_ITEM, TEXT_NAME, EvalFailed, EvalHandOut, Plan
 from imagelora_dist.eval.sampling import stratified_positions, stratum_of
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
+from imagelora_dist.hand_out import workers_that_fit
 from imagelora_dist.ray_runtime import multi_node
 
 Log = Callable[[str], None]
@@ -53,16 +54,10 @@ STALL_S = 120.0
 
 def index_digest(shards: str) -> str:
     """sha256 of the shard set's index.json bytes, read where the reader reads it (local or URL)."""
-    where = index_location(shards)
     try:
-        if is_url(where):
-            with open_url_stream(where) as f:
-                raw = f.read()
-        else:
-            raw = Path(where).read_bytes()
+        return hashlib.sha256(index_bytes(shards)).hexdigest()
     except OSError as exc:
-        raise ImageLoRAError(f"eval shards: cannot read {where} ({exc})") from None
-    return hashlib.sha256(raw).hexdigest()
+        raise ImageLoRAError(f"eval shards: cannot read {index_location(shards)} ({exc})") from None
 
 
 BIG_FILE = 256 << 20
@@ -307,22 +302,6 @@ def worker_resources(cfg: RunConfig, backend: str) -> tuple[float, float]:
     return cfg.ray.cpus_per_worker, gpus
 
 
-def workers_that_fit(wanted: int, cpus: float, gpus: float, log: Log) -> int:
-    """How many of `wanted` workers the cluster's resources hold (at least 1, else an error naming them)."""
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // cpus) if cpus else wanted
-    if gpus:
-        fits = min(fits, int(total.get("GPU", 0) // gpus))
-    if fits < 1:
-        raise ImageLoRAError(
-            f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU) cannot hold one eval "
-            f"worker ({cpus:g} CPU, {gpus:g} GPU): lower ray.cpus_per_worker / ray.gpus_per_worker"
-        )
-    if fits < wanted:
-        log(f"[eval] the cluster holds {fits} of the {wanted} requested workers; using {fits}")
-    return min(fits, wanted)
-
-
 def evaluate_on_workers(
     cfg: RunConfig, shards: str, adapter_dir: Path | None, backend: str, log: Log = print
 ) -> dict[str, Any]:
@@ -344,7 +323,7 @@ def score_on_actors(cfg: RunConfig, source: dict[str, Any], data_id: str, adapte
                     plan: Plan, todo: list[int], log: Log) -> tuple[dict[int, dict[str, Any]], float]:  # fmt: skip
     """Score (or answer) the work items `todo` on replicas; (results by item, samples per second)."""
     cpus, gpus = worker_resources(cfg, backend)
-    n_workers = workers_that_fit(min(default_workers(cfg), len(todo)), cpus, gpus, log)
+    n_workers = workers_that_fit(min(default_workers(cfg), len(todo)), cpus, gpus, log, stage="eval")
     adapter = adapter_payload(adapter_dir, log)
     options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": cfg.ray.max_retries,
                                "max_task_retries": 0}  # fmt: skip

@@ -34,7 +34,7 @@ from imagelora_dist.data.drops import describe_drops
 from imagelora_dist.data.probe_set import ProbeBatchInfo, ProbeSet
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
-from imagelora_dist.hand_out import HandOut
+from imagelora_dist.hand_out import HandOut, workers_that_fit
 
 Log = Callable[[str], None]
 
@@ -124,20 +124,9 @@ def worker_resources(cfg: RunConfig) -> tuple[float, float]:
 
 
 def _workers_that_fit(n_workers: int, cpus: float, gpus: float, log: Log) -> int:
-    """How many of `n_workers` actors the cluster's current resources can hold (at least 1, else an error)."""
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 0) // cpus) if cpus else n_workers
-    if gpus:
-        fits = min(fits, int(total.get("GPU", 0) // gpus))
-    if fits < 1:
-        raise ImageLoRAError(
-            f"the Ray cluster ({total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU) cannot hold one probe "
-            f"worker ({cpus:g} CPU, {gpus:g} GPU): lower ray.cpus_per_worker / ray.gpus_per_worker, or set "
-            "ray.autoscale_wait_s on an autoscaling cluster"
-        )
-    if fits < n_workers:
-        log(f"[probe] the cluster holds {fits} of the {n_workers} requested workers; using {fits}")
-    return min(fits, n_workers)
+    """How many of `n_workers` probe actors the cluster's current resources hold (at least 1, else an error)."""
+    return workers_that_fit(n_workers, cpus, gpus, log, stage="probe",
+                            hint=", or set ray.autoscale_wait_s on an autoscaling cluster")  # fmt: skip
 
 
 def _wait_for_actors(actors: list[Any], wait_s: float, cpus: float, gpus: float, log: Log) -> list[Any]:
