@@ -47,15 +47,18 @@ def spec_file(tmp_path):
 
 
 def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_file, tmp_path, capsys):
-    spec, spec_dir = load_spec(spec_file)
+    # One ratio's three methods run end to end (each cell is a whole pipeline: ~25 s); the order of several
+    # ratios in the report is covered by test_a_narrowed_study_keeps_the_report_order_of_the_whole_one.
+    spec, spec_dir = load_spec(spec_file, ['ratios={image-heavy: ["data.synth.instruction_words=[0,0]"]}'])
     names = run_study(spec, spec_dir, log=lambda m: None)
-    assert len(names) == 6
-    # Cells of one ratio share their data; the two ratios differ in text length.
-    assert (tmp_path / "study" / "data" / "text-heavy" / "data" / "train" / "index.json").exists()
+    assert len(names) == 3
+    # Cells of one ratio share their data.
+    assert (tmp_path / "study" / "data" / "image-heavy" / "data" / "train" / "index.json").exists()
+    assert not (tmp_path / "study" / "data" / "text-heavy").exists()
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     rows = study_rows(uri, "smoke-study")
     assert sorted((r["ratio"], r["method"]) for r in rows) == sorted(
-        (r, m) for r in ("text-heavy", "image-heavy") for m in ("zero-shot", "lora-v_proj", "image_lora-4")
+        ("image-heavy", m) for m in ("zero-shot", "lora-v_proj", "image_lora-4")
     )
     by = {(r["ratio"], r["method"]): r for r in rows}
     assert (
@@ -69,7 +72,7 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
     assert all(
         r["accuracy"] is not None and r["step_s"] is not None for r in rows if r["method"] != "zero-shot"
     )
-    assert len(summarize(rows)) == 8  # + a chance row per ratio
+    assert len(summarize(rows)) == 4  # + a chance row per ratio
     # How far each trained cell fitted: from its training stage's loss curve; none for zero-shot.
     trained = [r for r in rows if r["method"] != "zero-shot"]
     assert all(r["loss_start"] > 0 and r["loss_end"] > 0 for r in trained)
@@ -92,14 +95,15 @@ def test_study_runs_every_cell_and_compare_writes_the_report(local_ray, spec_fil
         "text acc %",
     ):
         assert column in header
-    assert text.count("| image-heavy |") == 4 and text.count("| text-heavy |") == 4
+    assert text.count("| image-heavy |") == 4 and "| text-heavy |" not in text
     table = [
         line.split(" | ")[:2] for line in text.splitlines() if line.startswith("| ") and "-heavy" in line
     ]
-    assert table == [[f"| {r}", m] for r in ("text-heavy", "image-heavy")
-                     for m in (CHANCE_METHOD, "zero-shot", "lora-v_proj", "image_lora-4")], "the spec's order"  # fmt: skip
+    assert table == [
+        ["| image-heavy", m] for m in (CHANCE_METHOD, "zero-shot", "lora-v_proj", "image_lora-4")
+    ]
     # Each ratio's chance row: the image-blind baselines of its held-out questions, computed here anew.
-    for ratio in ("text-heavy", "image-heavy"):
+    for ratio in ("image-heavy",):
         reader = ShardReader.from_path(tmp_path / "study" / "data" / ratio / "data" / "eval", batch_size=4,
                                        shuffle_buffer=0, shuffle_shards=False)  # fmt: skip
         records = [s["record"] for batch in make_loader(reader) for s in batch["samples"]][:4]
