@@ -8,6 +8,13 @@ Once the queue is empty an idle actor takes a copy of an item still running else
 counts and the other is cancelled. An item that fails more than `retries` times, no actor left, or no
 actor back within `stall_s` after failures, stops the stage with one line naming it.
 
+With `contiguous=True` (eval: items are chunks of consecutive sample positions) each actor works through a
+run of consecutive items: it takes the item after its last one while that is still queued, else the start
+of the longest queued run no actor is heading into, else the middle of the longest run (splitting it with
+the actor working there). Actors start spread evenly over the items. An actor reading the shards forward
+by position then streams each shard's bytes once, instead of every actor streaming past the other actors'
+chunks of the same shard (W times the bytes with W actors on an object store).
+
 Actor calls return `(result, worker number)`; `wait`, `get` and `cancel` are Ray's (a test passes fakes).
 """
 
@@ -43,6 +50,7 @@ class HandOut:
         wait: Callable[..., tuple[list[Any], list[Any]]] = ray.wait,
         get: Callable[[Any], Any] = ray.get,
         cancel: Callable[..., Any] = ray.cancel,
+        contiguous: bool = False,
     ) -> None:
         self.actors, self.call, self.retries, self.stall_s, self.log = actors, call, retries, stall_s, log
         self.stage, self.name, self.error, self.on_result, self.fatal = stage, name, failed, on_result, fatal
@@ -54,13 +62,53 @@ class HandOut:
         self.per_worker: dict[int, int] = {}
         self.failures: dict[int, int] = {}
         self.dead: set[int] = set()
+        self.contiguous = contiguous
+        self.last: dict[int, int] = {}  # actor slot -> the item it took last (contiguous hand-out)
+        ordered = sorted(items)
+        self.starts = (
+            {slot: ordered[len(ordered) * slot // len(actors)] for slot in range(len(actors))}
+            if ordered
+            else {}
+        )
 
     def _busy(self, slot: int) -> bool:
         return any(s == slot for _, s in self.pending.values())
 
+    def _take(self, slot: int) -> int:
+        """The queued item `slot` works on next (the first queued, or see `contiguous`)."""
+        if not self.contiguous:
+            return self.todo.pop(0)
+        last = self.last.get(slot)
+        queued = set(self.todo)
+        if last is not None and last + 1 in queued:
+            item = last + 1
+        elif last is None and self.starts.get(slot) in queued:
+            item = self.starts[slot]
+        else:
+            item = self._split(queued)
+        self.todo.remove(item)
+        return item
+
+    def _split(self, queued: set[int]) -> int:
+        """Start of the longest queued run no actor heads into, else the middle of the longest run."""
+        heading = {i + 1 for slot, i in self.last.items() if slot not in self.dead}
+        runs: list[tuple[int, int]] = []  # (start, length)
+        for item in sorted(queued):
+            if runs and item == runs[-1][0] + runs[-1][1]:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((item, 1))
+        free = [r for r in runs if r[0] not in heading]
+        if free:
+            start, _ = max(free, key=lambda r: (r[1], -r[0]))
+            return start
+        start, length = max(runs, key=lambda r: (r[1], -r[0]))
+        return start + length // 2
+
     def _submit(self, slot: int) -> None:
         if self.todo:
-            item = self.todo.pop(0)
+            item = self._take(slot)
+            self.last[slot] = item
         else:  # nothing new: a copy of the item running longest, unless every item already has two
             copies = [i for i, _ in self.pending.values() if i != PING]
             spare = [i for i in dict.fromkeys(copies) if copies.count(i) < 2]

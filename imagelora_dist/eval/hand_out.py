@@ -42,7 +42,7 @@ class EvalHandOut(HandOut):
         self.reads = {id(a): r for a, r in zip(actors, readable, strict=True)}
         super().__init__(actors, items, self._start, retries=retries, stall_s=stall_s, log=log, stage="eval",
                          name=lambda i: "the text part" if i == TEXT_ITEM else f"chunk {i}", failed=EvalFailed,
-                         on_result=self._store, fatal=(ImageLoRAError,))  # fmt: skip
+                         on_result=self._store, fatal=(ImageLoRAError,), contiguous=True)  # fmt: skip
 
     def _start(self, actor: Any, item: int) -> Any:
         positions = [] if item == TEXT_ITEM else self.plan.chunk(item)
