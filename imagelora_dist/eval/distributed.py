@@ -32,7 +32,7 @@ import ray
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.answer_formats import resolve_answer_format
 from imagelora_dist.data.drops import DataLossError
-from imagelora_dist.data.reader import decode_sample
+from imagelora_dist.data.reader import decode_samples
 from imagelora_dist.data.shards import ShardIndex, index_bytes, index_location, is_url
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.eval.chunks import ChunkStore, PositionReader
@@ -119,7 +119,7 @@ def decode_chunk(raws: list[tuple[int, dict | None, str]]) -> tuple[list[dict], 
     for position, raw, why in raws:
         if raw is not None:
             try:
-                decoded.append(decode_sample(raw))
+                decoded.extend(decode_samples(raw))  # a screen-grouped sample: all its targets
                 continue
             except (KeyError, ValueError, OSError) as exc:  # PIL and JSON errors are ValueError/OSError
                 why = f"undecodable: sample {raw.get('__key__')} ({str(exc).splitlines()[0][:200]})"
@@ -430,12 +430,15 @@ def sample_positions(cfg: RunConfig, shards: str, total: int, log: Log) -> Seque
     if wanted is None or wanted >= total:
         return range(total)
     args = (shards, wanted, cfg.data.seed, cfg.data.trust_index_urls)
-    if is_url(shards):  # any node reads an object store: the records' bytes stay off the driver
-        positions = ray.get(
-            ray.remote(select_from_shards).options(num_cpus=cfg.ray.cpus_per_worker).remote(*args)
-        )
-    else:  # a path the driver named (it may be the only node that sees it); one record at a time
-        positions = select_from_shards(*args)
+    options: dict[str, Any] = {"num_cpus": cfg.ray.cpus_per_worker}
+    if not is_url(shards):
+        # A path the driver named may be visible on its node only: the task runs there, still in a
+        # process of its own, so the records never pass through the driver's memory.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = ray.get_runtime_context().get_node_id()
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    positions = ray.get(ray.remote(select_from_shards).options(**options).remote(*args))
     log(f"[eval] a stratified sample of {len(positions)} of the {total} samples "
         f"(task x data source x element type, seed {cfg.data.seed})")  # fmt: skip
     return positions
