@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         "--jsonl",
         dest="input",
-        required=True,
         metavar="PATH",
-        help="a .jsonl, .json array or .parquet file, or a folder of them (Hugging Face: the dataset folder)",
+        help="a .jsonl, .json array or .parquet file, or a folder of them (Hugging Face: the dataset folder); "
+        "local or s3://",
     )
     p.add_argument(
         "--images",
@@ -60,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder the records' image paths are relative to (default: the input's folder; "
         "not needed for embedded images)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory for shards and index.json")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (or s3:// prefix) for shards, manifest.json and index.json",
+    )
     # Checked by ConvertOptions rather than argparse `choices`, so a bad value is one error line (exit 2).
     p.add_argument(
         "--bbox-format", default="xyxy", metavar="{xyxy,xywh}", help="box layout (ScreenSpot: xywh)"
@@ -78,6 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="train", help="shard file prefix")
     p.add_argument("--strict", action="store_true", help="exit 1 when any record was skipped")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument(
+        "--block-rows",
+        type=int,
+        metavar="N",
+        help="input rows per block, the unit one worker converts (default: --max-count)",
+    )
+    p.add_argument(
+        "--group-by-screen",
+        action="store_true",
+        help="store each screenshot once with all its targets (the reader still yields every target)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="convert on this Ray cluster with Ray Data (inside a Ray job: RAY_ADDRESS is used anyway)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="blocks converted at once on Ray Data (without --address or a Ray job: a local Ray of N CPUs)",
+    )
+    p.add_argument(
+        "--verify",
+        metavar="DIR",
+        help="check the shards in DIR against its manifest.json (exit 2, one line per bad shard)",
+    )
     p = sub.add_parser(
         "probe", help="score every KV head with the influence probe and write head_selection.json"
     )
@@ -295,7 +327,10 @@ def print_where_to_look(cfg: object) -> None:
 
     if cfg.tracking.enabled:
         uri = resolve_tracking_uri(cfg.tracking)
-        print(f"[{cfg.name}] MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+        if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
+            print(f"[{cfg.name}] MLflow: {uri}")
+        else:
+            print(f"[{cfg.name}] MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
 def _parse_size(text: str) -> int:
@@ -310,8 +345,20 @@ def _parse_size(text: str) -> int:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from imagelora_dist.data.convert import ConvertOptions, convert
+    from imagelora_dist.data.convert import ConvertOptions
+    from imagelora_dist.data.convert_blocks import BlockOptions, convert_blocks, verify
 
+    if args.verify:
+        checked, bad = verify(args.verify)
+        for line in bad:
+            print(f"imagelora-dist: error: {line}", file=sys.stderr)
+        print(f"{args.verify}: {checked} shards checked, {len(bad)} problem{'s' if len(bad) != 1 else ''}")
+        return 2 if bad else 0
+    for flag in ("input", "out"):
+        if not getattr(args, flag):
+            raise ImageLoRAError(f"shard needs --{flag} (or --verify DIR)")
+    if args.workers is not None and args.workers < 1:
+        raise ImageLoRAError(f"--workers must be >= 1, got {args.workers}")
     if args.max_count < 1:
         raise ImageLoRAError(f"--max-count must be >= 1, got {args.max_count}")
     options = ConvertOptions(
@@ -322,8 +369,28 @@ def _shard(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         strict=args.strict,
     )
-    report = convert(args.input, args.out, options, image_dir=args.images, overwrite=args.overwrite)
-    return report.exit_code  # convert printed the summary
+    block_rows = args.block_rows if args.block_rows is not None else args.max_count
+    if block_rows < 1:
+        raise ImageLoRAError(f"--block-rows must be >= 1, got {block_rows}")
+    use_ray = bool(args.address or os.environ.get("RAY_ADDRESS") or (args.workers or 1) > 1)
+    if use_ray:
+        from imagelora_dist.config import load_config
+        from imagelora_dist.ray_runtime import ensure_ray
+
+        overrides = [f"ray.address={args.address}"] if args.address else []
+        if args.workers and not args.address:
+            overrides.append(f"ray.num_cpus={args.workers}")
+        ensure_ray(load_config(None, overrides))
+    report = convert_blocks(
+        args.input,
+        args.out,
+        BlockOptions(options, block_rows=block_rows, group_by_screen=args.group_by_screen),
+        image_dir=args.images,
+        workers=args.workers or 1,
+        use_ray=use_ray,
+        overwrite=args.overwrite,
+    )
+    return report.exit_code  # convert_blocks printed the summary
 
 
 def _runtime_failures() -> tuple[type[BaseException], ...]:

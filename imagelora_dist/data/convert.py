@@ -10,7 +10,9 @@ the extension of the image's real format, and a `grounding` record with the box 
 source's grouping (`data_source`, `application`). Bad records are skipped and reported by file and
 line or row, with a reason. Inputs are streamed and at most one shard is held in memory. Shards are
 written into a staging folder inside the output folder and moved into place only when the whole input
-converted, so a failure leaves the output folder as it was.
+converted, so a failure leaves the output folder as it was. This is the one-process library function;
+the `shard` command converts by input blocks, here or on Ray Data (convert_blocks.py), and shares this
+module's options, record reading and report.
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ class ConversionReport:
     problems: list[Problem] = field(default_factory=list)
     index: ShardIndex | None = None
     strict: bool = False
+    duplicates: int = 0  # image references beyond the first of each distinct screenshot (same pixels)
+    screens: int = 0  # distinct screenshots (block conversions only)
+    grouped: bool = False  # screen-grouped shards (`screens` samples holding `written` targets)
+    reasons: Counter[str] | None = None  # skipped by kind of reason when `problems` lists only some
 
     @property
     def exit_code(self) -> int:
@@ -130,6 +136,8 @@ class ConversionReport:
 
     def reason_counts(self) -> Counter[str]:
         """Skipped records by kind of reason (the part of the reason before the first ':')."""
+        if self.reasons is not None:
+            return Counter(self.reasons)
         return Counter(p.reason.split(":", 1)[0] for p in self.problems)
 
     def summary(self) -> str:
@@ -139,9 +147,13 @@ class ConversionReport:
             f"{self.total_records} records: {self.written} written in {shards} "
             f"shard{'s' if shards != 1 else ''}, {self.skipped} skipped"
         )
-        if self.problems:
+        if self.skipped:
             counts = self.reason_counts().most_common()
             text += " (" + ", ".join(f"{n} {kind}" for kind, n in counts) + ")"
+        if self.grouped:
+            text += f"; {self.screens} screen{'s' if self.screens != 1 else ''} stored once each"
+        if self.duplicates:
+            text += f"; {self.duplicates} duplicate screenshot{'s' if self.duplicates != 1 else ''}"
         return text
 
 

@@ -101,48 +101,66 @@ def _is_parquet(file: Path) -> bool:
 def _jsonl_lines(file: Path) -> Iterator[Row]:
     with open(file, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield Row("line", line_no, error="invalid JSON: not UTF-8 text")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield Row("line", line_no, json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield Row("line", line_no, error=f"invalid JSON: {exc.msg} (character {exc.pos + 1})")
+            row = jsonl_row(raw, line_no)
+            if row is not None:
+                yield row
+
+
+def jsonl_row(raw: bytes, line_no: int) -> Row | None:
+    """The Row of one JSON Lines line (1-based `line_no`), or None for a blank line."""
+    if line_no == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Row("line", line_no, error="invalid JSON: not UTF-8 text")
+    if not line.strip():
+        return None
+    try:
+        return Row("line", line_no, json.loads(line))
+    except json.JSONDecodeError as exc:
+        return Row("line", line_no, error=f"invalid JSON: {exc.msg} (character {exc.pos + 1})")
 
 
 def _array_items(file: Path) -> Iterator[Row]:
     # The array holds records, not decoded images (those are opened one record at a time), so parsing it
     # whole is fine; a syntax error anywhere makes the file unusable rather than one record.
     try:
-        items = json.loads(file.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise ImageLoRAError(f"{file}: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ImageLoRAError(
-            f"{file}: invalid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
-        ) from None
+        data = file.read_bytes()
     except OSError as exc:
         raise ImageLoRAError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    items = parse_json_array(data, str(file))
     for i in range(len(items)):
         item, items[i] = items[i], None  # let each record go once it is converted
         yield Row("item", i, item)
 
 
-def _parquet_file(file: Path) -> Any:
+def parse_json_array(data: bytes, where: str) -> list[Any]:
+    """The items of a JSON array file's bytes; raises ImageLoRAError naming `where` when they are not one."""
+    try:
+        items = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ImageLoRAError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ImageLoRAError(
+            f"{where}: invalid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(items, list):
+        raise ImageLoRAError(f"{where}: not a JSON array")
+    return items
+
+
+def _parquet_file(file: Path | Any, where: str | None = None) -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImageLoRAError(f"{file}: reading parquet needs pyarrow (pip install pyarrow)") from None
+        raise ImageLoRAError(
+            f"{where or file}: reading parquet needs pyarrow (pip install pyarrow)"
+        ) from None
     try:
         return pq.ParquetFile(file)
     except Exception as exc:  # pyarrow.ArrowInvalid, OSError, ...: anything here means an unreadable file
-        raise ImageLoRAError(f"{file}: unreadable parquet ({_first_line(exc)})") from None
+        raise ImageLoRAError(f"{where or file}: unreadable parquet ({_first_line(exc)})") from None
 
 
 def _parquet_rows(file: Path) -> Iterator[Row]:

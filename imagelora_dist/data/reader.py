@@ -16,6 +16,11 @@ layout (ranks, loader workers, batch size) replays the earlier layouts' plans an
 sample positions, so it knows exactly which samples were consumed, and splits the rest of the epoch
 anew: the positions become a list with holes, and each worker reads past the holes in its shards.
 
+Positions, batches, the Cursor and the epoch plan count RECORDS (the index's `samples`): a screen-grouped
+shard's record (data/screen_groups.py) is expanded into its targets only after the shuffle buffer
+(`decode_samples`), so a screen's targets come out one after another sharing one decoded image, a batch
+holds every target of `batch_size` screens, and a resume skips whole records, exactly.
+
 Shards are untrusted: only image members (png/jpg/jpeg/webp, decoded by PIL) and `json` are read;
 everything else (`.pyd`, `.pth`, `.pickle`, ...) is never even extracted, let alone unpickled.
 """
@@ -38,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from imagelora_dist.data.drops import Counters, one_line
+from imagelora_dist.data.screen_groups import check_text_fields, expand_record, is_grouped, target_count
 from imagelora_dist.data.shards import (
     IMAGE_EXTENSIONS,
     MAX_IMAGE_PIXELS,
@@ -397,6 +403,34 @@ def shuffled(items: Iterator[dict[str, Any]], buffer: int, seed: int) -> Iterato
     yield from pool
 
 
+def decode_samples(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-target samples of a raw sample: itself decoded, or a screen-grouped record's targets in
+    stored order, each `{"__key__": "<key>/<k>", "image", "record", "screen": "<key>"}` sharing one image.
+    Raises like `decode_sample` (a bad target drops the whole screen)."""
+    try:
+        record = json.loads(raw["json"]) if "__bad__" not in raw else None
+    except (KeyError, ValueError):
+        record = None  # decode_sample raises the usual error
+    if not isinstance(record, dict) or not is_grouped(record):
+        return [decode_sample(raw)]
+    key, targets = raw.get("__key__"), expand_record(record)
+    if not targets:
+        raise ValueError(f"sample {key}: a screen with no targets")
+    first = decode_sample({**raw, "json": json.dumps(targets[0]).encode()})
+    out = [{**first, "__key__": f"{key}/0", "screen": key}]
+    for k, target in enumerate(targets[1:], start=1):
+        check_text_fields(target, f"{key}/{k}")
+        out.append({"__key__": f"{key}/{k}", "image": first["image"], "record": target, "screen": key})
+    return out
+
+
+def _own_raw(raw: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
+    """The stored members that `decode_sample` turns into this one target (probe_set keeps them)."""
+    if "screen" not in sample:
+        return raw
+    return {**raw, "__key__": sample["__key__"], "json": json.dumps(sample["record"]).encode()}
+
+
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     """Image (PIL, RGB) and record (dict) of a raw sample. Raises ValueError for anything else."""
     if "__bad__" in raw:
@@ -407,11 +441,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     record = json.loads(raw["json"])
     if not isinstance(record, dict):
         raise ValueError("json member is not an object")
-    for field_name in ("instruction", "answer"):
-        if not isinstance(record.get(field_name), str):
-            raise KeyError(
-                f"sample {raw.get('__key__')}: record field {field_name!r} missing or not a string"
-            )
+    check_text_fields(record, raw.get("__key__"))
     # Only the formats shards may hold: PIL would otherwise open TIFF, EPS (Ghostscript) and more.
     with Image.open(io.BytesIO(raw[images[0]]), formats=_PIL_FORMATS) as im:
         if im.width * im.height > MAX_IMAGE_PIXELS:
@@ -492,11 +522,13 @@ class ShardStream(IterableDataset):
             decoded = []
             for s in chunk:
                 try:
-                    decoded.append(decode_sample(s) | ({"raw": s} if self.keep_raw else {}))
+                    decoded += [
+                        d | ({"raw": _own_raw(s, d)} if self.keep_raw else {}) for d in decode_samples(s)
+                    ]
                 except KeyError:
-                    counters["incomplete"] += 1
+                    counters["incomplete"] += target_count(s)
                 except (OSError, ValueError, Image.DecompressionBombError):
-                    counters["undecodable"] += 1
+                    counters["undecodable"] += target_count(s)
             stats = dict(counters)
             counters.update(dict.fromkeys(counters, 0))  # in place: raw_samples holds this dict
             batch: dict[str, Any] = {"samples": decoded}

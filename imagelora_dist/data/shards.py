@@ -21,6 +21,10 @@ Record (`json` member):
     application   str    the application shown (ScreenSpot-Pro's "vscode"...; "" when the source has none)
     point_only    bool   true when the source gave a point and no box (absent otherwise)
 
+A screen-grouped shard (`shard --group-by-screen`, data/screen_groups.py) stores one screenshot per
+sample, its `json` being `{"screen", "width", "height", "targets": [record, ...]}`: every target's
+whole record as above; readers expand it into per-target samples (`reader.decode_samples`).
+
 `shard` writes every field (`point_only` only for point-only records); `synth` writes all but
 `data_source` and `application` (GROUPING_FIELDS). Readers must treat a missing `data_source` as the
 record's `source`, a missing `application` as "" (`record_data_source`, `record_application`) and a
@@ -280,6 +284,24 @@ def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]]) -
     Each sample: `__key__`, one image member (bytes) named by its extension, and `json` (a dict).
     """
     path = Path(path)
+    data, count = shard_bytes(samples)
+    atomic_write_bytes(path, data)
+    return ShardInfo(url=path.name, samples=count, bytes=len(data))
+
+
+def write_bytes_at(location: str, data: bytes) -> None:
+    """Write a whole file at a local path (temp name, then rename) or a `scheme://` URL (an object store
+    PUT is all or nothing: a failed upload leaves no object)."""
+    if not is_url(location):
+        atomic_write_bytes(Path(location.removeprefix("file://")), data)
+        return
+    fs, path = url_filesystem(location)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def shard_bytes(samples: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """The bytes of a shard of `samples` as `write_shard` writes it, and the number of samples."""
     buf = io.BytesIO()
     count = 0
     with wds.TarWriter(buf, mtime=0, user="imagelora", group="imagelora", mode=0o444) as sink:
@@ -292,9 +314,7 @@ def write_shard(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]]) -
                 )
             sink.write(dict(sample))
             count += 1
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return ShardInfo(url=path.name, samples=count, bytes=len(data))
+    return buf.getvalue(), count
 
 
 def read_shard_raw(path: str | os.PathLike) -> list[dict[str, bytes | str]]:
