@@ -116,6 +116,20 @@ def _check_http(uri: str, timeout: float) -> None:
     )
 
 
+def experiment_artifact_location(artifact_root: str, experiment: str, tracking_uri: str) -> str | None:
+    """Where a new experiment's artifacts go: <root>/<experiment> for an s3:// root on any store or a local
+    root on a sqlite store; None (the server's own default, e.g. its proxied store) otherwise."""
+    root = artifact_root.strip()
+    if root.lower().startswith("s3://"):
+        return f"{root.rstrip('/')}/{experiment}"
+    if sqlite_path(tracking_uri) is None:
+        return None
+    # MLflow's default for a sqlite store is ./mlruns/<id> relative to the cwd of whoever created it; keep
+    # artifacts in one absolute place instead.
+    local = Path(urllib.parse.urlparse(root).path) if root.lower().startswith("file://") else Path(root)
+    return (local.expanduser().resolve() / experiment).as_uri()
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping -> {dotted.key: str}; lists as JSON; values cut to MLflow's param limit."""
     out: dict[str, str] = {}
@@ -191,12 +205,9 @@ class Tracker:
         client = self.client
         exp = client.get_experiment_by_name(self.experiment_name)
         if exp is None:
-            location = None
-            if sqlite_path(self.uri) is not None:
-                # MLflow's default for a sqlite store is ./mlruns/<id> relative to the cwd of whoever
-                # created it; keep artifacts in one absolute place next to the config's artifact_root.
-                root = Path(self.cfg.tracking.artifact_root).expanduser().resolve()
-                location = (root / self.experiment_name).as_uri()
+            location = experiment_artifact_location(
+                self.cfg.tracking.artifact_root, self.experiment_name, self.uri
+            )
             try:
                 exp_id = client.create_experiment(self.experiment_name, artifact_location=location)
                 client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
@@ -537,6 +548,7 @@ __all__ = [
     "TrackingUnavailable",
     "Tracker",
     "check_tracking_uri",
+    "experiment_artifact_location",
     "flatten",
     "resolve_tracking_uri",
     "selection_heatmap",

@@ -14,12 +14,13 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from imagelora_dist.config import RunConfig, TrackingConfig  # noqa: E402
+from imagelora_dist.config import RunConfig, TrackingConfig, load_config  # noqa: E402
 from imagelora_dist.errors import ImageLoRAError  # noqa: E402
 from imagelora_dist.selection import HeadSelection, select_heads  # noqa: E402
 from imagelora_dist.tracking import (  # noqa: E402
     Tracker,
     TrackingUnavailable,
+    experiment_artifact_location,
     flatten,
     resolve_tracking_uri,
     selection_heatmap,
@@ -56,6 +57,28 @@ def test_resolve_tracking_uri(tmp_path, monkeypatch):
     got = resolve_tracking_uri(TrackingConfig(uri="sqlite:///sub/x.db?timeout=5"))
     assert got == f"sqlite:///{tmp_path.resolve()}/sub/x.db?timeout=5"
     assert resolve_tracking_uri(TrackingConfig(uri="sqlite:////abs/x.db")) == "sqlite:////abs/x.db"
+
+
+def test_artifact_root_is_a_local_path_or_s3(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sqlite, server = f"sqlite:///{tmp_path}/mlruns.db", "http://mlflow.example:5000"
+    # s3:// roots hold the experiment's artifacts on any store (a trailing slash is not doubled).
+    for root in ("s3://bucket/prefix", "s3://bucket/prefix/"):
+        for uri in (sqlite, server):
+            assert experiment_artifact_location(root, "exp", uri) == "s3://bucket/prefix/exp"
+    # A local root: absolute, on a sqlite store only; a server keeps its own default (its proxied store).
+    assert experiment_artifact_location("art", "exp", sqlite) == f"file://{tmp_path}/art/exp"
+    assert (
+        experiment_artifact_location(f"file://{tmp_path}/art", "exp", sqlite) == f"file://{tmp_path}/art/exp"
+    )
+    assert experiment_artifact_location("art", "exp", server) is None
+    assert load_config(None, ["tracking.artifact_root= s3://b/p "]).tracking.artifact_root == "s3://b/p"
+    for bad, needle in (("gs://b/p", "unsupported scheme 'gs://'"), ("s3://", "needs a bucket"),
+                        ("s3:///p", "needs a bucket"), ("", "empty")):  # fmt: skip
+        with pytest.raises(ImageLoRAError) as err:
+            load_config(None, [f"tracking.artifact_root={bad}"])
+        msg = str(err.value)
+        assert "tracking.artifact_root" in msg and needle in msg and len(msg.splitlines()) == 1, msg
 
 
 def test_flatten():

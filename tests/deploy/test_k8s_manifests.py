@@ -473,3 +473,51 @@ def test_docs_name_real_files():
             if path != "k8s/secrets.env":  # the user's copy, git-ignored
                 assert (REPO / path).exists(), f"{doc.name}: {path} does not exist"
         assert "secrets.env.example" in text
+
+
+def _cli_flags(argv: list[str]) -> dict[str, str | None]:
+    """--flag value / --flag (no value) -> {flag: value or None}."""
+    flags: dict[str, str | None] = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            flags[arg] = None if nxt is None or nxt.startswith("--") else nxt
+    return flags
+
+
+def test_tracking_server_fixture_runs_the_manifests_flags():
+    """tests/mlflow_server.py (the server the multi-node pipeline test logs to) starts `mlflow server` the way
+    the GPU variant's Deployment does: a SQL backend from MLFLOW_BACKEND_STORE_URI, --serve-artifacts to an
+    s3:// destination with the bucket's credentials in the server's env only, the same flags."""
+    from mlflow.utils.uri import extract_db_type_from_uri
+    from mlflow_server import server_command, server_env
+
+    pod = one(variant_docs("gpu"), "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    k8s = _cli_flags(pod["command"] + pod["args"])
+    cmd = server_command("s3://bucket/mlartifacts", "10.77.0.10", 5055)
+    test = _cli_flags(cmd)
+    assert Path(cmd[0]).name == pod["command"][0] == "mlflow" and cmd[1] == pod["command"][1] == "server"
+    assert set(test) == set(k8s), set(test) ^ set(k8s)
+    assert "--backend-store-uri" not in k8s  # in the env, so the password is not in the pod spec
+    k8s_env = {e["name"] for e in pod["env"]}
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    s3 = dict.fromkeys(keys, "x")  # what tests/s3_server.py yields
+    env = server_env("sqlite:////tmp/mlflow.db", s3)
+    # Both SQL stores (SQLAlchemy): PostgreSQL in k8s, a sqlite file in the test.
+    k8s_backend = env_value(pod, "MLFLOW_BACKEND_STORE_URI")
+    assert extract_db_type_from_uri(k8s_backend) == "postgresql"
+    assert extract_db_type_from_uri(env["MLFLOW_BACKEND_STORE_URI"]) == "sqlite"
+    assert "--serve-artifacts" in k8s and k8s["--serve-artifacts"] is None is test["--serve-artifacts"]
+    for flags in (k8s, test):
+        assert urlparse(flags["--artifacts-destination"]).scheme == "s3", flags
+        assert {"127.0.0.1:*", "localhost:*"} <= set(flags["--allowed-hosts"].split(",")), flags
+    # The object store reaches the server through the manifest's variables, and only those.
+    s3_names = {k for k in env if k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL"}
+    assert s3_names == {k for k in k8s_env if k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL"}
+    # Host and port: every interface on the container's port there; the fixture's host (+ its port) here.
+    assert k8s["--host"] == "0.0.0.0" and int(k8s["--port"]) == pod["ports"][0]["containerPort"]
+    assert test["--host"] == "10.77.0.10" and test["--port"] == "5055"
+    assert "10.77.0.10:5055" in test["--allowed-hosts"].split(",")
+    # The CPU variant serves the same flags, artifacts on its volume instead of a bucket.
+    cpu = one(variant_docs("cpu"), "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert set(_cli_flags(cpu["command"] + cpu["args"])) == set(k8s)
