@@ -5,7 +5,7 @@ worker process the run's environment (imagelora_dist.offline_env plus what Ray T
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import ray
 
@@ -57,3 +57,44 @@ def ensure_ray(cfg: RunConfig, log: Log = print) -> bool:
 def multi_node() -> bool:
     """True when the connected Ray cluster has more than one live node (tasks may run off the driver's)."""
     return sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
+
+# The collective backends' interface variables (gloo on CPUs, NCCL on GPUs). Unset, gloo binds to the address
+# the hostname resolves to, often 127.0.0.1 (/etc/hosts): ranks on other hosts cannot reach it.
+COLLECTIVE_IFNAME_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def interface_holding(address: str, interfaces: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """The network interface that holds IPv4 `address` (name -> its addresses; this machine's if None)."""
+    if interfaces is None:
+        import socket
+
+        import psutil
+
+        interfaces = {
+            name: [a.address for a in addrs if a.family == socket.AF_INET]
+            for name, addrs in psutil.net_if_addrs().items()
+        }
+    for name, addrs in sorted(interfaces.items()):
+        if address in addrs:
+            return name
+    return None
+
+
+def collective_ifname_env(
+    node_ip: str, environ: Mapping[str, str], interfaces: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, str]:
+    """The interface variables to set for a process whose Ray address is `node_ip`: the interface holding
+    it, for each variable not already in `environ` (the user's setting wins); {} if no interface holds it."""
+    name = interface_holding(node_ip, interfaces)
+    if name is None:
+        return {}
+    return {key: name for key in COLLECTIVE_IFNAME_ENV if not environ.get(key)}
+
+
+def pin_collective_interface() -> dict[str, str]:
+    """Set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME in this Ray worker process from its node's Ray address,
+    before torch.distributed starts; returns what it set."""
+    chosen = collective_ifname_env(ray.util.get_node_ip_address(), os.environ)
+    os.environ.update(chosen)
+    return chosen

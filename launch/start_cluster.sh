@@ -27,6 +27,24 @@
 #     (a previous cluster of this script): a marker must never land in /tmp, $HOME or a project folder.
 #   * --min-worker-port=0 --max-worker-port=0: workers bind OS-chosen ports instead of the fixed
 #     10002-19999 range, so this cluster cannot collide with another Ray on the same machine.
+#   * --node-ip-address ADDR: the address this node registers with and the others reach it at. A head
+#     without it registers as 127.0.0.1 (which Ray 2.60 turns into the machine's outward IP); a worker
+#     without it takes the source address of its route to the head (a UDP connect, nothing sent), since
+#     a worker registered as a loopback address looks ALIVE and is declared dead ~15 s later, silently.
+#   * --dashboard-host ADDR (head): where the dashboard and job API listen; 127.0.0.1 by default. The
+#     GCS, raylet, object manager and agents listen on every interface whatever is asked (Ray 2.60 has
+#     no flag for them), so token auth stays on.
+#   * --join-timeout SECONDS (worker): the head's GCS port must answer a TCP connect made FROM the
+#     node's address (which proves the head routes back to it) and `ray start` must return within it;
+#     else one line, exit 2 (`ray start` alone retries an unreachable GCS forever). After the start the
+#     node must be in the GCS's table, ALIVE, under the address asked; else it is stopped, exit 2.
+#   * --health-check PERIOD_MS,TIMEOUT_MS,FAILURES (head): how fast the GCS declares a silent node
+#     dead, about FAILURES x (PERIOD + TIMEOUT) for a cut link (Ray's default 3000,10000,5 took 62 s),
+#     FAILURES x PERIOD for killed processes. Set as RAY_health_check_* in the head's environment.
+#   * supervision (--join, unless --no-supervise): a background loop (pid in DIR/supervisor.pid, log in
+#     DIR/supervisor.log) starts the node again when its raylet exits: a node cut off long enough to be
+#     declared dead exits its raylet once the link returns and would never rejoin on its own.
+#     stop_cluster.sh stops the loop first.
 #   * --disable-usage-stats / RAY_USAGE_STATS_ENABLED=0: no telemetry (the machine may be offline).
 #   * --join GCS_ADDRESS: a worker node for a running head (another machine, or a second raylet on this
 #     one for tests): same flags, no dashboard, its own --temp-dir (and marker, so stop_cluster.sh stops
@@ -40,9 +58,11 @@ usage() {
 Usage: launch/start_cluster.sh [--cpus N] [--port PORT] [--temp-dir DIR] [--gcs-port PORT]
                                [--object-store-memory BYTES] [--auth token|disabled]
                                [--join GCS_ADDRESS] [--resources JSON]
-                               [-- EXTRA_RAY_START_ARGS...]
+                               [--node-ip-address ADDR] [--dashboard-host ADDR]
+                               [--join-timeout SECONDS] [--health-check PERIOD_MS,TIMEOUT_MS,FAILURES]
+                               [--no-supervise] [-- EXTRA_RAY_START_ARGS...]
 
-Start a local Ray head bound to 127.0.0.1, from the repo's .venv (or, with --join, a worker node).
+Start a Ray head from the repo's .venv (or, with --join, a worker node).
 
   --cpus N                     CPUs Ray may schedule on (default: 2)
   --port PORT                  dashboard / job API port on 127.0.0.1 (default: 8265)
@@ -57,9 +77,24 @@ Start a local Ray head bound to 127.0.0.1, from the repo's .venv (or, with --joi
                                head printed as RAY_ADDRESS) instead of a head; --port and --gcs-port
                                are then unused
   --resources JSON             custom resources of this node, e.g. '{"node_w1": 1}'
+  --node-ip-address ADDR       the address this node registers with; the others must reach it there
+                               (default: head 127.0.0.1, i.e. the machine's outward IP; worker: the
+                               source address of the route to the head)
+  --dashboard-host ADDR        head: where the dashboard and job API listen (default: 127.0.0.1;
+                               0.0.0.0 for every interface). The GCS and raylet ports listen on every
+                               interface regardless (Ray 2.60): keep --auth token.
+  --join-timeout SECONDS       worker: give up (exit 2, one line) when the head's GCS does not answer
+                               from this node's address, or `ray start` does not return, within it
+                               (default: 60)
+  --health-check P,T,N         head: the GCS health-checks each node every P ms, each check waiting up
+                               to T ms, and declares it dead after N failures in a row: a cut-off node
+                               in about N x (P + T) ms, a killed one in about N x P
+                               (default: 2000,2000,4: ~16 s / ~8 s)
+  --no-supervise               worker: do not restart the node when its raylet exits (by default a
+                               background loop does, e.g. after a network partition healed)
   -- ARGS...                   passed to `ray start` as is (e.g. --ray-client-server-port 10001)
 
-Prints the job address (http://127.0.0.1:PORT) as the last line of stdout (with --join: the GCS
+Prints the job address (http://DASHBOARD_HOST:PORT) as the last line of stdout (with --join: the GCS
 address joined); ray's own output goes to stderr. Stop it with: launch/stop_cluster.sh --temp-dir DIR
 USAGE
 }
@@ -73,6 +108,11 @@ OBJECT_STORE=1000000000
 AUTH=token
 JOIN=""
 RESOURCES=""
+NODE_IP=""
+DASHBOARD_HOST=127.0.0.1
+JOIN_TIMEOUT=60
+HEALTH_CHECK=2000,2000,4
+SUPERVISE=1
 EXTRA=()
 
 while [[ $# -gt 0 ]]; do
@@ -86,6 +126,11 @@ while [[ $# -gt 0 ]]; do
         --auth) AUTH="${2:?--auth needs a value}"; shift 2 ;;
         --join) JOIN="${2:?--join needs a value}"; shift 2 ;;
         --resources) RESOURCES="${2:?--resources needs a value}"; shift 2 ;;
+        --node-ip-address) NODE_IP="${2:?--node-ip-address needs a value}"; shift 2 ;;
+        --dashboard-host) DASHBOARD_HOST="${2:?--dashboard-host needs a value}"; shift 2 ;;
+        --join-timeout) JOIN_TIMEOUT="${2:?--join-timeout needs a value}"; shift 2 ;;
+        --health-check) HEALTH_CHECK="${2:?--health-check needs a value}"; shift 2 ;;
+        --no-supervise) SUPERVISE=0; shift ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "start_cluster.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -95,6 +140,29 @@ case "$AUTH" in
     disabled | token) ;;
     *) echo "start_cluster.sh: --auth must be disabled or token, got: $AUTH" >&2; exit 2 ;;
 esac
+if ! [[ "$JOIN_TIMEOUT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "start_cluster.sh: --join-timeout must be a whole number of seconds > 0, got: $JOIN_TIMEOUT" >&2
+    exit 2
+fi
+if ! [[ "$HEALTH_CHECK" =~ ^([1-9][0-9]*),([1-9][0-9]*),([1-9][0-9]*)$ ]]; then
+    echo "start_cluster.sh: --health-check must be PERIOD_MS,TIMEOUT_MS,FAILURES (whole numbers > 0)," \
+        "got: $HEALTH_CHECK" >&2
+    exit 2
+fi
+# Read by the GCS (the head's); a worker's raylet ignores them.
+export RAY_health_check_period_ms="${BASH_REMATCH[1]}"
+export RAY_health_check_timeout_ms="${BASH_REMATCH[2]}"
+export RAY_health_check_failure_threshold="${BASH_REMATCH[3]}"
+is_ipv4() { [[ "$1" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]]; }
+if [[ -n "$NODE_IP" ]] && ! is_ipv4 "$NODE_IP"; then
+    echo "start_cluster.sh: --node-ip-address must be an IPv4 address, got: $NODE_IP" >&2
+    exit 2
+fi
+if ! is_ipv4 "$DASHBOARD_HOST"; then
+    echo "start_cluster.sh: --dashboard-host must be an IPv4 address (0.0.0.0: every interface)," \
+        "got: $DASHBOARD_HOST" >&2
+    exit 2
+fi
 # The environment whose python runs the cluster and the jobs: the repo's .venv, else (e.g. a CI image
 # with the package installed system-wide) the one that provides `ray` on PATH.
 if [[ -x "$REPO/.venv/bin/ray" ]]; then
@@ -191,6 +259,7 @@ mkdir -p -- "$TEMP_DIR"
         echo "gcs_port=$GCS_PORT"
     fi
     echo "auth=$AUTH"
+    echo "health_check=$HEALTH_CHECK"
     echo "extra_ray_start_args=${EXTRA[*]}"
 } >"$MARKER"
 
@@ -210,18 +279,141 @@ record_node_id() {
     done
 }
 
-if [[ -n "$JOIN" ]]; then
-    ray start --address="$JOIN" \
+# net MODE ARGS...: the network checks, in Python (iproute2 may be missing); one line on failure.
+net() {
+    "$BIN/python" - "$@" <<'PY'
+import socket, sys, time
+
+mode, args = sys.argv[1], sys.argv[2:]
+if mode == "route-src":  # HOST: the source address of this machine's route to HOST (nothing is sent)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((args[0], 9))
+        except OSError as exc:
+            sys.exit(f"no route to {args[0]} ({exc.strerror or exc})")
+        print(s.getsockname()[0])
+elif mode == "reach":  # SRC HOST PORT SECONDS: a TCP connect from SRC to HOST:PORT, retried until then
+    src, host, port = args[0], args[1], int(args[2])
+    deadline, why = time.monotonic() + float(args[3]), "no answer"
+    while (left := deadline - time.monotonic()) > 0:
+        with socket.socket() as s:
+            s.settimeout(min(5.0, left))
+            try:
+                s.bind((src, 0))
+            except OSError as exc:
+                sys.exit(f"{src} is not an address of this machine ({exc.strerror or exc})")
+            try:
+                s.connect((host, port))
+                sys.exit(0)
+            except OSError as exc:
+                why = exc.strerror or str(exc) or type(exc).__name__
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    sys.exit(f"{why}")
+elif mode == "registered":  # GCS NODE_ID ADDR SECONDS: the node ALIVE in the GCS's table at ADDR
+    from ray._raylet import GcsClient
+
+    gcs, node_id, addr = args[0], args[1], args[2]
+    deadline, seen = time.monotonic() + float(args[3]), "not registered"
+    while time.monotonic() < deadline:
+        try:
+            info = GcsClient(address=gcs).get_all_node_info(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - said in the one line
+            seen = f"GCS unreadable: {exc}".splitlines()[0]
+        else:
+            for key, node in info.items():
+                if (key.hex() if hasattr(key, "hex") else str(key)) == node_id:
+                    state = "ALIVE" if node.state == 0 else "DEAD"
+                    seen = f"{state} at {node.node_manager_address}"
+                    if state == "ALIVE" and node.node_manager_address == addr:
+                        sys.exit(0)
+        time.sleep(0.5)
+    sys.exit(seen)
+PY
+}
+
+# join_once: start this worker node (bounded by JOIN_TIMEOUT), record its node id, check its registration.
+# Exit status 0, or 2 having said why in one line (the node's processes stopped).
+join_once() {
+    local why node_id
+    if ! why="$(net reach "$NODE_IP" "$HEAD_HOST" "$HEAD_PORT" "$JOIN_TIMEOUT" 2>&1)"; then
+        echo "start_cluster.sh: cannot reach the head's GCS at $JOIN from $NODE_IP within" \
+            "${JOIN_TIMEOUT} s: ${why##*$'\n'}" >&2
+        return 2
+    fi
+    if ! timeout "$JOIN_TIMEOUT" ray start --address="$JOIN" \
         --num-cpus="$CPUS" \
         --object-store-memory="$OBJECT_STORE" \
-        --node-ip-address=127.0.0.1 \
+        --node-ip-address="$NODE_IP" \
         --temp-dir="$TEMP_DIR" \
         --min-worker-port=0 --max-worker-port=0 \
         --disable-usage-stats \
         "${RESOURCE_ARGS[@]}" \
-        "${EXTRA[@]}" >&2
+        "${EXTRA[@]}" >&2; then
+        "$REPO/launch/stop_cluster.sh" --temp-dir "$TEMP_DIR" --grace 5 >/dev/null 2>&1 || true
+        echo "start_cluster.sh: ray start --address=$JOIN failed or took over ${JOIN_TIMEOUT} s" \
+            "(node address $NODE_IP)" >&2
+        return 2
+    fi
     record_node_id
-    echo "Ray worker node up: CPUs $CPUS, resources ${RESOURCES:-none}, temp dir $TEMP_DIR, joined $JOIN" >&2
+    node_id="$(sed -n 's/^node_id=//p' "$MARKER" | tail -n 1)"
+    if ! why="$(net registered "$JOIN" "$node_id" "$NODE_IP" 15 2>&1)"; then
+        "$REPO/launch/stop_cluster.sh" --temp-dir "$TEMP_DIR" --grace 5 >/dev/null 2>&1 || true
+        echo "start_cluster.sh: the head does not list this node as ALIVE at $NODE_IP" \
+            "(${why##*$'\n'}); stopped it" >&2
+        return 2
+    fi
+}
+
+# supervise: restart the node whenever its raylet has exited (checked every 2 s); retries a failed
+# start every 5 s. Runs in the background until stop_cluster.sh stops it.
+supervise() {
+    local gone=0
+    echo "$BASHPID" >"$TEMP_DIR/supervisor.pid"
+    while sleep 2; do
+        if pgrep -u "$(id -u)" -f "raylet --raylet_socket_name=$TEMP_DIR/session_" >/dev/null; then
+            gone=0
+            continue
+        fi
+        gone=$((gone + 1))
+        (( gone < 2 )) && continue  # one more look: the raylet may be starting
+        echo "$(date -u +%FT%TZ) raylet of $TEMP_DIR exited; starting the node again"
+        # Leftovers of the old node (log_monitor, agents); this loop is their ancestor, so it stays.
+        "$REPO/launch/stop_cluster.sh" --temp-dir "$TEMP_DIR" --grace 5 || true
+        until join_once; do
+            sleep 5
+        done
+        echo "$(date -u +%FT%TZ) node rejoined as $(sed -n 's/^node_id=//p' "$MARKER" | tail -n 1)"
+        gone=0
+    done
+}
+
+if [[ -n "$JOIN" ]]; then
+    HEAD_HOST="${JOIN%:*}"
+    HEAD_PORT="${JOIN##*:}"
+    if ! is_ipv4 "$HEAD_HOST" || ! [[ "$HEAD_PORT" =~ ^[0-9]+$ ]]; then
+        echo "start_cluster.sh: --join must be IPV4:PORT (the head's RAY_ADDRESS), got: $JOIN" >&2
+        exit 2
+    fi
+    if [[ -z "$NODE_IP" ]]; then
+        if ! NODE_IP="$(net route-src "$HEAD_HOST" 2>&1)"; then
+            echo "start_cluster.sh: $NODE_IP; pass --node-ip-address" >&2
+            exit 2
+        fi
+    fi
+    if [[ "$NODE_IP" == 127.* && "$HEAD_HOST" != 127.* ]]; then
+        echo "start_cluster.sh: node address $NODE_IP is loopback but the head is at $HEAD_HOST:" \
+            "the head could not reach this node; pass --node-ip-address" >&2
+        exit 2
+    fi
+    echo "node_ip=$NODE_IP" >>"$MARKER"
+    join_once || exit 2
+    if (( SUPERVISE )); then
+        # Detached from this script's stdout/stderr (a caller reading them would wait for the loop).
+        supervise </dev/null >>"$TEMP_DIR/supervisor.log" 2>&1 &
+        disown
+    fi
+    echo "Ray worker node up at $NODE_IP: CPUs $CPUS, resources ${RESOURCES:-none}, temp dir $TEMP_DIR," \
+        "joined $JOIN$( (( SUPERVISE )) && echo ", supervised")" >&2
     echo "  stop:        launch/stop_cluster.sh --temp-dir $TEMP_DIR" >&2
     echo "$JOIN"
     exit 0
@@ -230,9 +422,9 @@ fi
 ray start --head \
     --num-cpus="$CPUS" \
     --object-store-memory="$OBJECT_STORE" \
-    --node-ip-address=127.0.0.1 \
+    --node-ip-address="${NODE_IP:-127.0.0.1}" \
     --port="$GCS_PORT" \
-    --dashboard-host=127.0.0.1 \
+    --dashboard-host="$DASHBOARD_HOST" \
     --dashboard-port="$PORT" \
     --temp-dir="$TEMP_DIR" \
     --min-worker-port=0 --max-worker-port=0 \
@@ -242,7 +434,12 @@ ray start --head \
 record_node_id
 
 # `ray start` can return before the job API answers; wait for it so a submit right after works.
-ADDRESS="http://127.0.0.1:$PORT"
+# The job address to print and poll: the dashboard's host, or (every interface) the node's address.
+JOB_HOST="$DASHBOARD_HOST"
+if [[ "$JOB_HOST" == 0.0.0.0 ]]; then
+    JOB_HOST="${NODE_IP:-127.0.0.1}"
+fi
+ADDRESS="http://$JOB_HOST:$PORT"
 ready=0
 for _ in $(seq 1 60); do
     if "$BIN/python" - "$ADDRESS" <<'PY' 2>/dev/null; then

@@ -153,6 +153,24 @@ terminate() {
     done
 }
 
+# A worker node's supervisor (start_cluster.sh --join) goes first, and alone: it would start the node again.
+# Not when it is this script's ancestor (the supervisor clears a dead node's leftovers with this script).
+SUPERVISOR_FILE="$TEMP_DIR/supervisor.pid"
+if [[ -f "$SUPERVISOR_FILE" && ! -L "$SUPERVISOR_FILE" ]]; then
+    sup="$(head -c 20 -- "$SUPERVISOR_FILE")"
+    pid=$$
+    while [[ "$sup" =~ ^[0-9]+$ && -n "$pid" && "$pid" != 0 && "$pid" != "$sup" ]]; do
+        pid="$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')"
+    done
+    if [[ "$sup" =~ ^[0-9]+$ && "$pid" != "$sup" ]] \
+        && [[ "$(tr '\0' ' ' <"/proc/$sup/cmdline" 2>/dev/null)" == *start_cluster.sh* ]]; then
+        echo "stop_cluster.sh: stopping the node's supervisor ($sup)"
+        terminate "$sup"
+        kill -KILL "$sup" 2>/dev/null || true
+        rm -f -- "$SUPERVISOR_FILE"
+    fi
+fi
+
 mapfile -t PIDS < <(cluster_pids)
 if (( ${#PIDS[@]} == 0 )); then
     echo "stop_cluster.sh: no Ray processes with temp dir $TEMP_DIR"

@@ -18,8 +18,10 @@ Use it from a test module as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +33,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from netns_hosts import Hosts, private_hosts
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
@@ -131,12 +135,15 @@ def run(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.Compl
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def client_env() -> dict[str, str]:
+def client_env(token_path: str = "") -> dict[str, str]:
     """This process's environment without RAY_* (no RAY_ADDRESS & co.) and AWS_* (credentials must reach
-    the workers through a job's runtime env, not the nodes' environment), plus what the test cluster needs."""
+    the workers through a job's runtime env, not the nodes' environment), plus what the test cluster needs:
+    token auth with the token in `token_path`, else auth disabled."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+    if token_path:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_path)
     env.update(
-        RAY_AUTH_MODE="disabled",  # the cluster is started with --auth disabled; clients must match
+        RAY_AUTH_MODE=env.get("RAY_AUTH_MODE", "disabled"),  # the cluster's --auth; clients must match
         RAY_USAGE_STATS_ENABLED="0",
         OMP_NUM_THREADS="1",
         HF_HUB_OFFLINE="1",
@@ -147,11 +154,16 @@ def client_env() -> dict[str, str]:
     return env
 
 
-def start_head(temp_dir: str, env: dict[str, str], cpus: int) -> tuple[str, str]:
-    """(job API address, GCS address) of a Ray head started by launch/start_cluster.sh on free ports."""
+def start_head(
+    temp_dir: str, env: dict[str, str], cpus: int, node_ip: str = "", health_check: str = ""
+) -> tuple[str, str]:
+    """(job API address, GCS address) of a Ray head started by launch/start_cluster.sh on free ports (at
+    `node_ip`, with `--health-check health_check`, where given); auth as `env` says."""
     dashboard, gcs, *others = free_ports(2 + len(PORT_FLAGS))
     extra = [str(a) for pair in zip(PORT_FLAGS, others, strict=True) for a in pair]
     cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--cpus", str(cpus), "--port", str(dashboard)]
+    cmd += ["--node-ip-address", node_ip] if node_ip else []
+    cmd += ["--health-check", health_check] if health_check else []
     cmd += [
         "--gcs-port",
         str(gcs),
@@ -159,8 +171,8 @@ def start_head(temp_dir: str, env: dict[str, str], cpus: int) -> tuple[str, str]
         temp_dir,
         "--object-store-memory",
         "300000000",
-        "--auth",  # loopback test cluster; the default (token) would need a token in ~/.ray
-        "disabled",
+        "--auth",  # loopback test clusters: disabled (token would need a token in ~/.ray); else token
+        env["RAY_AUTH_MODE"],
         "--",
         *extra,
     ]
@@ -172,6 +184,7 @@ def start_head(temp_dir: str, env: dict[str, str], cpus: int) -> tuple[str, str]
     assert f"dashboard_port={dashboard}" in marker and f"gcs_port={gcs}" in marker
     assert marker_node_ids(temp_dir), marker
     gcs_address = (Path(temp_dir) / "ray_current_cluster").read_text().strip() or f"127.0.0.1:{gcs}"
+    assert not node_ip or gcs_address == f"{node_ip}:{gcs}", gcs_address
     return address, gcs_address
 
 
@@ -187,18 +200,19 @@ def start_worker(
     resources: dict,
     hide: Sequence[str] = (),
     stage: str = "",
+    host: Sequence[str] = (),
 ) -> None:
     """A worker node of the head at `gcs_address`, started by launch/start_cluster.sh --join (in a mount
-    namespace that hides `hide`, see `hiding`)."""
+    namespace that hides `hide`, see `hiding`; run under the prefix `host`, a network namespace's)."""
     extra = [
         str(a)
         for pair in zip(WORKER_PORT_FLAGS, free_ports(len(WORKER_PORT_FLAGS)), strict=True)
         for a in pair
     ]
     cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--join", gcs_address, "--cpus", str(cpus)]
-    cmd += ["--temp-dir", temp_dir, "--object-store-memory", "200000000", "--auth", "disabled"]
+    cmd += ["--temp-dir", temp_dir, "--object-store-memory", "200000000", "--auth", env["RAY_AUTH_MODE"]]
     cmd += ["--resources", json.dumps(resources), "--", *extra]
-    started = run(hiding(hide, cmd, stage), env, timeout=120)
+    started = run([*host, *hiding(hide, cmd, stage)], env, timeout=120)
     assert started.returncode == 0, f"start_cluster.sh --join failed:\n{started.stdout}\n{started.stderr}"
     assert marker_node_ids(temp_dir), (Path(temp_dir) / ".imagelora-cluster").read_text()
 
@@ -248,6 +262,8 @@ class RayNodes:
     start_s: float = 0.0
     hidden: list[str] = field(default_factory=list)  # paths the worker nodes cannot see (each its own copy)
     cpus_per_worker: int = 1
+    hosts: Hosts | None = None  # the worker nodes' network namespaces (node_wI in host wI), if any
+    net: str = ""  # how the nodes are networked, in words (said in the test output)
 
 
 def unshare_prefix() -> list[str]:
@@ -321,57 +337,94 @@ def _start_worker_node(nodes: RayNodes, node: WorkerNode) -> None:
     # Outside /tmp and $HOME (and not in the temp dir, which start_cluster.sh wants empty); only the start
     # uses it.
     stage = tempfile.mkdtemp(prefix="imagelora-stage-", dir="/var/tmp") if nodes.hidden else ""
+    host = nodes.hosts.run_in(node.resource.removeprefix("node_")) if nodes.hosts else []
     try:
         start_worker(nodes.gcs_address, node.temp_dir, env, nodes.cpus_per_worker, {node.resource: 1},
-                     hide=nodes.hidden, stage=stage)  # fmt: skip
+                     hide=nodes.hidden, stage=stage, host=host)  # fmt: skip
     finally:
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
 
 
+# The GCS health check of the test clusters (start_cluster.sh --health-check): a killed node is declared dead
+# after 5 failed checks 1 s apart (~5 s), a cut-off one after 5 x (1 s + 2 s timeout) (~15 s).
+TEST_HEALTH_CHECK = "1000,2000,5"
+
+
+def _token_file() -> str:
+    """A fresh auth token in a 0600 file under /var/tmp (the worker nodes' private /tmp would hide it)."""
+    folder = tempfile.mkdtemp(prefix="imagelora-token-", dir="/var/tmp")
+    path = os.path.join(folder, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
 @contextmanager
 def private_ray_nodes(
-    workers: int = 2, cpus_per_worker: int = 1, hide: Sequence[str] = ()
+    workers: int = 2, cpus_per_worker: int = 1, hide: Sequence[str] = (), own_addresses: bool = True
 ) -> Iterator[RayNodes]:
     """A head with 0 CPUs (so work lands on the workers) plus `workers` worker nodes tagged with the custom
-    resources node_w1, node_w2 ...; loopback only, auth disabled; every node stopped and checked at the end.
-    Each worker node runs in its own mount namespace with `hide` (directories of the driver's side), /tmp
-    and $HOME covered by an empty tmpfs of its own, where the machine allows it (`RayNodes.hidden`): no
-    disk shared with the driver or with each other but the checkout and the Python they run."""
+    resources node_w1, node_w2 ...; every node stopped and checked at the end.
+    With `own_addresses`, where the machine allows (tests/netns_hosts.py: root, iproute2, no IPv4
+    forwarding), worker node node_wI runs in network namespace wI at 10.77.0.(I+1) on a private bridge, the
+    head in this namespace at the bridge's 10.77.0.1, with token auth; else every node is on this machine's
+    address, auth disabled (`RayNodes.net` says which). Each worker node runs in its own mount namespace with
+    `hide` (directories of the driver's side), /tmp and $HOME covered by an empty tmpfs of its own, where
+    the machine allows it (`RayNodes.hidden`): no disk shared with the driver or with each other but the
+    checkout and the Python they run."""
     t0 = time.monotonic()
-    env = client_env()
-    nodes = RayNodes("", "", env, tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus_per_worker=cpus_per_worker)
-    nodes.hidden = [*hide, *private_paths()] if hide and unshare_prefix() else []
-    try:
-        # The GCS declares a node dead after 5 failed health checks, 3 s apart by default: 1 s here, so a
-        # node-loss test waits ~5 s, not ~15 s, for Ray to give up on a killed node. Ray Train's controller
-        # (a process of the head) may restart an elastic group before that at its old size and wait for it
-        # one start timeout (60 s by default) before it shrinks the group: 20 s here.
-        head_env = {
-            **env,
-            "RAY_health_check_period_ms": "1000",
-            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20",
-        }
-        nodes.address, nodes.gcs_address = start_head(nodes.head_dir, head_env, cpus=0)
-        for i in range(1, workers + 1):
-            node = _worker_dirs(str(i), private=bool(nodes.hidden))
-            nodes.workers.append(node)
-            # TMPDIR: the node's raylet and every worker process it starts use its scratch dir (or /tmp).
-            _start_worker_node(nodes, node)
-        nodes.start_s = time.monotonic() - t0
-        yield nodes
-    finally:
-        problems = []
-        for temp_dir in [w.temp_dir for w in nodes.workers] + [nodes.head_dir]:  # the GCS last
-            stop, leftovers = stop_node(temp_dir, env)
-            if stop.returncode != 0:
-                problems.append(f"stop_cluster.sh {temp_dir} failed:\n{stop.stdout}\n{stop.stderr}")
-            if leftovers:
-                problems.append(f"processes of {temp_dir} still running:\n" + "\n".join(leftovers))
-        for w in nodes.workers:
-            if w.scratch:
-                shutil.rmtree(w.scratch, ignore_errors=True)
-        assert not problems, "\n".join(problems)
+    with ExitStack() as stack:
+        why: list[str] = [] if own_addresses else ["not asked"]
+        hosts = stack.enter_context(private_hosts(workers, why)) if own_addresses else None
+        token = _token_file() if hosts else ""
+        if token:
+            stack.callback(shutil.rmtree, os.path.dirname(token), True)
+        env = client_env(token)
+        nodes = RayNodes(
+            "", "", env, tempfile.mkdtemp(prefix="rh", dir="/tmp"), cpus_per_worker=cpus_per_worker
+        )
+        nodes.hosts = hosts
+        if hosts:
+            addrs = ", ".join(f"node_{h} {a}" for h, a in hosts.addrs.items())
+            nodes.net = (
+                f"own addresses on bridge {hosts.bridge}: head {hosts.bridge_addr}, {addrs}; token auth"
+            )
+        else:
+            reason = "; ".join(why)
+            nodes.net = (
+                f"loopback nodes on this machine's address, auth disabled (no network namespaces: {reason})"
+            )
+        nodes.hidden = [*hide, *private_paths()] if hide and unshare_prefix() else []
+        try:
+            # Ray Train's controller (a process of the head) may restart an elastic group before the GCS has
+            # declared a lost node dead, at its old size, and wait for it one start timeout (60 s by default)
+            # before it shrinks the group: 20 s here.
+            head_env = {**env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
+            nodes.address, nodes.gcs_address = start_head(
+                nodes.head_dir, head_env, cpus=0, node_ip=hosts.bridge_addr if hosts else "",
+                health_check=TEST_HEALTH_CHECK,
+            )  # fmt: skip
+            for i in range(1, workers + 1):
+                node = _worker_dirs(str(i), private=bool(nodes.hidden))
+                nodes.workers.append(node)
+                # TMPDIR: the node's raylet and every worker process it starts use its scratch dir (or /tmp).
+                _start_worker_node(nodes, node)
+            nodes.start_s = time.monotonic() - t0
+            yield nodes
+        finally:
+            problems = []
+            for temp_dir in [w.temp_dir for w in nodes.workers] + [nodes.head_dir]:  # the GCS last
+                stop, leftovers = stop_node(temp_dir, env)
+                if stop.returncode != 0:
+                    problems.append(f"stop_cluster.sh {temp_dir} failed:\n{stop.stdout}\n{stop.stderr}")
+                if leftovers:
+                    problems.append(f"processes of {temp_dir} still running:\n" + "\n".join(leftovers))
+            for w in nodes.workers:
+                if w.scratch:
+                    shutil.rmtree(w.scratch, ignore_errors=True)
+            assert not problems, "\n".join(problems)
 
 
 def replace_worker(nodes: RayNodes, index: int) -> WorkerNode:
@@ -444,17 +497,36 @@ def run_in_group(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float)
 
 
 @contextmanager
-def auth_mode(mode: str) -> Iterator[None]:
-    """RAY_AUTH_MODE set to `mode` in this process while open (Ray's clients read it from here)."""
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = mode
+def auth_mode(mode: str, token_path: str = "") -> Iterator[None]:
+    """RAY_AUTH_MODE set to `mode` (and RAY_AUTH_TOKEN_PATH to `token_path`, if given) in this process while
+    open (Ray's clients read them from here)."""
+    wanted = {"RAY_AUTH_MODE": mode, **({"RAY_AUTH_TOKEN_PATH": token_path} if token_path else {})}
+    saved = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    _reload_ray_auth()
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read RAY_AUTH_MODE and the token again: both are cached at first use (as
+    Ray's own ray.init does when it turns token mode on)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def node_auth(nodes: RayNodes) -> contextlib.AbstractContextManager[None]:
+    """`auth_mode` as the clients of `nodes` need it (token or disabled)."""
+    return auth_mode(nodes.env["RAY_AUTH_MODE"], nodes.env.get("RAY_AUTH_TOKEN_PATH", ""))
 
 
 def wait_for_job(client: object, submission_id: str, timeout_s: float) -> object:

@@ -1,4 +1,4 @@
-"""A private S3 endpoint for tests: moto's S3 server on 127.0.0.1 (a free port), stopped at the end.
+"""A private S3 endpoint for tests: moto's S3 server on 127.0.0.1 (or `host=`; a free port), stopped at the end.
 
     with moto_s3("bucket-a", "bucket-b") as env:   # AWS_* for clients: keys, region, AWS_ENDPOINT_URL
         ...
@@ -15,12 +15,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def moto_s3(*buckets: str) -> Iterator[dict[str, str]]:
-    """AWS_* variables of a moto S3 server on 127.0.0.1 holding empty `buckets`; the server stops at the end."""
+def moto_s3(*buckets: str, host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+    """AWS_* variables of a moto S3 server on `host` (127.0.0.1, or a test bridge's address that network
+    namespaces reach) holding empty `buckets`; the server stops at the end."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()

@@ -27,7 +27,7 @@ import ray.train
 import torch
 from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from imagelora_dist.config import RunConfig
@@ -59,6 +59,7 @@ from imagelora_dist.eval.distributed import (
     write_answers,
 )
 from imagelora_dist.faults import FAULT_MARKER_ENV, crash_if
+from imagelora_dist.train.collective import collective_torch_config
 
 
 @ray.remote(num_cpus=0)
@@ -287,7 +288,7 @@ def run_group(cfg: RunConfig, source: dict[str, Any], data_id: str, adapter_dir:
             num_workers=world, use_gpu=gpus > 0,
             resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        torch_config=collective_torch_config(gpus),
         run_config=RayRunConfig(name=f"{cfg.name}-eval", storage_path=storage,
                                 failure_config=FailureConfig(max_failures=cfg.ray.max_retries)),
     )  # fmt: skip

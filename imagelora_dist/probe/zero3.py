@@ -25,7 +25,7 @@ import ray.train
 import torch
 from ray.train import FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from imagelora_dist.config import RunConfig
@@ -43,6 +43,7 @@ from imagelora_dist.probe.distributed import (
     worker_resources,
 )
 from imagelora_dist.resources import deepspeed_json
+from imagelora_dist.train.collective import collective_torch_config
 
 
 @ray.remote(num_cpus=0)
@@ -196,7 +197,7 @@ def zero3_probe_scores(cfg: RunConfig, shards: str, log: Log = print) -> ProbeOu
             scaling_config=ScalingConfig(
                 num_workers=world, use_gpu=gpus > 0, resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}
             ),
-            torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+            torch_config=collective_torch_config(gpus),
             run_config=RayRunConfig(
                 name=f"{cfg.name}-probe", storage_path=storage,
                 # Placement bounded as training bounds it: enough tries to cover ray.autoscale_wait_s.

@@ -36,13 +36,14 @@ import ray
 import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from imagelora_dist.config import RunConfig
 from imagelora_dist.data.drops import DataLossError
 from imagelora_dist.errors import ImageLoRAError, TrainingFailed
 from imagelora_dist.faults import FAULT_MARKER_ENV
 from imagelora_dist.tracking import RELAY_BACKLOG, RELAY_CLOSE_S, MetricRelay
+from imagelora_dist.train.collective import collective_torch_config
 from imagelora_dist.train.loop import (
     CURSOR_FILE,
     FAULT_ENV,
@@ -69,7 +70,8 @@ from imagelora_dist.train.storage import (  # noqa: F401 - re-exported: tests an
 
 # Recovery drill: every rank pauses SECONDS right after reporting the checkpoint of step S, given
 # "S:SECONDS" (a test kills a node in that window, once Ray has registered the checkpoint). A resumed
-# group does not report that step again, so it pauses once.
+# group does not report that step again, so it pauses once. At a step with no checkpoint the pause comes
+# after rank 0's metrics were sent, in a group that did not resume (the partition drill's redone steps).
 PAUSE_ENV = "IMAGELORA_FAULT_TRAIN_PAUSE"
 # Ray Train's wait for a worker group's resources, per try (its default, 60 s, where unset).
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
@@ -98,6 +100,7 @@ class _Outcome:
         self.message: str | None = None
         self.data_loss: str | None = None  # a rank's DataLossError line: ends the run, not retried
         self.relay: MetricRelay | None = None
+        self.logged_through: int | None = None  # the last step whose metrics went to the relay
         if mlflow_uri and mlflow_run_id:
             from mlflow import MlflowClient
 
@@ -175,8 +178,10 @@ class _Outcome:
     def log_metrics(self, step: int, timestamp_ms: int, metrics: dict[str, float]) -> None:
         """Queue one step of rank 0's metrics for the MLflow `train` run: returns at once (the relay's
         thread writes them in batches), so the worker's calls never pile up behind a slow store."""
-        if self.relay is not None:
-            self.relay.put(step, timestamp_ms, metrics)
+        if self.relay is None or (self.logged_through is not None and step <= self.logged_through):
+            return  # a step redone after a restart from a checkpoint: its values were logged the first time
+        self.logged_through = step
+        self.relay.put(step, timestamp_ms, metrics)
 
     def get(self) -> str | None:
         return self.message
@@ -320,6 +325,8 @@ def _worker_entry(config: dict[str, Any]) -> None:
                 config["outcome"].log_metrics.remote(int(metrics["step"]), int(time.time() * 1000), values)
             ]
         if tag is None:
+            if pause_step and int(metrics["step"]) == int(pause_step) and resumed is None:
+                time.sleep(float(pause_s or 0))  # a drill's window after a step with no checkpoint (once)
             # Only checkpoints go through Ray: Ray Train drains each worker's result queue (one slot) once
             # per controller poll (2 s), so a report per step held every step to that pace (measured with
             # `pretrain-base`: ~2 s/step, 0.75 s without). Every rank skips the same steps; MLflow still
@@ -423,7 +430,7 @@ def run_training(
         scaling_config=ScalingConfig(
             num_workers=worker_range(cfg), use_gpu=gpus > 0, resources_per_worker=resources
         ),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        torch_config=collective_torch_config(gpus),
         run_config=RayRunConfig(
             name=name,
             storage_path=storage,

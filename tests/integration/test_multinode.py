@@ -18,7 +18,12 @@ runtime env (launch/submit.sh passes the submitter's AWS_* on) or this driver's 
   mid-probe (the node of the straggling probe actor, told apart through the State API) the actor dies,
   its batch is re-run by the other actor and the selection bytes are those of an uninterrupted run;
 * no shared disk (where `unshare -m` works, else those tests skip saying so): the worker nodes see
-  neither the driver's /tmp and $HOME nor each other's.
+  neither the driver's /tmp and $HOME nor each other's;
+* own addresses (where the test may make network namespaces, tests/netns_hosts.py; else the nodes are
+  loopback nodes and these skip saying why): each worker node in its own namespace on a private bridge,
+  token auth, moto on the bridge's address; nodes register at their addresses and pin the collective's
+  interface, a join that cannot work fails in one line, and a worker's link cut mid-training (processes
+  alive) costs a resume from the last checkpoint, no MLflow step twice, and the node comes back by itself.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray_cluster import LAUNCH, auth_mode, wait_for_job
+from ray_cluster import LAUNCH, node_auth, wait_for_job
 from ray_cluster import run as _run
 
 pytestmark = pytest.mark.integration  # Ray clusters, DeepSpeed runs, servers: not in make test-fast
@@ -58,6 +63,16 @@ def _keys(env: dict[str, str], prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def s3_server(ray_nodes):
+    """conftest's S3 server, on the bridge's address where the worker nodes have their own (the address they
+    reach this machine at), else on 127.0.0.1."""
+    from s3_server import moto_s3
+
+    with moto_s3("mnode", host=ray_nodes.hosts.bridge_addr if ray_nodes.hosts else "127.0.0.1") as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
 def s3_shards(s3_server, tmp_path_factory) -> str:
     """A small synthetic training set (32 samples in 4 shards), uploaded to s3://mnode/train."""
     from imagelora_dist.config import load_config
@@ -80,7 +95,7 @@ def driver(ray_nodes, s3_server):
 
     from imagelora_dist.ray_runtime import WORKER_ENV
 
-    with auth_mode("disabled"):  # the test cluster's mode; the client reads it from here
+    with node_auth(ray_nodes):  # the test cluster's auth (token on own addresses); the client reads it here
         ray.init(address=ray_nodes.gcs_address, runtime_env={"env_vars": {**WORKER_ENV, **s3_server}},
                  log_to_driver=False)  # fmt: skip
         try:
@@ -182,24 +197,41 @@ def test_one_worker_node_cannot_see_anothers_scratch(driver, ray_nodes):
     assert sees(left) == [False, False, False]  # nor does the driver see them
 
 
-def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s3_shards, tmp_path):
+@pytest.fixture(scope="module")
+def tracking_server(ray_nodes, s3_server, tmp_path_factory):
+    """The production tracking stack (tests/mlflow_server.py): an `mlflow server` on a sqlite file whose
+    artifacts it proxies to s3://mnode/mlartifacts, listening where the S3 server does (the head's bridge
+    address where the nodes have their own, else 127.0.0.1)."""
+    from mlflow_server import mlflow_server
+
+    host = ray_nodes.hosts.bridge_addr if ray_nodes.hosts else "127.0.0.1"
+    workdir = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(workdir, s3_server, f"s3://{BUCKET}/mlartifacts", host=host) as srv:
+        yield srv
+
+
+def test_pipeline_job_across_nodes_without_a_shared_disk(
+    ray_nodes, s3_server, s3_shards, tracking_server, tmp_path, capsys
+):
     if not ray_nodes.hidden:  # with a shared disk a path could stand in for what must travel through Ray
         pytest.skip(NO_NAMESPACES)
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors
 
+    from imagelora_dist.cli import main
+    from imagelora_dist.compare import compare_runs
+
     out = tmp_path / "out"  # the driver's side: the head runs the job's driver
-    db = f"sqlite:///{out}/mlruns.db"
     out.mkdir()
-    # MLflow's artifacts in the bucket: an experiment created with an s3:// location (what an operator of a
-    # shared tracking server sets up); the pipeline finds and uses it.
-    mlflow = MlflowClient(tracking_uri=db)
-    mlflow.create_experiment("multinode", artifact_location=f"s3://{BUCKET}/mlartifacts")
+    # MLflow as in production: a tracking server with a SQL store that proxies artifacts to the bucket; the
+    # job gets only its URI (no artifact store credentials needed for MLflow).
+    uri = tracking_server.uri
+    mlflow = MlflowClient(tracking_uri=uri)
     submission_id = f"multinode-{os.getpid()}-{time.time_ns() % 10**9}"
     overrides = [
         f"output_dir={out}",
-        f"tracking.uri={db}",
+        f"tracking.uri={uri}",
         "tracking.experiment=multinode",
         f"data.train={s3_shards}",
         f"train.storage=s3://{BUCKET}/ckpt",
@@ -225,7 +257,7 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
     assert submitted.returncode == 0, f"submit.sh failed:\n{submitted.stdout}\n{submitted.stderr}"
     assert "AWS_ENDPOINT_URL" in submitted.stderr and "testing" not in submitted.stderr + submitted.stdout
 
-    with auth_mode("disabled"):
+    with node_auth(ray_nodes):
         client = JobSubmissionClient(ray_nodes.address)
         status = wait_for_job(client, submission_id, JOB_TIMEOUT_S)
         log = client.get_job_logs(submission_id)
@@ -245,6 +277,7 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
     assert outcome == [nodes["head"]], (outcome, nodes)  # pinned to the driver's node
     assert sorted(evals) == sorted(workers), (evals, nodes)  # a replica on each worker node
     assert "[eval] sending the adapter" in log, log
+    assert f"MLflow: {uri}\n" in log, log  # where to look: the server's own UI
     # The eval shards are on the driver's disk only: each worker got just its chunks' samples.
     assert "workers cannot read" in log and "inputs are sent with them" in log, log
 
@@ -262,9 +295,25 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(ray_nodes, s3_server, s
     # The bucket: both ranks' checkpoint files, and MLflow's artifacts.
     ckpt = _keys(s3_server, "ckpt/")
     assert any(k.endswith("zero_pp_rank_1_mp_rank_00_optim_states.pt") for k in ckpt), ckpt
+    # MLflow's artifacts (selection, heatmap, adapter, eval report) went through the server into the bucket,
+    # onto no local disk: not the driver's output_dir, not beside the server's database.
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
     artifacts = _keys(s3_server, "mlartifacts/")
-    assert any(k.endswith("head_selection.json") for k in artifacts), artifacts
-    assert any("adapter_model.safetensors" in k for k in artifacts), artifacts
+    for name in ("head_selection.json", "head_heatmap.png", "adapter_model.safetensors", "eval_report.json"):
+        assert any(k.endswith(f"/{name}") for k in artifacts), (name, artifacts)
+    assert not [p for p in out.rglob("*") if p.name in ("mlartifacts", "mlruns", "mlruns.db")]
+    assert sorted(p.name for p in tracking_server.workdir.iterdir()) == ["mlflow.db", "server.log"]
+
+    # `compare` reads the run back from the server (and logs its report there too).
+    (row,) = compare_runs(uri, "multinode")
+    assert row["status"] == "FINISHED" and row["method"] == "image_lora", row
+    assert row["run"] == "tiny-default-image_lora" and row["trainable_params"] > 0, row
+    assert row["accuracy"] == pytest.approx(report["grounding_accuracy"], nan_ok=True), (row, report)
+    capsys.readouterr()
+    cmp = ["compare", f"tracking.uri={uri}", "--experiment", "multinode", "--out", str(tmp_path / "cmp")]
+    assert main(cmp) == 0
+    assert "tiny-default-image_lora" in capsys.readouterr().out
+    assert any(k.endswith("/compare.html") for k in _keys(s3_server, "mlartifacts/")), "compare's report"
 
 
 def test_object_store_urls_read_through_pyarrow_with_clear_errors(s3_server, s3_shards, monkeypatch):
@@ -379,16 +428,30 @@ def _train_and_kill(ray_nodes, s3_server, cfg, prefix: str, lines: list[str]) ->
     return killed, error
 
 
-def test_node_lost_mid_training_resumes_from_the_bucket(driver, ray_nodes, s3_server, tiny_shards, tmp_path,
-                                                        monkeypatch):  # fmt: skip
+@pytest.fixture(scope="module")
+def clean_adapter(driver, s3_server, tiny_shards, tmp_path_factory) -> dict:
+    """The adapter tensors of an uninterrupted run of `_train_cfg` (where a run that lost a node must end)."""
     from safetensors.torch import load_file
 
-    from imagelora_dist.train.ray_train import PAUSE_ENV, run_training
+    from imagelora_dist.train.ray_train import run_training
+
+    out = tmp_path_factory.mktemp("clean")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_server.items():  # the driver's S3 calls: clearing the run, fetching the adapter
+            mp.setenv(key, value)
+        run_training(_train_cfg(out, tiny_shards, "loss-clean"), tiny_shards, log=lambda m: None)
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
+def test_node_lost_mid_training_resumes_from_the_bucket(driver, ray_nodes, s3_server, tiny_shards, clean_adapter,
+                                                        tmp_path, monkeypatch):  # fmt: skip
+    from safetensors.torch import load_file
+
+    from imagelora_dist.train.ray_train import PAUSE_ENV
 
     for key, value in s3_server.items():  # the driver's own S3 calls: clearing the run, fetching the adapter
         monkeypatch.setenv(key, value)
-    run_training(_train_cfg(tmp_path / "clean", tiny_shards, "loss-clean"), tiny_shards, log=lambda m: None)
-    clean = load_file(str(tmp_path / "clean" / "adapter" / "adapter_model.safetensors"))
+    clean = clean_adapter
 
     monkeypatch.setenv(PAUSE_ENV, "2:20")
     # Elastic: with no spare node the group goes on with 1 worker, which accumulates the 2 micro-batches
@@ -572,3 +635,150 @@ def test_node_lost_mid_eval_costs_only_its_chunks_and_a_rerun_reuses_the_bucket(
     run_eval(killed_cfg, again.append, lambda: None)
     assert any("reusing 8 finished chunks of 8" in x for x in again), again
     assert not any("workers (" in x for x in again), again  # nothing left to score: no worker started
+
+
+# Hosts with their own addresses (tests/netns_hosts.py: worker node node_wI in network namespace wI on a private
+# bridge, the head and this driver at the bridge's address), where the machine allows; else these skip saying
+# why (the nodes are then loopback nodes of this machine).
+
+
+def _own_addresses(ray_nodes) -> None:
+    if not ray_nodes.hosts:
+        pytest.skip(ray_nodes.net)
+
+
+def test_nodes_register_at_their_own_addresses_and_pin_the_collective_interface(driver, ray_nodes):
+    from ray.util.state import list_nodes
+
+    from imagelora_dist.ray_runtime import pin_collective_interface
+
+    _own_addresses(ray_nodes)
+    hosts = ray_nodes.hosts
+    with node_auth(ray_nodes):
+        nodes = list_nodes(address=ray_nodes.address, detail=True)
+    alive = {n.node_ip: n for n in nodes if n.state == "ALIVE"}
+    assert sorted(alive) == sorted([hosts.bridge_addr, *hosts.addrs.values()]), ray_nodes.net
+    assert all(alive[addr].resources_total.get(f"node_{host}") == 1 for host, addr in hosts.addrs.items())
+    # What a Ray Train worker sets before its process group starts: the interface of its node's Ray address,
+    # the namespace's eth0 (gloo alone took the hostname's 127.0.0.1 and the ranks never met).
+    both = {"GLOO_SOCKET_IFNAME": "eth0", "NCCL_SOCKET_IFNAME": "eth0"}
+    assert _on_node(driver, "node_w1", pin_collective_interface) == both
+
+
+def test_a_join_that_cannot_work_fails_in_bounded_time_in_one_line(ray_nodes):
+    import shutil
+    import tempfile
+
+    _own_addresses(ray_nodes)
+    head, net = ray_nodes.hosts.bridge_addr, ray_nodes.hosts.subnet
+    cases = [  # from host w1 (.2); nothing answers at .99
+        (["--join", f"{net}.99:6379", "--join-timeout", "3"],
+         rf"cannot reach the head's GCS at {net}\.99:6379 from {net}\.2 within 3 s: \S.*"),
+        (["--join", ray_nodes.gcs_address, "--node-ip-address", "127.0.0.1"],
+         rf"node address 127\.0\.0\.1 is loopback but the head is at {head}: the head could not reach this node; "
+         r"pass --node-ip-address"),
+        (["--join", ray_nodes.gcs_address, "--node-ip-address", f"{net}.50"],
+         rf"cannot reach the head's GCS at {ray_nodes.gcs_address} from {net}\.50 within 60 s: "
+         rf"{net}\.50 is not an address of this machine \(.+\)"),
+    ]  # fmt: skip
+    for args, said in cases:
+        temp_dir = tempfile.mkdtemp(prefix="rx", dir="/var/tmp")
+        try:  # the subprocess timeout is the bound: `ray start` alone retried an unreachable head forever
+            cmd = ["bash", str(LAUNCH / "start_cluster.sh"), "--cpus", "1", "--temp-dir", temp_dir, *args]
+            done = _run([*ray_nodes.hosts.run_in("w1"), *cmd], ray_nodes.env, timeout=60)
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert re.fullmatch(f"start_cluster.sh: {said}", lines[0]), lines[0]
+
+
+def _wait(what: str, check, timeout: float):
+    """check()'s first truthy value, polled every 0.5 s; fails saying `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.5)
+    return got
+
+
+def _w2_nodes(ray_nodes) -> dict[str, str]:
+    """node id -> state of every node (dead ones included) that carries the resource node_w2."""
+    from ray.util.state import list_nodes
+
+    with node_auth(ray_nodes):
+        found = list_nodes(address=ray_nodes.address, detail=True, limit=1000)
+    return {n.node_id: n.state for n in found if "node_w2" in n.resources_total}
+
+
+def test_partition_mid_training_finishes_on_the_rest_and_the_node_rejoins_by_itself(
+    driver, ray_nodes, s3_server, tiny_shards, clean_adapter, tmp_path, monkeypatch
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow import MlflowClient
+    from ray_cluster import marker_node_ids, replace_worker
+    from safetensors.torch import load_file
+
+    from imagelora_dist.train.ray_train import PAUSE_ENV, run_training
+
+    _own_addresses(ray_nodes)
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    db = f"sqlite:///{tmp_path}/mlruns.db"
+    mlflow = MlflowClient(tracking_uri=db)
+    run_id = mlflow.create_run(mlflow.create_experiment("partition")).info.run_id
+    # Every rank waits after step 3, whose loss rank 0 has sent to MLflow: the last checkpoint is step 2, so
+    # step 3 is redone after the restart, and must not be logged twice.
+    monkeypatch.setenv(PAUSE_ENV, "3:40")
+    cfg = _train_cfg(tmp_path / "cut", tiny_shards, "cut", **{"train.min_workers": 1})
+    old = marker_node_ids(ray_nodes.workers[1].temp_dir)[-1]
+    lines: list[str] = []
+    cut = rejoined = False
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(
+                run_training, cfg, cfg.data.train, log=lines.append, mlflow_uri=db, mlflow_run_id=run_id
+            )
+            _wait("step 3's loss in MLflow", lambda: run.done() or any(
+                m.step == 3 for m in mlflow.get_metric_history(run_id, "loss")), JOB_TIMEOUT_S)  # fmt: skip
+            assert not run.done(), run.exception()
+            ray_nodes.hosts.cut("w2")  # node_w2's processes live on, unreachable
+            cut = True
+            t0 = time.monotonic()
+            _wait("node_w2 declared dead", lambda: _w2_nodes(ray_nodes).get(old) == "DEAD", 60)
+            detected = time.monotonic() - t0
+            ray_nodes.hosts.heal("w2")
+            cut = False
+            error = run.exception(timeout=JOB_TIMEOUT_S)
+        assert error is None, f"{error}\n" + "\n".join(lines)
+        # The cut-off node's raylet exits once it hears it was declared dead; its supervisor starts it again.
+        back = _wait("node_w2 back", lambda: [n for n, s in _w2_nodes(ray_nodes).items() if n != old and s == "ALIVE"],
+                     120)  # fmt: skip
+        rejoined = True
+    finally:
+        if cut:
+            ray_nodes.hosts.heal("w2")
+        if not rejoined:
+            replace_worker(ray_nodes, 1)  # the cluster whole again for what runs next
+    print(f"partition: node_w2 declared dead {detected:.1f} s after the cut; back as {back[0][:8]} "
+          f"{time.monotonic() - t0:.1f} s after the cut")  # fmt: skip
+    assert marker_node_ids(ray_nodes.workers[1].temp_dir)[-1] == back[0]  # restarted by start_cluster.sh
+    where = f"s3://{BUCKET}/cut/{cfg.name}-train"
+    said = [line for line in lines if "lost node" in line]
+    assert len(said) == 1 and re.fullmatch(
+        rf"\[train\] lost node {old[:8]} \(rank [01]\); resumed from step-000002 in {where} on [12] workers?",
+        said[0],
+    ), lines
+    got = load_file(str(tmp_path / "cut" / "adapter" / "adapter_model.safetensors"))
+    assert got.keys() == clean_adapter.keys()
+    for key in clean_adapter:
+        torch.testing.assert_close(got[key], clean_adapter[key], rtol=1e-5, atol=1e-7, msg=key)
+    stored = _keys(s3_server, f"cut/{cfg.name}-train/")
+    kept = sorted({k.split("/")[2] for k in stored if k.split("/")[2].startswith("step-")})
+    assert kept and kept[-1] == "step-000006", stored
+    for step in kept:  # every checkpoint kept is whole
+        files = [k.rsplit("/", 1)[1] for k in stored if f"/{step}/" in k]
+        assert {"cursor.json", "portable_state.safetensors", CKPT_FILES[2]} <= set(files), (step, files)
+    steps = [m.step for m in mlflow.get_metric_history(run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6], steps  # step 3 once, though it ran twice
