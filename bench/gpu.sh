@@ -21,3 +21,4 @@ if [[ -d .whl ]]; then  # wheels carried by bench/gpu_wheels.sh: the tested tran
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
 timeout 480 "$PY" bench/gpu.py --out "$OUT_DIR" --steps 8 --batch 2 2>&1 | tee "$OUT_DIR/gpu_bench.log"
+"$PY" bench/plan_vs_measured.py --out "$OUT_DIR" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log" || true  # the plan's predicted step beside the measured one

@@ -95,18 +95,22 @@ def _load(cfg, ds_config: dict, loader: str):
         unset_hf_deepspeed_config()
 
 
-def run_group(world: int, jobs: list[dict], out: Path, gather: bool = True, timeout: float = 600) -> None:
-    """Run `jobs` on a local gloo group of `world` ranks (subprocesses); raise if any rank fails."""
+def run_group(
+    world: int, jobs: list[dict], out: Path, gather: bool = True, timeout: float = 600,
+    script: str = __file__, spec: dict | None = None,
+) -> None:  # fmt: skip
+    """Run `jobs` on a local gloo group of `world` ranks (subprocesses); raise if any rank fails. Another
+    rank `script` (tests/comm_ranks.py) gets `spec` as its argument instead."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "rendezvous").unlink(missing_ok=True)
-    spec = json.dumps({"out": str(out), "jobs": jobs, "gather": gather})
+    spec = json.dumps(spec if spec is not None else {"out": str(out), "jobs": jobs, "gather": gather})
     procs: list[subprocess.Popen] = []
     logs = [tempfile.TemporaryFile("w+") for _ in range(world)]
     for rank in range(world):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
                "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, __file__, spec], env=env, cwd=REPO, stdout=logs[rank],
+        procs.append(subprocess.Popen([sys.executable, script, spec], env=env, cwd=REPO, stdout=logs[rank],
                                       stderr=subprocess.STDOUT))  # fmt: skip
     deadline = time.monotonic() + timeout
     try:  # a failed rank leaves the others waiting in a collective: stop them all at the first failure

@@ -1,8 +1,10 @@
-"""`imagelora-dist plan`: per-GPU and host memory of a run (probe, train, eval) before any GPU is rented.
+"""`imagelora-dist plan`: per-GPU and host memory of a run (probe, train, eval) before any GPU is rented,
+and how fast each stage runs and what bounds it.
 
-estimate.py builds the plan from a model config on the meta device; memory.py holds the arithmetic (and
-`resolve_eval_backend`, eval.backend auto); command.py reads a run config or the CLI flags; render.py
-prints it."""
+estimate.py builds the plan from a model config on the meta device; memory.py holds the memory arithmetic
+(and `resolve_eval_backend`, eval.backend auto); timing.py the compute and communication of a step on the
+GPU and links of hardware.py; options.py the alternatives for the same global batch; command.py reads a
+run config or the CLI flags; render.py prints it."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.plan import memory as M
 from imagelora_dist.plan.estimate import OFFLOADS, PlanRequest, make_plan
+from imagelora_dist.plan.hardware import GPUS, Hardware, hardware
 from imagelora_dist.plan.render import render_plan
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ RUN_FLAGS: dict[str, tuple[Any, str]] = {
     "max_new_tokens": (24, "eval.max_new_tokens"),
     "eval_backend": ("auto", "eval.backend"),
     "gpus_per_worker": (1, "ray.gpus_per_worker"),
+    "accumulation": (1, "train.grad_accum"),
+    "checkpointing": (None, "train.gradient_checkpointing"),
+    "hpz": (1, "train.zero3_hpz"),
+    "quantized_weights": (False, "train.zero3_quantized_weights"),
 }
 # A released checkpoint's directory name: its shape is known without its files (models/known_shapes.py).
 _KNOWN_NAME = re.compile(r"qwen2\.?5[-_]?vl[-_](\d+)b", re.IGNORECASE)
@@ -100,6 +105,7 @@ def request_from_config(
     model: tuple[dict[str, Any], str] | None = None,
     gpus_per_node: int = 8,
     gpu_memory_gib: float = 141.0,
+    hw: Hardware | None = None,
 ) -> PlanRequest:
     """The plan request of a run config: its model, workers, micro-batch, DeepSpeed preset, probe and eval."""
     from imagelora_dist.resources import deepspeed_json
@@ -133,6 +139,8 @@ def request_from_config(
         gpus_per_worker=max(1, round(cfg.ray.gpus_per_worker or 1)), deepspeed=ds,
         loader_workers=cfg.data.num_workers, cache_gib=cache_mb / 1024,
         gradient_checkpointing=t.gradient_checkpointing, with_probe=t.method == "image_lora",
+        accumulation=t.grad_accum_for(t.workers), hpz=t.zero3_hpz, quantized_weights=t.zero3_quantized_weights,
+        probe_examples=cfg.probe.num_examples, hardware=hw,
     )  # fmt: skip
 
 
@@ -142,7 +150,8 @@ def eval_backend_for(
     """eval.backend of a run with `auto` resolved by the plan for GPUs of `gpu_memory_gib` (None: no GPU)."""
     if cfg.eval.backend != "auto" or gpu_memory_gib is None:
         return M.resolve_eval_backend(cfg.eval.backend, 0.0, None, None)
-    return make_plan(request_from_config(cfg, model, gpu_memory_gib=gpu_memory_gib)).eval_backend
+    req = request_from_config(cfg, model, gpu_memory_gib=gpu_memory_gib)
+    return make_plan(req, with_alternatives=False).eval_backend
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -153,7 +162,17 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", help="with --size: a released model (qwen2_5_vl)")
     p.add_argument("--size", help="with --family: 3b, 7b, 32b, 72b")
     p.add_argument("--gpus-per-node", type=int, default=8, metavar="N")
-    p.add_argument("--gpu-memory-gib", type=float, default=141.0, metavar="GIB", help="per GPU (H200: 141)")
+    p.add_argument(
+        "--gpu", default="h200", choices=sorted(GPUS), help="the GPU of the time model (default h200)"
+    )
+    p.add_argument(
+        "--gpu-memory-gib", type=float, metavar="GIB", help="per GPU (default: the GPU's, H200 141)"
+    )
+    p.add_argument(
+        "--tflops", type=float, metavar="T", help="peak dense bf16 TFLOP/s per GPU (default: the GPU's)"
+    )
+    p.add_argument("--nvlink-gbs", type=float, metavar="GB/s", help="per GPU and direction inside a node")
+    p.add_argument("--fabric-gbs", type=float, metavar="GB/s", help="per GPU and direction between nodes")
     p.add_argument(
         "--host-memory-gib", type=float, metavar="GIB", help="a worker pod's memory limit, to compare"
     )
@@ -174,6 +193,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="eval.max_new_tokens (default 24)")
     p.add_argument("--eval-backend", choices=["auto", *M.EVAL_BACKENDS], help="eval.backend (default auto)")
     p.add_argument("--gpus-per-worker", type=int, metavar="N", help="ray.gpus_per_worker (default 1)")
+    p.add_argument("--accumulation", type=int, metavar="N", help="train.grad_accum (default 1)")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, help="gradient checkpointing")
+    p.add_argument("--hpz", type=int, metavar="N", help="ZeRO++ hierarchical partition size (default 1: off)")
+    p.add_argument(
+        "--quantized-weights", action="store_true", default=None, help="ZeRO++ int8 weight gathers"
+    )
 
 
 def _request_from_flags(args: argparse.Namespace) -> PlanRequest:
@@ -181,7 +206,7 @@ def _request_from_flags(args: argparse.Namespace) -> PlanRequest:
         if getattr(args, name) is None:
             setattr(args, name, default)
     for name in ("nodes", "micro_batch", "visual_tokens", "rank", "probe_batch", "eval_batch", "max_new_tokens",
-                 "gpus_per_worker"):  # fmt: skip
+                 "gpus_per_worker", "accumulation", "hpz"):  # fmt: skip
         if getattr(args, name) < 1:
             raise ImageLoRAError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if args.text_tokens < 0 or not args.budget > 0:
@@ -201,15 +226,24 @@ def _request_from_flags(args: argparse.Namespace) -> PlanRequest:
         lora_targets=targets, precision=args.precision, gpu_memory_gib=args.gpu_memory_gib,
         probe_batch=args.probe_batch, probe_backend=args.probe_backend, eval_batch=args.eval_batch,
         max_new_tokens=args.max_new_tokens, eval_backend=args.eval_backend, gpus_per_worker=args.gpus_per_worker,
+        accumulation=args.accumulation, gradient_checkpointing=args.checkpointing, hpz=args.hpz,
+        quantized_weights=bool(args.quantized_weights), hardware=_hardware(args),
     )  # fmt: skip
+
+
+def _hardware(args: argparse.Namespace) -> Hardware:
+    return hardware(args.gpu, tflops=args.tflops, memory_gib=args.gpu_memory_gib, nvlink_gbs=args.nvlink_gbs,
+                    fabric_gbs=args.fabric_gbs)  # fmt: skip
 
 
 def plan_command(args: argparse.Namespace) -> int:
     """Build the plan from a run config or the CLI flags and print it."""
     if args.gpus_per_node < 1:
         raise ImageLoRAError(f"--gpus-per-node {args.gpus_per_node}: must be >= 1")
-    if args.gpu_memory_gib <= 0 or (args.host_memory_gib is not None and args.host_memory_gib <= 0):
+    if args.host_memory_gib is not None and args.host_memory_gib <= 0:
         raise ImageLoRAError("plan: --gpu-memory-gib and --host-memory-gib must be > 0")
+    hw = _hardware(args)  # checks --gpu-memory-gib and the other figures
+    args.gpu_memory_gib = hw.memory_gib
     if args.config is None:
         if args.overrides:
             raise ImageLoRAError(f"plan: overrides ({args.overrides[0]} ...) need --config FILE")
@@ -224,6 +258,6 @@ def plan_command(args: argparse.Namespace) -> int:
                     f"plan --config: {flag} comes from the config's {key} (override it: {key}=...)"
                 )
         cfg = load_config(args.config, args.overrides)
-        req = request_from_config(cfg, _model_from_flags(args), args.gpus_per_node, args.gpu_memory_gib)
-    print(render_plan(make_plan(req), args.host_memory_gib), end="")
+        req = request_from_config(cfg, _model_from_flags(args), args.gpus_per_node, args.gpu_memory_gib, hw)
+    print(render_plan(make_plan(req, host_limit_gib=args.host_memory_gib), args.host_memory_gib), end="")
     return 0

@@ -21,11 +21,14 @@ context, NCCL buffers and allocator slack. These are estimates: the run logs `pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.plan import memory as M
+from imagelora_dist.plan.hardware import Hardware, hardware
 from imagelora_dist.plan.memory import GIB, RUNTIME_ALLOWANCE_GIB
 
 OFFLOADS = ("none", "optimizer", "optimizer+params")
@@ -63,6 +66,11 @@ class PlanRequest:
     cache_gib: float = 0.0  # speed.vision_cache_mb + prefix_cache_mb held in memory per process
     gradient_checkpointing: bool | None = None  # None: show both
     with_probe: bool = True  # a run config's method runs the probe (only image_lora does)
+    hpz: int = 1  # train.zero3_hpz: ZeRO++ hierarchical partition size (GPUs a node-local copy spans)
+    quantized_weights: bool = False  # train.zero3_quantized_weights: ZeRO++ int8 weight gathers
+    accumulation: int = 1  # train.grad_accum: micro-batches per optimizer step
+    probe_examples: int = 256  # probe.num_examples
+    hardware: Hardware | None = None  # the GPU and links of the time model; None: an H200 (hardware.py)
 
 
 @dataclass
@@ -80,6 +88,8 @@ class Plan:
     eval_backend: str = "replicas"
     host: dict[str, dict[str, float]] = field(default_factory=dict)  # per worker, by phase
     deepspeed_estimate: dict[str, float] | None = None
+    times: dict[str, Any] = field(default_factory=dict)  # stage: timing.StageTime (plan/timing.py)
+    alternatives: list[Any] = field(default_factory=list)  # plan/options.py: Option rows, best first
 
     @property
     def gpus(self) -> int:
@@ -97,8 +107,16 @@ class Plan:
 
 
 def meta_model(config: dict[str, Any]) -> Any:
-    """The model of a config.json dict, on the meta device (no memory, no download)."""
+    """The model of a config.json dict, on the meta device (no memory, no download); the last few are kept
+    (the plan's alternatives plan the same model again), so callers must not change it."""
+    return _meta_model(json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _meta_model(key: str) -> Any:
     import torch
+
+    config = json.loads(key)
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     fields = dict(config)
@@ -155,20 +173,24 @@ def _check(req: PlanRequest) -> None:
         raise ImageLoRAError(f"--zero {req.zero}: a ZeRO stage 0-3")
     if req.offload == "optimizer+params" and req.zero != 3:
         raise ImageLoRAError("--offload optimizer+params needs --zero 3 (only ZeRO-3 partitions parameters)")
+    if (req.hpz > 1 or req.quantized_weights) and req.zero != 3:
+        raise ImageLoRAError("ZeRO++ (--hpz, --quantized-weights; train.zero3_*) needs --zero 3")
     if req.eval_backend not in ("auto", *M.EVAL_BACKENDS):
         raise ImageLoRAError(f"eval backend {req.eval_backend!r}: one of auto, {', '.join(M.EVAL_BACKENDS)}")
 
 
-def make_plan(req: PlanRequest) -> Plan:
+def make_plan(req: PlanRequest, with_alternatives: bool = True, host_limit_gib: float | None = None) -> Plan:
     """Per-GPU memory of training (with and without gradient checkpointing), a probe worker and eval, and
-    host memory per worker."""
+    host memory per worker; the predicted time of each stage, and (`with_alternatives`) the other ways to run
+    the same global batch (`host_limit_gib`: a pod's memory limit they must also fit)."""
     from imagelora_dist.models.grad_scope import vision_tower
-    from imagelora_dist.models.registry import resolve_model
+    from imagelora_dist.models.registry import decoder_layers, resolve_model
 
     _check(req)
     model = meta_model(req.config)
     spec = resolve_model(model)
     total, largest, largest_tensor = _parameter_counts(model)
+    numels = sorted({id(p): p.numel() for p in model.parameters()}.values())
     text = model.config.get_text_config()
     vision = getattr(model.config, "vision_config", None)
     tower = vision_tower(model)
@@ -199,7 +221,12 @@ def make_plan(req: PlanRequest) -> Plan:
         pixel_bytes = patches * patch_values * 4  # fp32 pixel values, per sample
     plan = Plan(req, {"name": req.name, "parameters": total, "vision_parameters": vision_params,
                       "largest_module": largest, "largest_tensor": largest_tensor, "layers": layers,
-                      "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "hidden": hidden}, trainable)  # fmt: skip
+                      "kv_heads": spec.num_kv_heads, "head_dim": spec.head_dim, "hidden": hidden,
+                      "layer_params": sum(p.numel() for p in decoder_layers(model)[0].parameters()), "q_width": q_width,
+                      "lm_head_params": vocab * hidden, "param_numels": numels,
+                      "layer_numels": [p.numel() for p in decoder_layers(model)[0].parameters()],
+                      "patches_per_token": (getattr(vision, "spatial_merge_size", 1) or 1) ** 2 if vision else 1},
+                trainable)  # fmt: skip
     states: dict[str, float] = {}
     zero3_gathered = {"gathered module (ZeRO-3)": largest * b / GIB,
                       "prefetch bucket (ZeRO-3)": ds.prefetch_bucket_size * b / GIB}  # fmt: skip
@@ -211,6 +238,8 @@ def make_plan(req: PlanRequest) -> Plan:
         states["base weights"] = (total * b / (n if req.zero == 3 else 1)) / GIB if on_gpu_params else 0.0
         if req.zero == 3:
             states.update(zero3_gathered)
+            if req.hpz > 1 and req.nodes > 1:  # ZeRO++ hpZ: a second bf16 partition over the node's GPUs
+                states[f"hpZ node-local partition (1/{req.hpz})"] = total * b / req.hpz / GIB
         states["adapter weights (fp32)"] = 4 * trainable / (n if req.zero == 3 else 1) / GIB
         states["adapter gradients (fp32)"] = 4 * trainable / (n if req.zero >= 2 else 1) / GIB
         moments = 8 * trainable / (n if req.zero >= 1 else 1) / GIB
@@ -241,7 +270,27 @@ def make_plan(req: PlanRequest) -> Plan:
     }
     _eval_terms(plan, spec, text, b, q_width, vision_block)
     _host_terms(plan, total, largest_tensor, b, ds, pixel_bytes)
+    _time_terms(plan, with_alternatives, host_limit_gib)
     return plan
+
+
+def plan_hardware(req: PlanRequest) -> Hardware:
+    """The request's GPU and links (an H200 by default), with its memory as the request says."""
+    return replace(req.hardware or hardware("h200"), memory_gib=req.gpu_memory_gib)
+
+
+def _time_terms(plan: Plan, with_alternatives: bool, host_limit_gib: float | None) -> None:
+    from imagelora_dist.plan import timing
+    from imagelora_dist.plan.options import alternatives
+
+    hw, req = plan_hardware(plan.request), plan.request
+    if req.with_probe:
+        plan.times["probe"] = timing.probe_time(plan, hw)
+    if req.method != "none":
+        plan.times["train"] = timing.train_time(plan, hw, req.accumulation)
+        if with_alternatives:
+            plan.alternatives = alternatives(plan, make_plan, host_limit_gib)
+    plan.times["eval"] = timing.eval_time(plan, hw)
 
 
 def _eval_terms(plan: Plan, spec: Any, text: Any, b: int, q_width: int, vision_block: int) -> None:

@@ -109,6 +109,8 @@ class DeepSpeedLimits:
     pin_memory: bool = True
     max_live_parameters: int = 10**9  # stage3_max_live_parameters
     prefetch_bucket_size: int = 5 * 10**7  # stage3_prefetch_bucket_size (parameters)
+    param_persistence_threshold: int = 10**5  # stage3_param_persistence_threshold: smaller ones stay whole
+    max_reuse_distance: int = 10**9  # stage3_max_reuse_distance: a weight used again within this stays
 
 
 def read_deepspeed(path: Path) -> DeepSpeedLimits:
@@ -132,6 +134,8 @@ def read_deepspeed(path: Path) -> DeepSpeedLimits:
         pin_memory=all(pinned) if pinned else True,
         max_live_parameters=int(float(zero.get("stage3_max_live_parameters", 1e9))),
         prefetch_bucket_size=int(float(zero.get("stage3_prefetch_bucket_size", 5e7))),
+        param_persistence_threshold=int(float(zero.get("stage3_param_persistence_threshold", 1e5))),
+        max_reuse_distance=int(float(zero.get("stage3_max_reuse_distance", 1e9))),
     )
 
 

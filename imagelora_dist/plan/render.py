@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from imagelora_dist.plan.estimate import Plan
+from imagelora_dist.plan.estimate import GIB, Plan, plan_hardware
+from imagelora_dist.plan.hardware import Hardware
+from imagelora_dist.plan.options import current_key
+from imagelora_dist.plan.timing import StageTime
 
 
 def _column(terms: dict[str, float], limit: float, of: str = "") -> list[str]:
@@ -81,6 +84,66 @@ def _host_section(plan: Plan, limit: float | None) -> list[str]:
     return out
 
 
+def _stage_lines(title: str, t: StageTime, hw: Hardware) -> list[str]:
+    flops = ", ".join(f"{name} {value / 1e12:.1f}" for name, value in t.flops.items())
+    out = [f"  {title}",
+           f"    compute per GPU (TFLOP): {flops}; total {sum(t.flops.values()) / 1e12:.1f} -> {t.compute_s:.3f} s"]  # fmt: skip
+    if t.comm:
+        moved = "; ".join(
+            f"{name} {a / GIB:.2f}" + (f" + {c / GIB:.2f}" if c else "") for name, (a, c) in t.comm.items()
+        )
+        out.append(f"    communication per rank (GiB, NVLink + fabric): {moved} -> {t.link_s[0]:.3f} s NVLink, "
+                   f"{t.link_s[1]:.3f} s fabric")  # fmt: skip
+    if t.memory_s:
+        out.append(f"    weight reads from HBM: {t.memory_s:.3f} s")
+    out.append(f"    predicted {t.step_s:.3f} s, bound by {t.bound}; {t.samples_per_s:.1f} screenshots/s; "
+               f"MFU {100 * t.mfu(hw):.0f}%")  # fmt: skip
+    return out
+
+
+def _time_section(plan: Plan) -> list[str]:
+    r, hw = plan.request, plan_hardware(plan.request)
+    out = [f"predicted time ({hw.name}: {hw.bf16_tflops:g} TFLOP/s bf16 peak x {hw.matmul_efficiency:g} reached, "
+           f"HBM {hw.hbm_gbs:g} GB/s; per GPU NVLink {hw.nvlink_gbs:g} GB/s, inter-node fabric "
+           f"{hw.fabric_gbs:g} GB/s, x {hw.link_efficiency:g} reached; links and compute overlap)"]  # fmt: skip
+    if "probe" in plan.times:
+        t = plan.times["probe"]
+        batches = -(-r.probe_examples // t.samples)  # each GPU scores a batch of its own at a time
+        out += _stage_lines(f"probe, one batch of {r.probe_batch} per GPU ({r.probe_backend}); "
+                            f"probe.num_examples {r.probe_examples}: {batches} batches, {batches * t.step_s:.0f} s",
+                            t, hw)  # fmt: skip
+    if "train" in plan.times:
+        t = plan.times["train"]
+        out += _stage_lines(f"train, one optimizer step ({plan.gpus} GPUs x micro-batch {r.micro_batch} x "
+                            f"accumulation {r.accumulation} = {t.samples} screenshots)", t, hw)  # fmt: skip
+    t = plan.times["eval"]
+    out += _stage_lines(f"eval, one batch of {r.eval_batch} per {plan.eval_backend} worker "
+                        f"({r.max_new_tokens} new tokens)", t, hw)  # fmt: skip
+    return out
+
+
+def _alternatives_section(plan: Plan) -> list[str]:
+    if not plan.alternatives:
+        return []
+    r = plan.request
+    mine = current_key(r)
+    best = plan.alternatives[0]
+    out = ["", f"alternatives for the same {r.micro_batch * r.accumulation * plan.gpus} screenshots a step "
+           "(fitting ones fastest first; GiB per GPU / host per worker)"]  # fmt: skip
+    for o in plan.alternatives:
+        if not o.fits and o.key() != mine:
+            continue
+        marks = [m for m, on in (("best", o is best and o.fits), ("this config", o.key() == mine)) if on]
+        fit = "" if o.fits else "does NOT fit, "
+        out.append(f"  {o.describe():<70} {o.gpu_gib:6.1f} / {o.host_gib:5.1f}  {fit}{o.time.step_s:7.3f} s "
+                   f"{o.time.samples_per_s:7.1f}/s MFU {100 * o.time.mfu(plan_hardware(r)):3.0f}% "
+                   f"{o.time.bound}" + (f"  <- {', '.join(marks)}" if marks else ""))  # fmt: skip
+    hidden = sum(not o.fits and o.key() != mine for o in plan.alternatives)
+    if hidden:
+        out.append(f"  ({hidden} more do not fit)")
+    return out
+
+
 def render_plan(plan: Plan, host_limit_gib: float | None = None) -> str:
     """The plan as the text `imagelora-dist plan` prints."""
     r, m = plan.request, plan.model
@@ -124,6 +187,7 @@ def render_plan(plan: Plan, host_limit_gib: float | None = None) -> str:
         "",
         *_host_section(plan, host_limit_gib),
     ]
+    out += ["", *_time_section(plan), *_alternatives_section(plan)]
     if plan.deepspeed_estimate is not None:
         out.append(f"  DeepSpeed's estimate also needs {plan.deepspeed_estimate['cpu_gib_per_node']:.1f} GiB of CPU "
                    "memory per node")  # fmt: skip

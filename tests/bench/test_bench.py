@@ -50,3 +50,12 @@ def test_gpu_bench_runs_at_the_tiny_shape_on_cpu(tmp_path):
     )  # larger screen
     for peer in ("lora_v_proj", "lora_all_linear"):  # the ratio lines the RESULTS table is copied from
         assert f"1k image_lora_all / {peer}: time" in done.stdout
+    # the plan's predicted step beside each measured image_lora_all step (bench/gpu.sh runs it after gpu.py)
+    cmd = [sys.executable, str(BENCH / "plan_vs_measured.py"), "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compared = json.loads((tmp_path / "plan_vs_measured.json").read_text())["rows"]
+    assert set(compared) == {"1k/image_lora_all", "2.7k/image_lora_all"}
+    for name, row in compared.items():
+        assert row["measured_step_s"] == rows[name]["step_s"] and row["predicted_step_s"] > 0
+        assert row["measured_over_predicted"] == row["measured_step_s"] / row["predicted_step_s"]
