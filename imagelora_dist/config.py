@@ -130,6 +130,10 @@ class DataConfig(_Strict):
     synth: SynthConfig = SynthConfig()
     max_pixels: int = Field(448 * 448, ge=28 * 28)
     max_length: int = Field(4096, ge=16)
+    # Shared-prefix training (data/packing.py): up to K consecutive targets of one screenshot in one sequence,
+    # the screen's prefix once and one branch per target; exact (same loss and gradients). 1: one per
+    # sequence. Needs the eager or sdpa attention kernel. Left out of dumps at 1.
+    targets_per_sample: int = Field(1, ge=1, le=64, exclude_if=lambda v: v == 1)
     shuffle_buffer: int = Field(256, ge=0)
     num_workers: int = Field(0, ge=0)
     seed: int = 0
@@ -212,6 +216,12 @@ class TrainConfig(_Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, ge=0)
     gradient_checkpointing: bool = False
+    # ZeRO++ for a ZeRO-3 run across nodes (DeepSpeed zero_hpz_partition_size / zero_quantized_weights):
+    # hierarchical partitioning keeps a second copy of the weights partitioned over this many GPUs (one
+    # node's), so the backward's gathers stay inside the node; quantized gathers send weights in int8.
+    # 1 / false: off (left out of dumps then: stage hashes). `imagelora-dist plan` shows what they save.
+    zero3_hpz: int = Field(1, ge=1, exclude_if=lambda v: v == 1)
+    zero3_quantized_weights: bool = Field(False, exclude_if=lambda v: not v)
     # Training precision: bf16 runs the frozen base in bfloat16 while adapters, their gradients and
     # optimizer state stay fp32 masters (what is exported); fp32 runs everything in float32; auto follows
     # model.dtype (bf16 on GPU, fp32 on CPU). Left out of dumps at auto (stage hashes).
@@ -235,6 +245,8 @@ class TrainConfig(_Strict):
     def _elastic(self) -> TrainConfig:
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} > workers {self.workers} (the most it may use)")
+        if self.zero3_hpz > 1 and self.workers % self.zero3_hpz:
+            raise ValueError(f"zero3_hpz {self.zero3_hpz} does not divide workers {self.workers}")
         return self
 
     def grad_accum_for(self, world_size: int) -> int:
@@ -301,8 +313,26 @@ class TrackingConfig(_Strict):
     uri: str | None = None
     # None: the config's name.
     experiment: str | None = None
-    # Artifact store for experiments this tool creates on a local (sqlite) store.
+    # Artifact store for experiments this tool creates (artifacts under <artifact_root>/<experiment>): a local
+    # path, used with a sqlite store only (a server keeps its own default), or s3://bucket/prefix, used with
+    # any store; clients then write and read the bucket themselves (AWS_* credentials, and
+    # MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL for a non-AWS store).
     artifact_root: str = "mlartifacts"
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _artifact_root_kind(cls, v: str) -> str:
+        v = v.strip()
+        scheme, sep, rest = v.partition("://")
+        if not sep:
+            if not v:
+                raise ValueError("empty; a local path or s3://bucket/prefix")
+            return v
+        if scheme.lower() not in ("s3", "file"):
+            raise ValueError(f"unsupported scheme {scheme + '://'!r}; a local path or s3://bucket/prefix")
+        if scheme.lower() == "s3" and not rest.split("/", 1)[0]:
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        return v
 
 
 class SpeedConfig(_Strict):
@@ -358,6 +388,20 @@ class RunConfig(_Strict):
         if isinstance(v, dict):
             return {str(k): str(x) for k, x in v.items()}
         return v
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> RunConfig:
+        if self.data.targets_per_sample > 1 and self.model.attn_implementation == "flash_attention_2":
+            raise ValueError(
+                "data.targets_per_sample > 1 needs a block attention mask, which flash_attention_2 ignores: "
+                "set model.attn_implementation: eager (or sdpa), or data.targets_per_sample: 1"
+            )
+        if self.data.targets_per_sample > 1 and self.speed.prefix_cache:
+            raise ValueError(
+                "speed.prefix_cache keys its entries by sequence, which data.targets_per_sample > 1 packs: "
+                "turn one of them off"
+            )
+        return self
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

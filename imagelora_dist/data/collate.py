@@ -16,6 +16,7 @@ from imagelora_dist.data.answer_formats import (
     fitted_size,
     sample_text,
 )
+from imagelora_dist.data.packing import pack_batch, screen_groups
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.models.prefix_cache import sample_digests
 from imagelora_dist.models.vision_cache import is_pixel_stand_in, pixel_digests, pixel_stand_in
@@ -168,8 +169,13 @@ class BatchCollator:
         image_digests: bool = False,
         sample_digests: bool = False,
         answer_format: str = POINT,
+        targets_per_sample: int = 1,
     ) -> None:
         self.processor = processor
+        # Up to this many consecutive targets of one screenshot share one sequence (data/packing.py).
+        self.targets_per_sample = targets_per_sample
+        if targets_per_sample > 1 and sample_digests:
+            raise ImageLoRAError("the prefix cache's per-sequence keys cannot describe packed targets")
         # Grounding answers (and prompts) in this format, built from each record (data/answer_formats.py).
         # (a processor without Qwen's resize fails here, not mid-epoch)
         self.answer_format = check_answer_format(answer_format, processor)
@@ -255,6 +261,10 @@ class BatchCollator:
             records = [records[i] for i in keep]
             hashed = [hashed[i] for i in keep] if hashed else hashed
             inputs = None
+        kept = None  # with packing: the rows whose images the packed batch keeps
+        if inputs is not None and self.targets_per_sample > 1:
+            unpacked = inputs
+            inputs, kept = self._pack(inputs, rows)
         visual = text = 0
         if inputs is not None:
             ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
@@ -268,11 +278,15 @@ class BatchCollator:
             if known is not None:
                 digests = list(known.digests)
             else:
+                source = unpacked if kept is not None else inputs
                 digests = (
-                    pixel_digests(inputs["pixel_values"], inputs["image_grid_thw"]) if has_images else []
+                    pixel_digests(source["pixel_values"], source["image_grid_thw"]) if has_images else []
                 )
                 if contents and has_images:
-                    self._remember(contents, digests, inputs)
+                    self._remember(contents, digests, source)
+            if kept is not None:  # the packed batch's images: each kept row's
+                starts = [sum(len(r.images) for r in rows[:i]) for i in range(len(rows))]
+                digests = [digests[starts[i] + j] for i in kept for j in range(len(rows[i].images))]
             if self.sample_digests:
                 per_row = [len(s.images) for s in rows]
                 keys = sample_digests(inputs["input_ids"], inputs["attention_mask"], per_row, digests)
@@ -289,6 +303,16 @@ class BatchCollator:
             "malformed": self.malformed - malformed_before,
             "without_pixels": known is not None and inputs is not None,
         }
+
+    def _pack(self, inputs: dict, rows: Sequence[Sample]) -> tuple[dict, list[int]]:
+        """Consecutive rows showing the same images, up to `targets_per_sample` per sequence."""
+        digests: dict[int, str] = {}  # a grouped shard's targets share one decoded image: hash it once
+        for im in (im for r in rows for im in r.images):
+            if id(im) not in digests:
+                digests[id(im)] = image_content_digest(im)
+        keys = ["|".join(digests[id(im)] for im in r.images) or None for r in rows]
+        groups = screen_groups(keys, self.targets_per_sample)
+        return pack_batch(inputs, groups, [len(r.images) for r in rows], self.visual_token_ids)
 
     def _known_images(self, contents: list[str]) -> KnownImages | None:
         """The batch's images as seen before, if every one was and the cache holds its features; else None."""

@@ -30,6 +30,7 @@ from imagelora_dist.data.reader import Cursor, ShardReader, make_loader
 from imagelora_dist.errors import ImageLoRAError
 from imagelora_dist.faults import crash_if
 from imagelora_dist.models.registry import resolve_model
+from imagelora_dist.models.shared_prefix import attach_shared_prefix
 from imagelora_dist.resources import DEEPSPEED_PRESETS, deepspeed_json
 from imagelora_dist.selection import HeadSelection
 from imagelora_dist.speed import apply_speed_flags
@@ -75,6 +76,10 @@ def load_deepspeed_template(cfg: RunConfig) -> dict[str, Any]:
     stage = ds.get("zero_optimization", {}).get("stage") if isinstance(ds, dict) else None
     if stage not in (0, 1, 2, 3):
         raise ImageLoRAError(f"train.deepspeed: {path} has no zero_optimization.stage in 0..3")
+    if stage != 3 and (cfg.train.zero3_hpz > 1 or cfg.train.zero3_quantized_weights):
+        raise ImageLoRAError(
+            f"train.zero3_hpz / train.zero3_quantized_weights need ZeRO-3; {path} is stage {stage}"
+        )
     return ds
 
 
@@ -89,6 +94,9 @@ def deepspeed_config(
     ds["gradient_accumulation_steps"] = t.grad_accum_for(world_size)
     ds["train_batch_size"] = t.micro_batch_size * t.grad_accum_for(world_size) * world_size
     ds["gradient_clipping"] = t.grad_clip
+    if t.zero3_hpz > 1 or t.zero3_quantized_weights:  # ZeRO++ (config.py: TrainConfig)
+        ds["zero_optimization"]["zero_hpz_partition_size"] = t.zero3_hpz
+        ds["zero_optimization"]["zero_quantized_weights"] = t.zero3_quantized_weights
     ds.setdefault("optimizer", {"type": "AdamW", "params": {"torch_adam": True}})
     ds["optimizer"].setdefault("params", {})["lr"] = t.lr
     ds["scheduler"] = {
@@ -316,6 +324,8 @@ def _adapted_model(
         seed=cfg.train.seed,
         processor=processor,
     )
+    if cfg.data.targets_per_sample > 1:  # packed batches: block mask and as-if-alone positions
+        attach_shared_prefix(adapted.model, model)
     if cfg.train.gradient_checkpointing:
         adapted.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # Non-reentrant checkpointing needs no grad on the embeddings; without this the backward would
@@ -379,6 +389,7 @@ def _setup(
         vision_every_batch=cfg.train.method == "full" or lockstep,
         image_digests=vcache is not None, sample_digests=pcache is not None,
         answer_format=resolve_answer_format(cfg.data.answer_format, cfg.model.family, bool(cfg.model.path)),
+        targets_per_sample=cfg.data.targets_per_sample,
     )  # fmt: skip
     if vcache is not None and cfg.speed.vision_cache_skip_processor:
         if cfg.data.num_workers == 0:
@@ -543,6 +554,8 @@ def _optimizer_step(
         # A prefix-cache hit never reaches the vision tower: its digests would linger for another forward.
         if vcache is not None and (pcache is None or pcache.mode != "hit"):
             vcache.expect(used["image_digests"], without_pixels=used["without_pixels"])
+        # The model's loss is the mean over the micro-batch's answer tokens; a packed micro-batch
+        # (data.targets_per_sample) holds the same answer tokens, so it needs no other normalization.
         loss = engine(**move_to_device(used["inputs"], ctx.device)).loss
         if _nan_drill(ctx.rank, step):
             loss = loss * float("nan")
