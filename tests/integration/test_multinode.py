@@ -277,6 +277,16 @@ def test_pipeline_job_across_nodes_without_a_shared_disk(
     assert outcome == [nodes["head"]], (outcome, nodes)  # pinned to the driver's node
     assert sorted(evals) == sorted(workers), (evals, nodes)  # a replica on each worker node
     assert "[eval] sending the adapter" in log, log
+    # launch/logs.sh reads the same log through the token-auth job API; the job's driver gave the train
+    # workers WORKER_ENV (Ray Train's print patch off), so each line shows once.
+    logs = _run(
+        ["bash", str(LAUNCH / "logs.sh"), submission_id, "--address", ray_nodes.address], submitter, 60
+    )
+    assert logs.returncode == 0 and "[train] step 2/2" in logs.stdout, logs.stdout[-3000:] + logs.stderr
+    assert logs.stdout.count("[train] step 2/2") == 1, logs.stdout
+    assert any(
+        line.startswith("[probe]") and "Ray workers ready" in line for line in logs.stdout.splitlines()
+    )
     assert f"MLflow: {uri}\n" in log, log  # where to look: the server's own UI
     # The eval shards are on the driver's disk only: each worker got just its chunks' samples.
     assert "workers cannot read" in log and "inputs are sent with them" in log, log
