@@ -204,7 +204,8 @@ def convert(
     try:
         for label, file, row in _rows(files, source):
             report.total_records += 1
-            for result in _row_samples(file, row, images, options):
+            for result in row_samples(row, images, options, stem=file.stem, source=file.name,
+                                      data_source=default_data_source(file)):  # fmt: skip
                 if isinstance(result, Skip):
                     skip(Problem(label, row.unit, row.number, str(result), result.element))
                     continue
@@ -279,18 +280,19 @@ def _rows(files: list[Path], source: Path) -> Iterator[tuple[str, Path, Row]]:
             yield label, file, row
 
 
-def _row_samples(
-    file: Path, row: Row, images: ImageLoader, options: ConvertOptions
+def row_samples(
+    row: Row, images: ImageLoader, options: ConvertOptions, *, stem: str, source: str, data_source: str
 ) -> Iterator[Skip | tuple[int | None, dict[str, Any]]]:
-    """The row's (element index, sample) pairs and Skips; a record failing as a whole gives one Skip."""
+    """The row's (element index, sample) pairs and Skips; a record failing as a whole gives one Skip.
+    `stem`-`row.number` is the id of a record without one; `source` names the file in errors."""
     if row.error is not None:
         yield Skip(row.error)
         return
     # Lines are numbered from 1 and so were the ids made from them; array items and rows from 0.
     ctx = RecordContext(
-        default_id=f"{file.stem}-{row.number}",
-        source=file.name,
-        default_data_source=default_data_source(file),
+        default_id=f"{stem}-{row.number}",
+        source=source,
+        default_data_source=data_source,
         bbox_format=options.bbox_format,
         normalized=options.normalized,
     )

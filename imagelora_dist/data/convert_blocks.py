@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imagelora_dist.data.convert import SHOW_PROBLEMS, ConversionReport, ConvertOptions, Problem
+from imagelora_dist.data.convert import SHOW_PROBLEMS, ConversionReport, ConvertOptions, Problem, row_samples
 from imagelora_dist.data.ingest_blocks import Block, block_rows, plan_blocks
-from imagelora_dist.data.ingest_records import ImageLoader, RecordContext, Skip, image_ref, record_samples
+from imagelora_dist.data.ingest_records import ImageLoader, Skip, image_ref
 from imagelora_dist.data.ingest_sources import Row
 from imagelora_dist.data.screen_groups import Screens
 from imagelora_dist.data.shards import (
@@ -119,7 +119,8 @@ def convert_block(
 
     for row in block_rows(block):
         records += 1
-        for result in _row_samples(block, row, images, options.convert):
+        for result in row_samples(row, images, options.convert, stem=block.stem, source=block.name,
+                                  data_source=block.data_source):  # fmt: skip
             if isinstance(result, Skip):
                 skip(row, str(result), result.element)
                 continue
@@ -155,25 +156,6 @@ def convert_block(
         "shards": shards,
         "problems": problems,
     }
-
-
-def _row_samples(
-    block: Block, row: Row, images: ImageLoader, options: ConvertOptions
-) -> Iterator[Skip | tuple[int | None, dict[str, Any]]]:
-    if row.error is not None:
-        yield Skip(row.error)
-        return
-    ctx = RecordContext(
-        default_id=f"{block.stem}-{row.number}",
-        source=block.name,
-        default_data_source=block.data_source,
-        bbox_format=options.bbox_format,
-        normalized=options.normalized,
-    )
-    try:
-        yield from record_samples(row.record, ctx, images)
-    except Skip as exc:
-        yield exc
 
 
 def _size(sample: Mapping[str, Any]) -> int:
