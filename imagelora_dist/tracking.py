@@ -130,6 +130,22 @@ def experiment_artifact_location(artifact_root: str, experiment: str, tracking_u
     return (local.expanduser().resolve() / experiment).as_uri()
 
 
+def check_artifact_credentials(artifact_root: str) -> None:
+    """One error line when an s3:// artifact root has no credentials for this process to write with."""
+    root = artifact_root.strip()
+    if not root.lower().startswith("s3://"):
+        return
+    import boto3
+
+    # boto3's own chain: AWS_* variables, AWS_PROFILE / ~/.aws, web identity (IRSA), the instance's role.
+    if boto3.Session().get_credentials() is None:
+        raise ImageLoRAError(
+            f"tracking.artifact_root: {root} needs S3 credentials and this process has none: set "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS store), "
+            "AWS_PROFILE, or give the node a role; or log through a tracking server with --serve-artifacts"
+        )
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping -> {dotted.key: str}; lists as JSON; values cut to MLflow's param limit."""
     out: dict[str, str] = {}
@@ -195,9 +211,12 @@ class Tracker:
         return self._client
 
     def check_reachable(self, timeout: float = 5.0) -> None:
-        """Raise TrackingUnavailable within about `timeout` s if the tracking store cannot be used."""
+        """Raise TrackingUnavailable within about `timeout` s if the tracking store cannot be used; an
+        s3:// artifact root without credentials raises ImageLoRAError (before any work, not at the first
+        upload after the probe)."""
         if self.enabled:
             check_tracking_uri(self.uri, timeout)
+            check_artifact_credentials(self.cfg.tracking.artifact_root)
 
     def _ensure_experiment(self) -> str:
         from mlflow.exceptions import MlflowException

@@ -81,6 +81,25 @@ def test_artifact_root_is_a_local_path_or_s3(tmp_path, monkeypatch):
         assert "tracking.artifact_root" in msg and needle in msg and len(msg.splitlines()) == 1, msg
 
 
+def test_an_s3_artifact_root_without_credentials_stops_before_any_work(tmp_path, monkeypatch):
+    from imagelora_dist.tracking import check_artifact_credentials
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role lookup: nothing on the network
+    tracker = Tracker(make_cfg(tmp_path, experiment="exp-creds", artifact_root="s3://b/p"))
+    with pytest.raises(ImageLoRAError) as err:
+        tracker.check_reachable()
+    msg = str(err.value)
+    assert msg.startswith("tracking.artifact_root: s3://b/p needs S3 credentials") and "\n" not in msg, msg
+    check_artifact_credentials(str(tmp_path / "art"))  # a local root needs none
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    tracker.check_reachable()  # with them: no error
+
+
 def test_flatten():
     flat = flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x" * 7000, "f": (3,)})
     assert flat == {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "x" * 6000, "f": "[3]"}
