@@ -121,12 +121,18 @@ def jsonl_digest(path: str) -> str:
 
 def shard_question(raw: dict[str, Any]) -> dict[str, Any]:
     """A shard sample as a question: its record and stored image bytes."""
+    from imagelora_dist.data.screen_groups import is_grouped
     from imagelora_dist.data.shards import IMAGE_EXTENSIONS
 
     record = json.loads(raw["json"])
     images = [k for k in raw if k in IMAGE_EXTENSIONS]
     if not isinstance(record, dict) or len(images) != 1:
         raise ValueError("needs one image member and a JSON record")
+    if is_grouped(record):  # one output line per input: a screen's several targets have no place in it
+        raise ValueError(
+            f"a screen-grouped sample ({len(record['targets'])} targets, shard --group-by-screen): infer "
+            "--input answers one question per sample; give shards made without --group-by-screen, or JSONL"
+        )
     return {"record": record, "image": raw[images[0]], "where": f"sample {raw.get('__key__')}"}
 
 
